@@ -1,0 +1,56 @@
+"""The one place that answers "which company may this request see, with which role"."""
+
+from collections.abc import Callable, Iterable
+from functools import wraps
+
+from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse
+
+from doow.models import Membership, Role
+
+ALL_ROLES = frozenset(Role)
+ADMINS = frozenset({Role.ADMIN})
+USAGE_READERS = frozenset({Role.ADMIN, Role.FINANCE})
+HEALTH_READERS = frozenset({Role.ADMIN, Role.OPS})
+
+
+def membership_for(user, company_slug: str, roles: Iterable[str] = ALL_ROLES) -> Membership:
+    """The user's membership of the company, if their role is one of `roles`.
+
+    An outsider gets 404, so a company's existence never leaks; a member with the wrong role gets 403.
+    """
+    membership = (
+        Membership.objects.select_related("company").filter(user=user, company__slug=company_slug).first()
+        if user.is_authenticated
+        else None
+    )
+    if membership is None:
+        raise Http404("No such company")
+    if membership.role not in roles:
+        raise PermissionDenied("Your role in this company does not allow this.")
+    return membership
+
+
+def company_view(roles: Iterable[str] = ALL_ROLES) -> Callable:
+    """Decorate a view taking `company_slug`: anonymous → login, then `membership_for`.
+
+    The view receives request.company and request.membership.
+    """
+    allowed = frozenset(roles)
+
+    def decorator(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+        @wraps(view)
+        def wrapper(request: HttpRequest, company_slug: str, *args, **kwargs) -> HttpResponse:
+            if not request.user.is_authenticated:
+                return redirect_to_login(request.get_full_path())
+            membership = membership_for(request.user, company_slug, allowed)
+            request.membership = membership
+            request.company = membership.company
+            request.session["company_slug"] = membership.company.slug
+            return view(request, *args, **kwargs)
+
+        wrapper.allowed_roles = allowed
+        return wrapper
+
+    return decorator

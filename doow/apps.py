@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class DoowConfig(AppConfig):
+    name = "doow"
+    verbose_name = "Doow"

@@ -1,0 +1,52 @@
+"""The Celery app. Configuration comes from Django settings (CELERY_*); the beat schedule lives here."""
+
+import os
+
+from celery import Celery
+from celery.schedules import crontab
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "doow.settings")
+
+app = Celery("doow")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+
+
+@app.on_after_configure.connect
+def _configure(sender, **kwargs) -> None:
+    from django.conf import settings
+
+    filesystem_broker = settings.CELERY_BROKER_URL.startswith("filesystem://")
+    sender.conf.update(
+        timezone="UTC",
+        enable_utc=True,
+        task_acks_late=True,
+        task_ignore_result=True,
+        task_soft_time_limit=settings.CELERY_TASK_SOFT_TIME_LIMIT,
+        task_time_limit=settings.CELERY_TASK_TIME_LIMIT,
+        worker_prefetch_multiplier=1,
+        broker_connection_retry_on_startup=True,
+        # The filesystem transport (embedded default) has no broadcast; Redis does.
+        worker_enable_remote_control=not filesystem_broker,
+        beat_schedule=beat_schedule(settings),
+    )
+
+
+def beat_schedule(settings) -> dict:
+    """Every periodic job, in one place. Each fans out to idempotent, locked per-connection tasks,
+    so a missed or doubled tick is harmless; `expires` drops ticks queued while workers lagged."""
+    interval = settings.OPENROUTER_SYNC_INTERVAL_MINUTES * 60
+    return {
+        "enqueue-due-syncs": {
+            "task": "integrations.enqueue_due_syncs",
+            "schedule": min(interval, 300),
+            "options": {"expires": 240},
+        },
+        "refresh-openrouter-models": {
+            "task": "openrouter.refresh_models",
+            "schedule": crontab(minute=17, hour=0),  # https://crontab.guru/#17_0_*_*_*
+            "options": {"expires": 3600},
+        },
+    }
+
+
+app.autodiscover_tasks()

@@ -1,0 +1,250 @@
+"""Every setting Doow reads, from the environment (django-environ), in one module.
+
+With nothing set, Doow runs on embedded defaults: a SQLite file, Celery on kombu's filesystem
+transport, and the built-in OpenRouter emulator. Secrets (SECRET_KEY, DOOW_ENCRYPTION_KEYS) get
+generated development values only when DEBUG is on; with DEBUG off they must be real or Doow
+refuses to start.
+"""
+
+import os
+import secrets
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+env = environ.Env()
+
+
+def env_secret(name: str, default: str | None = None) -> str | None:
+    """Read NAME_FILE if set (Docker/Kubernetes secrets), else NAME, else the default."""
+    file_path = os.environ.get(f"{name}_FILE")
+    if file_path:
+        try:
+            return Path(file_path).read_text().strip()
+        except OSError as exc:
+            raise ImproperlyConfigured(f"{name}_FILE points at {file_path!r}, which cannot be read") from exc
+    return os.environ.get(name, default)
+
+
+DEBUG = env.bool("DEBUG", default=False)
+LOCAL_DIR = Path(env.str("DOOW_LOCAL_DIR", default=str(BASE_DIR / ".local")))
+
+
+def _dev_value(filename: str, make) -> str:
+    """A development-only value generated once into the ignored local folder.
+
+    O_EXCL makes concurrent first runs (test workers, web + worker) agree on one value.
+    """
+    LOCAL_DIR.mkdir(parents=True, exist_ok=True)
+    path = LOCAL_DIR / filename
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        value = path.read_text().strip()
+        if value:
+            return value
+        raise ImproperlyConfigured(f"{path} is empty; delete it to have it generated again") from None
+    with os.fdopen(fd, "w") as handle:
+        value = make()
+        handle.write(value)
+    return value
+
+
+def _new_encryption_key_ring() -> str:
+    from integrations.crypto import generate_key_entry
+
+    return generate_key_entry()
+
+
+SECRET_KEY = env_secret("SECRET_KEY")
+DOOW_ENCRYPTION_KEYS = env_secret("DOOW_ENCRYPTION_KEYS")
+if DEBUG:
+    SECRET_KEY = SECRET_KEY or _dev_value("dev-secret-key", lambda: secrets.token_urlsafe(50))
+    DOOW_ENCRYPTION_KEYS = DOOW_ENCRYPTION_KEYS or _dev_value("dev-encryption-keys", _new_encryption_key_ring)
+else:
+    missing = [
+        name
+        for name, value in (("SECRET_KEY", SECRET_KEY), ("DOOW_ENCRYPTION_KEYS", DOOW_ENCRYPTION_KEYS))
+        if not value
+    ]
+    if missing:
+        raise ImproperlyConfigured(
+            f"DEBUG is off and {', '.join(missing)} is not set. Production needs real secrets "
+            "(set them, or NAME_FILE pointing at a file); development runs with DEBUG=true."
+        )
+    if len(SECRET_KEY) < 50 or SECRET_KEY.startswith("django-insecure-"):
+        raise ImproperlyConfigured("SECRET_KEY must be at least 50 random characters in production.")
+
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost"] if DEBUG else [])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "csp",
+    "doow",
+    "integrations",
+    "openrouter",
+    "usage",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
+]
+
+ROOT_URLCONF = "doow.urls"
+WSGI_APPLICATION = "doow.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "doow.context_processors.memberships",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{LOCAL_DIR / 'doow.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    LOCAL_DIR.mkdir(parents=True, exist_ok=True)
+    # WAL and a busy timeout let the web server, worker and beat share the file.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {"timeout": 30, "init_command": "PRAGMA journal_mode=WAL;PRAGMA synchronous=NORMAL;"}
+    )
+else:
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_USER_MODEL = "doow.User"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-gb"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+        if DEBUG
+        else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    },
+}
+WHITENOISE_USE_FINDERS = DEBUG
+
+EMAIL_BACKEND = env.str(
+    "EMAIL_BACKEND",
+    default="django.core.mail.backends.console.EmailBackend"
+    if DEBUG
+    else "django.core.mail.backends.smtp.EmailBackend",
+)
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Doow <no-reply@doow.test>")
+
+# --- Security headers. Strict in production; check --deploy passes with production env values.
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
+if not DEBUG:
+    SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "connect-src": ["'self'"],
+        "font-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
+
+# --- Celery. One place for broker, limits and the beat schedule (doow/celery.py reads these).
+CELERY_BROKER_URL = env_secret("CELERY_BROKER_URL") or "filesystem://"
+CELERY_VISIBILITY_TIMEOUT = 3600
+CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=540)
+CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=600)
+# A retry's countdown plus a run must end before Redis re-delivers the unacked message.
+CELERY_RETRY_DELAY_CAP = env.int("CELERY_RETRY_DELAY_CAP", default=900)
+CELERY_BROKER_TRANSPORT_OPTIONS: dict = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    broker_dir = LOCAL_DIR / "broker"
+    for sub in ("queue", "processed"):
+        (broker_dir / sub).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(broker_dir / "queue"),
+        "data_folder_out": str(broker_dir / "queue"),
+        "processed_folder": str(broker_dir / "processed"),
+        "store_processed": False,
+    }
+
+# --- OpenRouter.
+OPENROUTER_BASE_URL = env.str(
+    "OPENROUTER_BASE_URL",
+    default="http://127.0.0.1:8765/api/v1" if DEBUG else "https://openrouter.ai/api/v1",
+)
+OPENROUTER_TIMEOUT_SECONDS = env.float("OPENROUTER_TIMEOUT_SECONDS", default=20.0)
+OPENROUTER_SYNC_INTERVAL_MINUTES = env.int("OPENROUTER_SYNC_INTERVAL_MINUTES", default=60)
+OPENROUTER_MAX_REQUESTS_PER_SECOND = env.float("OPENROUTER_MAX_REQUESTS_PER_SECOND", default=10.0)
+OPENROUTER_CONCURRENCY = env.int("OPENROUTER_CONCURRENCY", default=4)
+OPENROUTER_MAX_RETRIES = env.int("OPENROUTER_MAX_RETRIES", default=4)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"scrub_secrets": {"()": "integrations.log_scrub.ScrubSecretsFilter"}},
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["scrub_secrets"]},
+    },
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {
+        # httpx logs every request line at INFO and headers at DEBUG; keep it quiet and scrubbed.
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
+    },
+}

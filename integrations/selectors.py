@@ -1,0 +1,64 @@
+from django.db.models import QuerySet
+
+from doow.models import Company
+from integrations import crypto
+from integrations.models import Connection, SyncEvent, SyncRun
+
+
+def connection_list(*, company: Company, include_disconnected: bool = True) -> QuerySet[Connection]:
+    connections = Connection.objects.filter(company=company)
+    if not include_disconnected:
+        connections = connections.exclude(state="disconnected")
+    return connections.order_by("name", "id")
+
+
+def connection_get(*, company: Company, connection_id: int) -> Connection:
+    """Only ever look a connection up within the company the request may see."""
+    from django.shortcuts import get_object_or_404
+
+    return get_object_or_404(Connection, company=company, pk=connection_id)
+
+
+def sync_event_list(
+    *, company: Company, connection: Connection | None = None, level=None, kind=None, day=None, after_id=None
+) -> QuerySet[SyncEvent]:
+    events = SyncEvent.objects.filter(company=company).select_related("run", "connection")
+    if connection is not None:
+        events = events.filter(connection=connection)
+    if level:
+        events = events.filter(level=level)
+    if kind:
+        events = events.filter(kind=kind)
+    if day:
+        events = events.filter(created_at__date=day)
+    if after_id:
+        events = events.filter(pk__gt=after_id)
+    return events.order_by("-id")
+
+
+def sync_run_get(*, company: Company, run_id: int) -> SyncRun:
+    from django.shortcuts import get_object_or_404
+
+    return get_object_or_404(SyncRun.objects.select_related("connection"), company=company, pk=run_id)
+
+
+def key_ring_problems() -> list[str]:
+    """Try one stored secret per key id; report key ids that are missing or do not decrypt."""
+    problems = []
+    seen: set[str] = set()
+    for connection in (
+        Connection.objects.exclude(secret="").only("pk", "company_id", "provider", "secret").iterator()
+    ):
+        try:
+            key_id = crypto.key_id_of(connection.secret)
+        except crypto.DecryptionError as exc:
+            problems.append(f"Connection {connection.pk}: {exc}")
+            continue
+        if key_id in seen:
+            continue
+        seen.add(key_id)
+        try:
+            crypto.decrypt(connection.secret, context=connection.secret_context)
+        except crypto.DecryptionError as exc:
+            problems.append(f"Key id {key_id!r} (connection {connection.pk}): {exc}")
+    return problems

@@ -1,0 +1,359 @@
+"""Connection lifecycle, secrets, sync runs and the event log. Views, tasks and commands call these."""
+
+import logging
+import secrets as std_secrets
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+from django.views.decorators.debug import sensitive_variables
+
+from doow.models import Company
+from doow.services import audit_record
+from integrations import crypto
+from integrations.models import (
+    Connection,
+    ConnectionState,
+    EventKind,
+    EventLevel,
+    SyncEvent,
+    SyncRun,
+    SyncRunStatus,
+)
+from integrations.providers import VerifiedCredential
+from integrations.registry import get_provider
+
+logger = logging.getLogger(__name__)
+
+
+class DuplicateConnection(Exception):
+    pass
+
+
+def sync_event_add(
+    *,
+    connection: Connection,
+    kind: str,
+    code: str,
+    message: str,
+    level: str = EventLevel.INFO,
+    run: SyncRun | None = None,
+    detail: dict | None = None,
+) -> SyncEvent:
+    return SyncEvent.objects.create(
+        company_id=connection.company_id,
+        connection=connection,
+        run=run,
+        kind=kind,
+        code=code,
+        level=level,
+        message=message,
+        detail=detail or {},
+    )
+
+
+@sensitive_variables("secret")
+@transaction.atomic
+def connection_create(
+    *,
+    company: Company,
+    provider: str,
+    name: str,
+    secret: str,
+    verified: VerifiedCredential,
+    actor=None,
+    request=None,
+) -> Connection:
+    """Store a verified credential, log it, and enqueue the initial sync once the transaction commits."""
+    if (
+        Connection.objects.select_for_update()
+        .filter(company=company, provider=provider, external_account_id=verified.external_account_id)
+        .exclude(state=ConnectionState.DISCONNECTED)
+        .exists()
+    ):
+        raise DuplicateConnection(
+            f"This company already has a live connection to {verified.account_label or 'that account'}."
+        )
+    connection = Connection.objects.create(
+        company=company,
+        provider=provider,
+        name=name,
+        state=ConnectionState.SYNCING,
+        scope=verified.scope,
+        external_account_id=verified.external_account_id,
+        account_label=verified.account_label,
+        config=verified.config,
+        secret_last4=secret[-4:],
+        created_by=actor,
+        next_sync_at=timezone.now(),
+    )
+    # The ciphertext is bound to the row id, so it is written once the row exists.
+    connection.secret = crypto.encrypt(secret, context=connection.secret_context)
+    connection.save(update_fields=["secret"])
+    sync_event_add(
+        connection=connection,
+        kind=EventKind.CREDENTIAL,
+        code="credential_verified",
+        message=f"Credential verified: {verified.scope.replace('_', ' ')} scope for {verified.account_label}.",
+        detail={"scope": verified.scope, "account": verified.external_account_id},
+    )
+    if verified.notice:
+        sync_event_add(
+            connection=connection,
+            kind=EventKind.SCOPE,
+            code="limited_scope",
+            level=EventLevel.WARNING,
+            message=verified.notice,
+        )
+    audit_record(
+        company=company,
+        action="connection.connected",
+        request=request,
+        actor=actor,
+        target=f"{provider}:{connection.pk}",
+        detail={"name": name, "scope": verified.scope, "account": verified.external_account_id},
+    )
+    connection_enqueue_sync(connection=connection, trigger="initial")
+    return connection
+
+
+def connection_enqueue_sync(*, connection: Connection, trigger: str) -> None:
+    """Send the provider's sync task by name once the surrounding transaction commits."""
+    from doow.celery import app
+
+    task_name = get_provider(connection.provider).sync_task
+    connection_id = connection.pk
+    transaction.on_commit(lambda: app.send_task(task_name, args=[connection_id], kwargs={"trigger": trigger}))
+
+
+@sensitive_variables()
+def connection_secret(connection: Connection) -> str:
+    """Decrypt a connection's credential, failing closed: on any failure the connection is marked
+    needs-attention and DecryptionError is raised; the stored value is never used or re-saved."""
+    if not connection.secret:
+        raise crypto.DecryptionError("This connection holds no credential.")
+    try:
+        return crypto.decrypt(connection.secret, context=connection.secret_context)
+    except crypto.DecryptionError as exc:
+        connection_mark_attention(
+            connection=connection,
+            reason="The stored credential could not be decrypted with the configured key ring. "
+            "Check DOOW_ENCRYPTION_KEYS, or reconnect with the key.",
+            code="decrypt_failed",
+            kind=EventKind.CREDENTIAL,
+            detail={"error": str(exc)},
+        )
+        raise
+
+
+def connection_mark_attention(
+    *, connection: Connection, reason: str, code: str, kind: str, run: SyncRun | None = None, detail=None
+) -> None:
+    Connection.objects.filter(pk=connection.pk).exclude(state=ConnectionState.DISCONNECTED).update(
+        state=ConnectionState.NEEDS_ATTENTION, attention_reason=reason
+    )
+    connection.state, connection.attention_reason = ConnectionState.NEEDS_ATTENTION, reason
+    sync_event_add(
+        connection=connection,
+        kind=kind,
+        code=code,
+        level=EventLevel.ERROR,
+        message=reason,
+        run=run,
+        detail=detail,
+    )
+
+
+@transaction.atomic
+def connection_disconnect(
+    *, connection: Connection, actor=None, request=None, delete_usage: bool = False
+) -> int:
+    """Delete the stored credential now and stop any sync in flight from writing (generation bump).
+
+    Returns the number of usage rows deleted (0 unless delete_usage).
+    """
+    locked = Connection.objects.select_for_update().get(pk=connection.pk)
+    if locked.state == ConnectionState.DISCONNECTED:
+        return 0
+    Connection.objects.filter(pk=locked.pk).update(
+        secret="",
+        secret_last4="",
+        state=ConnectionState.DISCONNECTED,
+        generation=F("generation") + 1,
+        disconnected_at=timezone.now(),
+        sync_lease_until=None,
+        sync_lease_token="",
+        sync_progress={},
+        next_sync_at=None,
+    )
+    deleted = get_provider(locked.provider).purge_data(locked) if delete_usage else 0
+    sync_event_add(
+        connection=locked,
+        kind=EventKind.DISCONNECT,
+        code="disconnected",
+        level=EventLevel.WARNING,
+        message="Disconnected: the stored key was deleted. Revoke it in OpenRouter too."
+        + (f" {deleted} usage rows were deleted." if delete_usage else " Synced usage history is kept."),
+        detail={"usage_rows_deleted": deleted},
+    )
+    audit_record(
+        company=locked.company,
+        action="connection.disconnected",
+        request=request,
+        actor=actor,
+        target=f"{locked.provider}:{locked.pk}",
+        detail={"delete_usage": delete_usage, "usage_rows_deleted": deleted},
+    )
+    connection.refresh_from_db()
+    return deleted
+
+
+def connections_rotate_secrets() -> tuple[int, int]:
+    """Re-encrypt every stored secret under the primary key. Idempotent: (rotated, already current)."""
+    rotated = current = 0
+    for pk in Connection.objects.exclude(secret="").values_list("pk", flat=True).iterator():
+        with transaction.atomic():
+            connection = Connection.objects.select_for_update().get(pk=pk)
+            if not connection.secret:
+                continue
+            if not crypto.needs_rotation(connection.secret):
+                current += 1
+                continue
+            plaintext = crypto.decrypt(connection.secret, context=connection.secret_context)
+            connection.secret = crypto.encrypt(plaintext, context=connection.secret_context)
+            connection.save(update_fields=["secret"])
+            rotated += 1
+    return rotated, current
+
+
+# --- Sync runs: single flight through a database lease (compare-and-set), never a lock held across HTTP.
+
+
+def sync_lease_seconds() -> int:
+    # Longer than the hard time limit, so a live task never loses its lease; a killed one's lease lapses.
+    return settings.CELERY_TASK_TIME_LIMIT + 60
+
+
+def sync_claim(*, connection_id: int) -> str | None:
+    """Claim the connection for one sync. Returns a lease token, or None if another sync holds it."""
+    now = timezone.now()
+    token = std_secrets.token_hex(16)
+    claimed = (
+        Connection.objects.filter(pk=connection_id)
+        .exclude(state=ConnectionState.DISCONNECTED)
+        .filter(Q(sync_lease_until__isnull=True) | Q(sync_lease_until__lt=now))
+        .update(sync_lease_until=now + timedelta(seconds=sync_lease_seconds()), sync_lease_token=token)
+    )
+    return token if claimed == 1 else None
+
+
+def sync_release(*, connection_id: int, token: str) -> None:
+    Connection.objects.filter(pk=connection_id, sync_lease_token=token).update(
+        sync_lease_until=None, sync_lease_token=""
+    )
+
+
+def sync_run_start(*, connection: Connection, trigger: str, attempt: int = 1) -> SyncRun:
+    run = SyncRun.objects.create(
+        company_id=connection.company_id, connection=connection, trigger=trigger, attempt=attempt
+    )
+    now = timezone.now()
+    Connection.objects.filter(pk=connection.pk).exclude(state=ConnectionState.DISCONNECTED).update(
+        state=ConnectionState.SYNCING, last_sync_attempt_at=now, sync_progress={"phase": "starting"}
+    )
+    sync_event_add(
+        connection=connection,
+        run=run,
+        kind=EventKind.SYNC,
+        code="sync_started",
+        message=f"Sync started ({trigger}{', attempt ' + str(attempt) if attempt > 1 else ''}).",
+    )
+    return run
+
+
+def sync_run_record_skip(*, connection: Connection, trigger: str, reason: str) -> SyncRun:
+    run = SyncRun.objects.create(
+        company_id=connection.company_id,
+        connection=connection,
+        trigger=trigger,
+        status=SyncRunStatus.SKIPPED,
+        finished_at=timezone.now(),
+        error_summary=reason,
+    )
+    sync_event_add(connection=connection, run=run, kind=EventKind.SYNC, code="sync_skipped", message=reason)
+    return run
+
+
+def sync_run_finish(
+    *,
+    run: SyncRun,
+    status: str,
+    message: str,
+    level: str = EventLevel.INFO,
+    error_summary: str = "",
+    detail: dict | None = None,
+    complete_through=None,
+) -> None:
+    """Close a run and set the connection's state from its outcome."""
+    now = timezone.now()
+    run.status, run.finished_at, run.error_summary = status, now, error_summary
+    run.save(
+        update_fields=[
+            "status",
+            "finished_at",
+            "error_summary",
+            "requests_made",
+            "rows_written",
+            "keys_seen",
+            "keys_fetched",
+        ]
+    )
+    live = Connection.objects.filter(pk=run.connection_id).exclude(state=ConnectionState.DISCONNECTED)
+    interval = timedelta(minutes=settings.OPENROUTER_SYNC_INTERVAL_MINUTES)
+    if status == SyncRunStatus.SUCCEEDED:
+        updates = {
+            "state": ConnectionState.CONNECTED,
+            "last_synced_at": now,
+            "attention_reason": "",
+            "sync_progress": {},
+            "next_sync_at": now + interval,
+        }
+        if complete_through is not None:
+            updates["complete_through"] = complete_through
+        live.update(**updates)
+    elif status in (SyncRunStatus.PARTIAL, SyncRunStatus.FAILED, SyncRunStatus.DEFERRED):
+        # Keep needs_attention if a permanent error set it; otherwise back to connected, due again soon.
+        live.exclude(state=ConnectionState.NEEDS_ATTENTION).update(
+            state=ConnectionState.CONNECTED,
+            sync_progress={},
+            next_sync_at=now + min(interval, timedelta(minutes=15)),
+        )
+        live.filter(state=ConnectionState.NEEDS_ATTENTION).update(sync_progress={})
+    sync_event_add(
+        connection=run.connection,
+        run=run,
+        kind=EventKind.SYNC,
+        code=f"sync_{status}",
+        level=level,
+        message=message,
+        detail={
+            "requests": run.requests_made,
+            "rows_written": run.rows_written,
+            "keys_seen": run.keys_seen,
+            "keys_fetched": run.keys_fetched,
+            **(detail or {}),
+        },
+    )
+
+
+def connections_due(*, now=None, limit: int = 5000) -> list[int]:
+    now = now or timezone.now()
+    return list(
+        Connection.objects.filter(state__in=[ConnectionState.CONNECTED, ConnectionState.SYNCING])
+        .filter(Q(next_sync_at__isnull=True) | Q(next_sync_at__lte=now))
+        .exclude(secret="")
+        .order_by("next_sync_at")
+        .values_list("pk", flat=True)[:limit]
+    )

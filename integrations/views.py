@@ -1,0 +1,153 @@
+from django.contrib import messages
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from doow.access import ADMINS, ALL_ROLES, HEALTH_READERS, company_view
+from doow.services import audit_record
+from integrations.forms import DisconnectForm, EventFilterForm
+from integrations.models import ConnectionState
+from integrations.selectors import connection_get, connection_list, sync_event_list, sync_run_get
+from integrations.services import connection_disconnect, connection_enqueue_sync, sync_event_add
+
+EVENTS_PER_PAGE = 50
+
+
+@require_GET
+@company_view(ALL_ROLES)
+def integration_cards(request: HttpRequest) -> HttpResponse:
+    """The cards alone: polled by htmx while a connection syncs."""
+    return render(
+        request,
+        "integrations/_cards.html",
+        {
+            "company": request.company,
+            "membership": request.membership,
+            "connections": connection_list(company=request.company),
+        },
+    )
+
+
+def _filtered_events(request: HttpRequest):
+    form = EventFilterForm(request.GET or None)
+    filters = form.cleaned_data if form.is_valid() else {}
+    connection = None
+    if filters.get("connection"):
+        connection = connection_get(company=request.company, connection_id=filters["connection"])
+    events = sync_event_list(
+        company=request.company,
+        connection=connection,
+        level=filters.get("level"),
+        kind=filters.get("kind"),
+        day=filters.get("day"),
+    )
+    return form, connection, events
+
+
+@require_GET
+@company_view(HEALTH_READERS)
+def event_log(request: HttpRequest) -> HttpResponse:
+    form, connection, events = _filtered_events(request)
+    page = Paginator(events, EVENTS_PER_PAGE).get_page(request.GET.get("page"))
+    return render(
+        request,
+        "integrations/event_log.html",
+        {
+            "form": form,
+            "connection": connection,
+            "page": page,
+            "events": page.object_list,
+            "connections": connection_list(company=request.company),
+            "newest_id": page.object_list[0].pk if page.number == 1 and page.object_list else 0,
+            "querystring": request.GET.urlencode(),
+        },
+    )
+
+
+@require_GET
+@company_view(HEALTH_READERS)
+def event_log_newer(request: HttpRequest) -> HttpResponse:
+    """Rows newer than ?after=, for the live log (htmx prepends them)."""
+    _form, _connection, events = _filtered_events(request)
+    try:
+        after = int(request.GET.get("after", "0"))
+    except ValueError:
+        after = 0
+    newer = list(events.filter(pk__gt=after)[:EVENTS_PER_PAGE])
+    response = render(request, "integrations/_event_rows.html", {"events": newer})
+    response["X-Newest-Event-Id"] = str(newer[0].pk if newer else after)
+    return response
+
+
+@require_GET
+@company_view(HEALTH_READERS)
+def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
+    run = sync_run_get(company=request.company, run_id=run_id)
+    return render(request, "integrations/run_detail.html", {"run": run, "events": run.events.order_by("id")})
+
+
+@require_POST
+@company_view(ADMINS)
+def sync_now(request: HttpRequest, connection_id: int) -> HttpResponse:
+    connection = connection_get(company=request.company, connection_id=connection_id)
+    if connection.state == ConnectionState.DISCONNECTED or not connection.secret:
+        messages.error(request, "This connection is disconnected. Connect it again to sync.")
+    else:
+        sync_event_add(
+            connection=connection,
+            kind="sync",
+            code="sync_requested",
+            message=f"Sync requested by {request.user.email}.",
+        )
+        audit_record(
+            company=request.company,
+            action="connection.sync_requested",
+            request=request,
+            target=f"{connection.provider}:{connection.pk}",
+        )
+        connection_enqueue_sync(connection=connection, trigger="manual")
+        messages.success(request, f"Sync of {connection.name} queued.")
+    if request.POST.get("next"):
+        return redirect(_safe_next(request))
+    return redirect("company-settings", company_slug=request.company.slug)
+
+
+def _safe_next(request: HttpRequest) -> str:
+    from django.utils.http import url_has_allowed_host_and_scheme
+
+    target = request.POST.get("next", "")
+    if url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return target
+    return "/"
+
+
+@require_http_methods(["GET", "POST"])
+@company_view(ADMINS)
+def disconnect(request: HttpRequest, connection_id: int) -> HttpResponse:
+    connection = connection_get(company=request.company, connection_id=connection_id)
+    if connection.state == ConnectionState.DISCONNECTED:
+        messages.info(request, f"{connection.name} is already disconnected.")
+        return redirect("company-settings", company_slug=request.company.slug)
+    form = DisconnectForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        deleted = connection_disconnect(
+            connection=connection,
+            actor=request.user,
+            request=request,
+            delete_usage=form.cleaned_data["delete_usage"],
+        )
+        messages.warning(
+            request,
+            f"{connection.name} is disconnected and its stored key deleted. Revoke the key in OpenRouter "
+            "(Settings → Management keys) too."
+            + (
+                f" {deleted} usage rows were deleted."
+                if form.cleaned_data["delete_usage"]
+                else " Synced usage history is kept."
+            ),
+        )
+        return redirect("company-settings", company_slug=request.company.slug)
+    return render(request, "integrations/disconnect.html", {"connection": connection, "form": form})

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class OpenRouterConfig(AppConfig):
+    name = "openrouter"
+    verbose_name = "OpenRouter"

@@ -1,0 +1,38 @@
+from django.core.management.base import BaseCommand, CommandError
+
+from integrations.services import connection_disconnect
+from openrouter.management.commands._common import company_by_slug
+
+
+class Command(BaseCommand):
+    help = "Disconnect a company's OpenRouter connection(s): the stored key is deleted at once."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--company", required=True, help="Company slug")
+        parser.add_argument(
+            "--connection", type=int, help="Connection id (required if the company has several)"
+        )
+        parser.add_argument(
+            "--delete-usage", action="store_true", help="Also delete the synced usage history"
+        )
+
+    def handle(self, *args, **options):
+        company = company_by_slug(options["company"])
+        live = company.connections.filter(provider="openrouter").exclude(state="disconnected")
+        if options["connection"]:
+            live = live.filter(pk=options["connection"])
+        connections = list(live)
+        if not connections:
+            raise CommandError("No live OpenRouter connection matches.")
+        if len(connections) > 1:
+            ids = ", ".join(str(c.pk) for c in connections)
+            raise CommandError(
+                f"{company.slug} has several OpenRouter connections ({ids}); pass --connection ID."
+            )
+        connection = connections[0]
+        deleted = connection_disconnect(connection=connection, delete_usage=options["delete_usage"])
+        self.stdout.write(
+            f"Disconnected {connection.name} (id {connection.pk}); stored key deleted"
+            + (f", {deleted} usage rows deleted" if options["delete_usage"] else ", usage history kept")
+            + ". Revoke the key in OpenRouter too."
+        )

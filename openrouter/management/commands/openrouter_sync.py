@@ -1,0 +1,41 @@
+import time
+
+from django.core.management.base import BaseCommand, CommandError
+
+from integrations.models import Connection, SyncRun
+from openrouter.sync import sync_connection
+
+
+class Command(BaseCommand):
+    help = "Sync OpenRouter connections in the foreground (no broker needed) and print a summary."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--company", help="Company slug")
+        parser.add_argument("--connection", type=int, help="Connection id")
+
+    def handle(self, *args, **options):
+        connections = Connection.objects.filter(provider="openrouter").exclude(state="disconnected")
+        if options["company"]:
+            connections = connections.filter(company__slug=options["company"])
+        if options["connection"]:
+            connections = connections.filter(pk=options["connection"])
+        ids = list(connections.values_list("pk", flat=True))
+        if not ids:
+            raise CommandError("No live OpenRouter connection matches.")
+        failed = False
+        for connection_id in ids:
+            started = time.monotonic()
+            result = sync_connection(connection_id, trigger="command")
+            run = SyncRun.objects.filter(pk=result.run_id).first()
+            seconds = time.monotonic() - started
+            if run is None:
+                self.stdout.write(f"connection {connection_id}: {result.status}")
+                continue
+            failed = failed or result.status not in ("succeeded", "skipped")
+            self.stdout.write(
+                f"connection {connection_id}: {run.status}; keys {run.keys_seen} seen, {run.keys_fetched} fetched; "
+                f"rows written {run.rows_written}; requests {run.requests_made}; {seconds:.1f} s"
+                + (f"; {run.error_summary}" if run.error_summary else "")
+            )
+        if failed:
+            raise CommandError("At least one sync did not succeed; see the event log.")

@@ -1,0 +1,47 @@
+import sys
+from datetime import date
+
+from django.core.management.base import BaseCommand, CommandError
+
+from openrouter import exports
+from openrouter.management.commands._common import company_by_slug
+
+
+def _date(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise CommandError(f"{value!r} is not a date (YYYY-MM-DD).") from None
+
+
+class Command(BaseCommand):
+    help = "Write a company's OpenRouter usage rows to stdout as CSV or JSON (money exact, dates UTC)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--company", required=True)
+        parser.add_argument("--from", dest="start", help="First day (UTC), default 30 days ago")
+        parser.add_argument("--to", dest="end", help="Last day (UTC), default today")
+        parser.add_argument("--group-by", default="", help="Comma list of day,workspace,key,model,provider")
+        parser.add_argument("--format", choices=["csv", "json"], default="csv")
+
+    def handle(self, *args, **options):
+        company = company_by_slug(options["company"])
+        default_start, default_end = exports.default_range()
+        start = _date(options["start"]) if options["start"] else default_start
+        end = _date(options["end"]) if options["end"] else default_end
+        if start > end:
+            raise CommandError("--from must not be after --to.")
+        try:
+            group_by = exports.parse_group_by(options["group_by"])
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        connection_ids = list(company.connections.filter(provider="openrouter").values_list("pk", flat=True))
+        records = exports.export_records(
+            connection_ids=connection_ids, start=start, end=end, group_by=group_by
+        )
+        columns = exports.export_columns(group_by)
+        chunks = (
+            exports.write_csv(records, columns) if options["format"] == "csv" else exports.write_json(records)
+        )
+        for chunk in chunks:
+            sys.stdout.write(chunk)

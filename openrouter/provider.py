@@ -1,0 +1,57 @@
+import hashlib
+
+from django.views.decorators.debug import sensitive_variables
+
+from integrations.models import CredentialScope
+from integrations.providers import Provider, VerifiedCredential
+from openrouter.client import OpenRouterClient
+
+SINGLE_KEY_NOTICE = (
+    "A normal OpenRouter API key may only expose usage for that key. Doow will read only this key's own "
+    "usage counters; connect a management key to see the whole organization."
+)
+
+
+def key_fingerprint(secret: str) -> str:
+    """A stable, non-reversible id for a key OpenRouter gives no hash for (single-key scope)."""
+    return "key-" + hashlib.sha256(secret.encode()).hexdigest()[:20]
+
+
+class OpenRouterProvider(Provider):
+    key = "openrouter"
+    name = "OpenRouter"
+    sync_task = "openrouter.sync_connection"
+    connect_url_name = "openrouter:connect"
+
+    @sensitive_variables("secret")
+    def verify(self, secret: str, **client_options) -> VerifiedCredential:
+        """GET /key: what the key is. Raises ProviderError (permanent for a refused key)."""
+        with OpenRouterClient(secret, max_retries=1, max_inline_wait=5, **client_options) as client:
+            current = client.get_key()
+        if current.is_management_key:
+            account = current.organization_id or (
+                f"user:{current.creator_user_id}" if current.creator_user_id else key_fingerprint(secret)
+            )
+            label = current.organization_id or current.label or "personal account"
+            return VerifiedCredential(
+                scope=CredentialScope.ORGANIZATION,
+                external_account_id=account,
+                account_label=label,
+                config={"organization_id": current.organization_id or "", "key_label": current.label},
+            )
+        return VerifiedCredential(
+            scope=CredentialScope.SINGLE_KEY,
+            external_account_id=key_fingerprint(secret),
+            account_label=current.label or "single API key",
+            notice=SINGLE_KEY_NOTICE,
+            config={"organization_id": current.organization_id or "", "key_label": current.label},
+        )
+
+    def purge_data(self, connection) -> int:
+        from openrouter.models import ApiKey, ApiKeySnapshot, CreditsSnapshot, Member, Workspace
+        from usage.services import usage_delete_for_connection
+
+        deleted = usage_delete_for_connection(connection_id=connection.pk)
+        for model in (ApiKeySnapshot, ApiKey, CreditsSnapshot, Member, Workspace):
+            model.objects.filter(connection_id=connection.pk).delete()
+        return deleted

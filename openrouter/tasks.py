@@ -1,0 +1,40 @@
+import logging
+
+from celery import shared_task
+from celery.exceptions import MaxRetriesExceededError
+from django.conf import settings
+from django.utils import timezone
+
+from openrouter.client import OpenRouterClient, backoff_seconds
+from openrouter.sync import models_upsert, sync_connection
+
+logger = logging.getLogger(__name__)
+
+
+def retry_countdown(*, retries: int, retry_after: float | None) -> int:
+    """The longer of Retry-After and exponential backoff (never 0), capped below the broker's
+    visibility timeout so a waiting task is not redelivered while it waits."""
+    wait = max(retry_after or 0.0, backoff_seconds(retries, base=30.0, cap=settings.CELERY_RETRY_DELAY_CAP))
+    return int(min(wait, settings.CELERY_RETRY_DELAY_CAP))
+
+
+@shared_task(bind=True, name="openrouter.sync_connection", acks_late=True, max_retries=5, ignore_result=True)
+def sync_connection_task(self, connection_id: int, trigger: str = "scheduled") -> str:
+    result = sync_connection(
+        connection_id, trigger="retry" if self.request.retries else trigger, attempt=self.request.retries + 1
+    )
+    if result.retry:
+        try:
+            raise self.retry(
+                countdown=retry_countdown(retries=self.request.retries, retry_after=result.retry_after)
+            )
+        except MaxRetriesExceededError:
+            logger.warning("Sync of connection %s gave up after %s retries", connection_id, self.max_retries)
+    return result.status
+
+
+@shared_task(name="openrouter.refresh_models", ignore_result=True)
+def refresh_models_task() -> int:
+    """The model catalog is public and shared by every connection: read it without a key."""
+    with OpenRouterClient(None) as client:
+        return models_upsert(client.get_models(), now=timezone.now())

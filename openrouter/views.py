@@ -1,0 +1,75 @@
+from django.contrib import messages
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
+from django.views.decorators.http import require_GET, require_http_methods
+
+from doow.access import ADMINS, USAGE_READERS, company_view
+from integrations.selectors import connection_get
+from openrouter import exports
+from openrouter.forms import ConnectForm
+from openrouter.report import DetailQuery, detail_report
+from openrouter.services import ConnectError, openrouter_connect
+
+
+@sensitive_post_parameters("key")
+@sensitive_variables("form")
+@never_cache
+@require_http_methods(["GET", "POST"])
+@company_view(ADMINS)
+def connect(request: HttpRequest) -> HttpResponse:
+    form = ConnectForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            connection, notice = openrouter_connect(
+                company=request.company,
+                secret=form.cleaned_data["key"],
+                name=form.cleaned_data["name"],
+                actor=request.user,
+                request=request,
+            )
+        except ConnectError as exc:
+            form.add_error("key", str(exc))
+        else:
+            messages.success(
+                request, f"{connection.name} is connected. The initial sync of the last 30 days has started."
+            )
+            if notice:
+                messages.warning(request, notice)
+            return redirect("company-settings", company_slug=request.company.slug)
+    return render(request, "openrouter/connect.html", {"form": form})
+
+
+@require_GET
+@company_view(USAGE_READERS)
+def detail(request: HttpRequest, connection_id: int) -> HttpResponse:
+    connection = connection_get(company=request.company, connection_id=connection_id)
+    query = DetailQuery.from_params(request.GET)
+    return render(request, "openrouter/detail.html", detail_report(connection=connection, query=query))
+
+
+@require_GET
+@company_view(USAGE_READERS)
+def export(request: HttpRequest, connection_id: int, fmt: str) -> StreamingHttpResponse:
+    if fmt not in ("csv", "json"):
+        raise Http404("Unknown export format")
+    connection = connection_get(company=request.company, connection_id=connection_id)
+    query = DetailQuery.from_params(request.GET)
+    try:
+        group_by = exports.parse_group_by(request.GET.get("group_by"))
+    except ValueError as exc:
+        return HttpResponse(str(exc), status=400, content_type="text/plain")
+    records = exports.export_records(
+        connection_ids=[connection.pk],
+        start=query.start,
+        end=query.end,
+        group_by=group_by,
+        filters=query.filters,
+    )
+    columns = exports.export_columns(group_by)
+    body = exports.write_csv(records, columns) if fmt == "csv" else exports.write_json(records)
+    response = StreamingHttpResponse(body, content_type="text/csv" if fmt == "csv" else "application/json")
+    filename = f"openrouter-usage-{connection.pk}-{query.start}-{query.end}.{fmt}"
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
