@@ -1,0 +1,287 @@
+"""The sync engine against the emulator: totals reconcile to the cent, re-syncs are idempotent,
+faults end in correct data or a clear partial/failed run, and unchanged keys cost no request."""
+
+from collections import defaultdict
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+
+from integrations.models import ConnectionState, SyncEvent, SyncRun
+from openrouter.emulator import Fault
+from openrouter.models import ApiKey, ApiKeySnapshot, CreditsSnapshot, Member, Workspace
+from tests.support import Sleeps, connect, stored_total, sync, usage_snapshot
+from usage.models import UsageDaily
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def connection(acme, emulator):
+    return connect(acme, emulator)
+
+
+def window(emulator):
+    return emulator.truth.activity_window()
+
+
+def activity_calls(emulator, *, per_key: bool):
+    return [e for e in emulator.request_log.matching("/activity") if ("api_key_hash" in e.query) == per_key]
+
+
+def test_initial_sync_reconciles_with_openrouter_to_the_cent(connection, emulator):
+    result = sync(connection, emulator)
+
+    assert result.status == "succeeded"
+    start, end = window(emulator)
+    assert stored_total(connection) == emulator.truth.activity_total(start, end)
+    byok_truth = sum(
+        (Decimal(str(row["byok_usage_inference"])) for row in emulator.truth.activity_rows(start, end)), Decimal(0)
+    )
+    assert stored_total(connection, "byok_spend_usd") == byok_truth
+    requests_truth = sum(row["requests"] for row in emulator.truth.activity_rows(start, end))
+    assert stored_total(connection, "requests") == requests_truth
+    connection.refresh_from_db()
+    assert connection.state == ConnectionState.CONNECTED
+    assert connection.complete_through == end
+    assert connection.last_synced_at is not None
+
+
+def test_each_listed_key_matches_its_own_activity(connection, emulator):
+    sync(connection, emulator)
+    start, end = window(emulator)
+    for key in emulator.truth.listed_keys():
+        expected = sum(
+            (row["usage"] for row in emulator.truth.activity_rows(start, end, api_key_hash=key["hash"])), Decimal(0)
+        )
+        assert stored_total(connection, api_key_hash=key["hash"]) == expected, key["hash"]
+
+
+def test_usage_of_deleted_keys_is_kept_as_unattributed_rows(connection, emulator):
+    sync(connection, emulator)
+    start, end = window(emulator)
+    deleted_total = sum(
+        (
+            row["usage"]
+            for key in emulator.truth.deleted_keys()
+            for row in emulator.truth.activity_rows(start, end, api_key_hash=key["hash"])
+        ),
+        Decimal(0),
+    )
+    assert deleted_total > 0, "the emulator organization should have deleted keys with usage"
+    assert stored_total(connection, api_key_hash="") == deleted_total
+
+
+def test_rows_sum_endpoint_rows_per_day_model_and_provider(connection, emulator):
+    sync(connection, emulator)
+    start, end = window(emulator)
+    expected = defaultdict(Decimal)
+    for key in emulator.truth.listed_keys():
+        for row in emulator.truth.activity_rows(start, end, api_key_hash=key["hash"]):
+            expected[(key["hash"], row["date"], row["model_permaslug"], row["provider_name"])] += row["usage"]
+    stored = {
+        (r.api_key_hash, r.day.isoformat(), r.model_permaslug, r.provider_name): r.spend_usd
+        for r in UsageDaily.objects.filter(connection=connection).exclude(api_key_hash="")
+    }
+    assert stored == dict(expected)
+
+
+def test_every_key_of_every_workspace_is_stored_with_disabled_and_expired_ones(connection, emulator):
+    sync(connection, emulator)
+    listed = list(emulator.truth.listed_keys())
+    stored = ApiKey.objects.filter(connection=connection)
+    assert sorted(stored.values_list("key_hash", flat=True)) == sorted(k["hash"] for k in listed)
+    assert {k["workspace_id"] for k in listed} == set(stored.values_list("workspace_id", flat=True))
+    assert len({k["workspace_id"] for k in listed}) > 1
+    assert stored.filter(disabled=True).exists()
+    assert Workspace.objects.filter(connection=connection).count() == len(emulator.truth.workspaces())
+    assert Member.objects.filter(connection=connection).count() == len(emulator.truth.members())
+    assert ApiKeySnapshot.objects.filter(connection=connection).count() == len(listed)
+    credits = emulator.truth.credits()
+    snapshot = CreditsSnapshot.objects.get(connection=connection)
+    assert (snapshot.total_credits, snapshot.total_usage) == (credits["total_credits"], credits["total_usage"])
+
+
+def test_key_counters_match_openrouter(connection, emulator):
+    sync(connection, emulator)
+    for key in emulator.truth.listed_keys():
+        stored = ApiKey.objects.get(connection=connection, key_hash=key["hash"])
+        assert stored.usage == Decimal(str(key["usage"]))
+        assert stored.usage_daily == Decimal(str(key["usage_daily"]))
+        assert stored.byok_usage == Decimal(str(key["byok_usage"]))
+
+
+def test_syncing_twice_changes_nothing(connection, emulator):
+    sync(connection, emulator)
+    first = usage_snapshot(connection)
+    sync(connection, emulator)
+    assert usage_snapshot(connection) == first
+
+
+def test_incremental_sync_of_an_unchanged_organization_fetches_no_key_activity(connection, emulator):
+    sync(connection, emulator)
+    emulator.request_log.clear()
+
+    result = sync(connection, emulator)
+
+    assert result.status == "succeeded"
+    assert activity_calls(emulator, per_key=True) == []
+    run = SyncRun.objects.get(pk=result.run_id)
+    assert run.keys_fetched == 0
+    assert run.keys_seen == len(list(emulator.truth.listed_keys()))
+
+
+def test_moving_a_day_forward_refetches_and_keeps_older_rows(connection, emulator):
+    sync(connection, emulator)
+    start, _end = window(emulator)
+    oldest_day_total = stored_total(connection, day=start)
+    assert oldest_day_total > 0
+
+    emulator.set_today(emulator.today + timedelta(days=1))
+    emulator.request_log.clear()
+    sync(connection, emulator)
+
+    new_start, new_end = window(emulator)
+    assert new_start == start + timedelta(days=1)
+    # The day that left OpenRouter's 30-day window is kept as it was.
+    assert stored_total(connection, day=start) == oldest_day_total
+    assert stored_total(connection, day__gte=new_start) == emulator.truth.activity_total(new_start, new_end)
+    assert len(activity_calls(emulator, per_key=True)) == len(list(emulator.truth.listed_keys()))
+    connection.refresh_from_db()
+    assert connection.complete_through == new_end
+
+
+def test_retry_after_seven_seconds_is_honoured(connection, emulator):
+    emulator.faults.add(Fault(path="/activity", retry_after="7", times=1))
+    sleeps = Sleeps()
+
+    result = sync(connection, emulator, sleep=sleeps)
+
+    assert result.status == "succeeded"
+    assert any(seconds >= 7 for seconds in sleeps)
+    assert SyncEvent.objects.filter(connection=connection, code="rate_limited", detail__retry_after=7).exists()
+    start, end = window(emulator)
+    assert stored_total(connection) == emulator.truth.activity_total(start, end)
+
+
+def test_retry_after_as_http_date_is_honoured(connection, emulator):
+    from email.utils import format_datetime
+
+    from tests.support import noon
+
+    when = format_datetime(noon(emulator.today) + timedelta(days=3650), usegmt=True)
+    emulator.faults.add(Fault(path="/credits", retry_after=when, times=1))
+
+    result = sync(connection, emulator)
+
+    # Far longer than a worker may wait: the run is deferred to the next scheduled sync, not retried in a loop.
+    assert result.status == "deferred"
+    assert not result.retry
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault(path="/activity", status=500, times=2),
+        Fault(path="/activity", status=502, times=1),
+        Fault(path="/keys", status=503, times=1),
+        Fault(path="/activity", truncate=True, times=2),
+        Fault(path="/keys", non_json=True, times=1),
+        Fault(path="/activity", drop_field="usage", times=1),
+        Fault(path="/keys", drop_field="hash", times=1),
+        Fault(path="/activity", extra_field={"surprise": [1, 2]}, times=3),
+        Fault(path="/keys", query={"offset": 0}, status=500, times=1),
+        Fault(path="/activity", hang=True, times=1),
+    ],
+    ids=lambda f: f"{f.path}-{f.status or ''}{'truncate' if f.truncate else ''}{'nonjson' if f.non_json else ''}"
+    f"{f.drop_field or ''}{'extra' if f.extra_field else ''}{'hang' if f.hang else ''}",
+)
+def test_transient_faults_end_in_exactly_the_clean_data(connection, emulator, fault, globex):
+    from openrouter.emulator import Emulator
+
+    clean = Emulator(emulator.config)
+    clean_connection = connect(globex, clean, name="clean")
+    sync(clean_connection, clean)
+
+    emulator.faults.add(fault)
+    result = sync(connection, emulator)
+
+    assert result.status == "succeeded", SyncRun.objects.get(pk=result.run_id).error_summary
+    assert fault.fired >= 1
+    strip = [row[:12] for row in usage_snapshot(clean_connection)]
+    assert [row[:12] for row in usage_snapshot(connection)] == strip
+    retried = SyncEvent.objects.filter(connection=connection, kind__in=["retry", "rate_limit"]).exists()
+    # An unknown extra field is not an error: it is ignored, with no retry.
+    assert retried is not bool(fault.extra_field)
+
+
+def test_persistent_failure_ends_partial_and_the_next_run_completes_it(connection, emulator):
+    listed = list(emulator.truth.listed_keys())
+    victim = listed[len(listed) // 2]["hash"]
+    emulator.faults.add(Fault(path="/activity", query={"api_key_hash": victim}, status=500))
+
+    result = sync(connection, emulator)
+
+    assert result.status in ("partial", "failed")
+    assert result.retry
+    run = SyncRun.objects.get(pk=result.run_id)
+    assert run.error_summary == "http_500"
+    assert SyncEvent.objects.filter(run=run, level="error").exists()
+    assert not UsageDaily.objects.filter(connection=connection, api_key_hash=victim).exists()
+
+    emulator.faults.clear()
+    emulator.request_log.clear()
+    assert sync(connection, emulator).status == "succeeded"
+    start, end = window(emulator)
+    assert stored_total(connection) == emulator.truth.activity_total(start, end)
+    # Only keys still stale were fetched again.
+    assert 0 < len(activity_calls(emulator, per_key=True)) < len(listed)
+
+
+def test_revoked_key_marks_the_connection_needs_attention_without_retrying(connection, emulator):
+    emulator.revoke(emulator.management_key)
+
+    result = sync(connection, emulator)
+
+    assert result.status == "failed"
+    assert not result.retry
+    connection.refresh_from_db()
+    assert connection.state == ConnectionState.NEEDS_ATTENTION
+    assert "revoked" in connection.attention_reason
+    assert SyncEvent.objects.filter(connection=connection, code="credential_refused").exists()
+
+
+def test_key_revoked_mid_sync_stops_cleanly(connection, emulator):
+    emulator.faults.add(Fault(path="/activity", revoke_after=3))
+
+    result = sync(connection, emulator)
+
+    assert result.status in ("partial", "failed")
+    connection.refresh_from_db()
+    assert connection.state == ConnectionState.NEEDS_ATTENTION
+    # Whatever was written is whole per key: each stored key's rows equal its own activity.
+    start, end = window(emulator)
+    for key_hash in set(UsageDaily.objects.filter(connection=connection).values_list("api_key_hash", flat=True)):
+        expected = sum(
+            (row["usage"] for row in emulator.truth.activity_rows(start, end, api_key_hash=key_hash)), Decimal(0)
+        )
+        assert stored_total(connection, api_key_hash=key_hash) == expected
+
+
+def test_single_key_scope_reads_only_the_key_itself(acme, emulator):
+    normal = connect(acme, emulator, secret=emulator.normal_key)
+    assert normal.scope == "single_key"
+    emulator.request_log.clear()
+
+    assert sync(normal, emulator).status == "succeeded"
+
+    assert {entry.path for entry in emulator.request_log} == {"/key"}
+    stored = ApiKey.objects.get(connection=normal)
+    assert stored.usage > 0
+    assert ApiKeySnapshot.objects.filter(connection=normal).count() == 1
+
+
+def test_sync_never_calls_content_or_write_endpoints(connection, emulator):
+    sync(connection, emulator)
+    assert {entry.method for entry in emulator.request_log} == {"GET"}
+    assert not any("generation" in entry.path for entry in emulator.request_log)

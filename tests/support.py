@@ -1,0 +1,75 @@
+"""Helpers shared by tests: connect and sync against the in-process emulator at a fixed 'today'."""
+
+from datetime import UTC, date, datetime, time
+
+from django.db.models import Sum
+
+from openrouter.services import openrouter_connect
+from openrouter.sync import sync_connection
+
+TODAY = date(2026, 11, 24)
+EMULATOR_BASE_URL = "http://emulator/api/v1"
+
+
+class Sleeps(list):
+    """A stand-in for time.sleep that records waits instead of waiting."""
+
+    def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+
+
+def noon(day: date) -> datetime:
+    return datetime.combine(day, time(12, 0), tzinfo=UTC)
+
+
+def connect(company, emulator, *, secret=None, name="", actor=None):
+    connection, _notice = openrouter_connect(
+        company=company,
+        secret=secret or emulator.management_key,
+        name=name,
+        actor=actor,
+        transport=emulator.transport(),
+    )
+    return connection
+
+
+def sync(connection, emulator, *, sleep=None, trigger="manual", **kwargs):
+    return sync_connection(
+        connection.pk,
+        trigger=trigger,
+        transport=emulator.transport(),
+        base_url=EMULATOR_BASE_URL,
+        sleep=sleep if sleep is not None else Sleeps(),
+        now=noon(emulator.today),
+        **kwargs,
+    )
+
+
+def usage_snapshot(connection) -> list[tuple]:
+    """Every usage row of a connection, as comparable tuples."""
+    from usage.models import UsageDaily
+
+    return list(
+        UsageDaily.objects.filter(connection=connection)
+        .order_by("day", "workspace_id", "api_key_hash", "model_permaslug", "provider_name")
+        .values_list(
+            "day",
+            "workspace_id",
+            "api_key_hash",
+            "model_permaslug",
+            "provider_name",
+            "requests",
+            "prompt_tokens",
+            "completion_tokens",
+            "reasoning_tokens",
+            "cached_tokens",
+            "spend_usd",
+            "byok_spend_usd",
+        )
+    )
+
+
+def stored_total(connection, field="spend_usd", **filters):
+    from usage.models import UsageDaily
+
+    return UsageDaily.objects.filter(connection=connection, **filters).aggregate(total=Sum(field))["total"] or 0
