@@ -1,0 +1,86 @@
+"""The emulator over real HTTP on loopback, in a daemon thread (tests, benchmarks, the dev command)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as clients pool connections
+    server_version = "DoowOpenRouterEmulator/1"
+
+    def _answer(self) -> None:
+        emu = self.server.emu
+        url = urllib.parse.urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        reply = emu.handle(self.command, url.path, url.query, self.headers.get("Authorization"))
+        if reply.delay:
+            self._sleep(reply.delay)
+        if reply.hang:
+            self._sleep(emu.config.hang_seconds)
+            self.close_connection = True
+            return
+        self.send_response(reply.status)
+        for name, value in reply.headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(reply.body)))
+        self.end_headers()
+        self.wfile.write(reply.body)
+
+    def _sleep(self, seconds: float) -> None:
+        # In small steps, so shutdown() is not held up by a hanging request.
+        deadline = time.monotonic() + seconds
+        while not self.server.stopping.is_set() and time.monotonic() < deadline:
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+
+    do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _answer
+
+    def log_message(self, format, *args):  # the emulator keeps its own request log
+        pass
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class EmulatorServer:
+    def __init__(self, emu, host: str = "127.0.0.1", port: int = 0):
+        self.emu = emu
+        self._server = _Server((host, port), _Handler)
+        self._server.emu = emu
+        self._server.stopping = threading.Event()
+        self.host, self.port = self._server.server_address[:2]
+        self.base_url = f"http://{self.host}:{self.port}/api/v1"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},  # shutdown() waits up to one poll interval
+            name="openrouter-emulator",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def shutdown(self) -> None:
+        self._server.stopping.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def serve_forever(self) -> None:
+        """Block until interrupted (the management command)."""
+        try:
+            while self._thread.is_alive():
+                self._thread.join(0.5)
+        finally:
+            self.shutdown()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.shutdown()
