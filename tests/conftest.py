@@ -66,6 +66,12 @@ def as_user():
 
 
 @pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    # PBKDF2's deliberate slowness costs a second per persona; tests need no brute-force resistance.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
 def _fast_polite_client(settings):
     """No request pacing in tests (the emulator answers at once); keep a few threads to exercise them."""
     settings.OPENROUTER_MAX_REQUESTS_PER_SECOND = 0
