@@ -1,0 +1,138 @@
+"""Scheduling, retries, single flight and disconnect-during-sync, with real threads where it matters."""
+
+import threading
+import time
+from datetime import timedelta
+from unittest import mock
+
+import pytest
+from celery.exceptions import Retry
+from django.conf import settings
+from django.utils import timezone
+
+from integrations.models import Connection, SyncRun
+from integrations.services import connection_disconnect
+from integrations.tasks import enqueue_due_syncs
+from openrouter.emulator import Fault
+from openrouter.sync import SyncResult
+from openrouter.tasks import retry_countdown, sync_connection_task
+from tests.support import connect, stored_total, sync
+from usage.models import UsageDaily
+
+
+def test_retry_countdown_honours_retry_after_and_stays_below_the_visibility_timeout():
+    cap = settings.CELERY_RETRY_DELAY_CAP
+    assert 7 <= retry_countdown(retries=0, retry_after=7) <= cap
+    assert retry_countdown(retries=0, retry_after=86400) == cap
+    for retries in range(8):
+        assert 15 <= retry_countdown(retries=retries, retry_after=None) <= cap
+    assert cap + settings.CELERY_TASK_TIME_LIMIT < settings.CELERY_VISIBILITY_TIMEOUT
+    assert settings.CELERY_TASK_SOFT_TIME_LIMIT < settings.CELERY_TASK_TIME_LIMIT
+
+
+@pytest.mark.parametrize(
+    "result,retried",
+    [
+        (SyncResult(status="failed", retry=True, retry_after=7), True),
+        (SyncResult(status="partial", retry=True), True),
+        (SyncResult(status="failed", retry=False), False),
+        (SyncResult(status="deferred"), False),
+        (SyncResult(status="succeeded"), False),
+    ],
+)
+def test_the_task_retries_only_transient_failures(result, retried):
+    with (
+        mock.patch("openrouter.tasks.sync_connection", return_value=result),
+        mock.patch.object(sync_connection_task, "retry", side_effect=Retry()) as retry,
+    ):
+        if retried:
+            with pytest.raises(Retry):
+                sync_connection_task(1)
+            countdown = retry.call_args.kwargs["countdown"]
+            assert (result.retry_after or 15) <= countdown <= settings.CELERY_RETRY_DELAY_CAP
+        else:
+            assert sync_connection_task(1) == result.status
+            retry.assert_not_called()
+
+
+@pytest.mark.django_db
+def test_beat_fans_out_one_task_per_due_connection_once(acme, globex, emulator):
+    from openrouter.emulator import Emulator, EmulatorConfig
+
+    first = connect(acme, emulator)
+    second = connect(globex, Emulator(EmulatorConfig(seed=11, keys=2)))
+    Connection.objects.update(state="connected", next_sync_at=timezone.now() - timedelta(minutes=1))
+    with mock.patch("doow.celery.app.send_task") as send_task:
+        enqueue_due_syncs()
+        enqueue_due_syncs()  # a doubled beat tick enqueues nothing more
+    sent = sorted(call.kwargs["args"][0] for call in send_task.call_args_list)
+    assert sent == sorted([first.pk, second.pk])
+    assert all(0 <= call.kwargs["countdown"] <= 300 for call in send_task.call_args_list)
+
+
+@pytest.mark.django_db
+def test_disconnected_connections_are_never_due(acme, emulator):
+    connection = connect(acme, emulator)
+    connection_disconnect(connection=connection)
+    with mock.patch("doow.celery.app.send_task") as send_task:
+        enqueue_due_syncs()
+    send_task.assert_not_called()
+
+
+@pytest.mark.django_db
+def test_a_lease_left_by_a_killed_worker_lapses_and_the_next_run_completes(acme, emulator):
+    connection = connect(acme, emulator)
+    # A worker claimed the connection, wrote part of the keys and was killed.
+    Connection.objects.filter(pk=connection.pk).update(
+        sync_lease_until=timezone.now() + timedelta(minutes=5), sync_lease_token="dead-worker"
+    )
+    assert sync(connection, emulator).status == "skipped"
+    assert SyncRun.objects.filter(connection=connection, status="skipped").exists()
+
+    Connection.objects.filter(pk=connection.pk).update(sync_lease_until=timezone.now() - timedelta(seconds=1))
+    assert sync(connection, emulator).status == "succeeded"
+    start, end = emulator.truth.activity_window()
+    assert stored_total(connection) == emulator.truth.activity_total(start, end)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_concurrent_syncs_make_one_set_of_requests(acme, emulator):
+    connection = connect(acme, emulator)
+    emulator.faults.add(Fault(path="/credits", latency=0.5))
+    emulator.request_log.clear()
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(sync(connection, emulator))) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert sorted(r.status for r in results) == ["skipped", "succeeded"]
+    assert len(emulator.request_log.matching("/credits")) == 1
+    per_key = [e for e in emulator.request_log.matching("/activity") if "api_key_hash" in e.query]
+    assert len(per_key) == len({e.query["api_key_hash"] for e in per_key}) == len(list(emulator.truth.listed_keys()))
+    connection.refresh_from_db()
+    assert connection.sync_lease_until is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_disconnect_during_a_sync_stops_all_further_writes(acme, emulator):
+    connection = connect(acme, emulator)
+    emulator.faults.add(Fault(path="/activity", latency=0.2))
+    outcome = {}
+    worker = threading.Thread(target=lambda: outcome.setdefault("result", sync(connection, emulator)))
+    worker.start()
+    deadline = time.monotonic() + 30
+    while not emulator.request_log.matching("/activity") and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+    connection_disconnect(connection=connection)
+    rows_at_disconnect = UsageDaily.objects.filter(connection=connection).count()
+    worker.join(timeout=60)
+
+    assert outcome["result"].status == "aborted"
+    assert UsageDaily.objects.filter(connection=connection).count() == rows_at_disconnect
+    connection.refresh_from_db()
+    assert (connection.secret, connection.secret_last4, connection.state) == ("", "", "disconnected")
+    run = SyncRun.objects.get(pk=outcome["result"].run_id)
+    assert run.error_summary == "aborted_disconnected"
