@@ -1,4 +1,3 @@
-import sys
 from datetime import date
 
 from django.core.management.base import BaseCommand, CommandError
@@ -44,4 +43,4 @@ class Command(BaseCommand):
             exports.write_csv(records, columns) if options["format"] == "csv" else exports.write_json(records)
         )
         for chunk in chunks:
-            sys.stdout.write(chunk)
+            self.stdout.write(chunk, ending="")

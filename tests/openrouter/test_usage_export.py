@@ -1,0 +1,78 @@
+import csv
+import io
+import json
+from decimal import Decimal
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from openrouter.exports import COLUMNS
+from tests.support import connect, stored_total, sync
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def synced(acme, emulator):
+    connection = connect(acme, emulator)
+    sync(connection, emulator)
+    return connection
+
+
+def export(*args) -> str:
+    out = io.StringIO()
+    call_command("usage_export", "--company", "acme", *args, stdout=out)
+    return out.getvalue()
+
+
+def window_args(emulator):
+    start, end = emulator.truth.activity_window()
+    return ["--from", start.isoformat(), "--to", end.isoformat()]
+
+
+def test_csv_has_every_column_and_adds_up_exactly(synced, emulator):
+    rows = list(csv.DictReader(io.StringIO(export(*window_args(emulator)))))
+    assert list(rows[0]) == [name for name, _ in COLUMNS]
+    assert sum(Decimal(r["spend_usd"]) for r in rows) == stored_total(synced)
+    assert sum(Decimal(r["byok_spend_usd"]) for r in rows) == stored_total(synced, "byok_spend_usd")
+    start, end = emulator.truth.activity_window()
+    assert sum(Decimal(r["spend_usd"]) for r in rows) == emulator.truth.activity_total(start, end)
+    unattributed = [r for r in rows if r["api_key_hash"] == ""]
+    assert unattributed and {r["api_key_name"] for r in unattributed} == {"(deleted or unlisted keys)"}
+    named = [r for r in rows if r["api_key_hash"]]
+    assert all(r["api_key_name"] and r["workspace_name"] for r in named)
+    assert all("e" not in r["spend_usd"].lower() for r in rows)
+
+
+def test_group_by_drops_the_other_columns(synced, emulator):
+    text = export(*window_args(emulator), "--group-by", "day,model")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert list(rows[0]) == [
+        "date",
+        "model",
+        "model_permaslug",
+        "requests",
+        "prompt_tokens",
+        "completion_tokens",
+        "reasoning_tokens",
+        "cached_tokens",
+        "spend_usd",
+        "byok_spend_usd",
+    ]
+    assert len({(r["date"], r["model_permaslug"]) for r in rows}) == len(rows)
+    assert sum(Decimal(r["spend_usd"]) for r in rows) == stored_total(synced)
+
+
+def test_json_export(synced, emulator):
+    rows = json.loads(export(*window_args(emulator), "--format", "json", "--group-by", "key"))
+    assert sum(Decimal(r["spend_usd"]) for r in rows) == stored_total(synced)
+    assert {"api_key_hash", "api_key_name", "spend_usd"} <= set(rows[0])
+
+
+def test_bad_arguments_fail_clearly(synced):
+    with pytest.raises(CommandError, match="Unknown group-by"):
+        export("--group-by", "day,colour")
+    with pytest.raises(CommandError, match="not a date"):
+        export("--from", "yesterday")
+    with pytest.raises(CommandError, match="must not be after"):
+        export("--from", "2026-11-10", "--to", "2026-11-01")
