@@ -146,16 +146,24 @@ class Emulator:
                 for j in range(7):
                     acc[j] += values[j]
 
-        if key_index is not None:
-            p = self.world.profile(key_index)
-            if (workspace is None or p.workspace == workspace) and (member is None or p.member == member):
-                for day, row in self.world.key_rows(p, first_ord, last_ord):
-                    add(day, row[0], p.workspace, row[1:])
-        else:
-            for (day, endpoint, ws, mem), values in self.snapshot().activity.items():
-                if first_ord <= day <= last_ord and workspace in (None, ws) and member in (None, mem):
-                    add(day, endpoint, ws, values)
         world = self.world
+        if key_index is not None or (member is not None and (workspace is not None or by_workspace)):
+            # One key, or workspace and user together: stream the keys concerned (rare, never cached).
+            slots = [key_index] if key_index is not None else range(world.slot_count)
+            for i in slots:
+                p = world.profile(i) if key_index is not None else world._build_profile(i)
+                if workspace not in (None, p.workspace) or member not in (None, p.member):
+                    continue
+                for day, row in world.key_rows(p, first_ord, last_ord):
+                    add(day, row[0], p.workspace, row[1:])
+        elif member is not None:
+            for (day, endpoint, mem), values in self.snapshot().by_member.items():
+                if first_ord <= day <= last_ord and mem == member:
+                    add(day, endpoint, -1, values)
+        else:
+            for (day, endpoint, ws), values in self.snapshot().by_workspace.items():
+                if first_ord <= day <= last_ord and workspace in (None, ws):
+                    add(day, endpoint, ws, values)
         rows = [
             views.activity_row(world, day, endpoint, values, ws if by_workspace else None)
             for (day, endpoint, ws), values in sums.items()

@@ -508,30 +508,33 @@ class World:
 class Snapshot:
     """Account-wide figures for one "today", from a single streaming pass over every key and day.
 
-    Memory: aggregates keyed by (day, endpoint, workspace, member) plus COUNTER_FIELDS integers per key.
+    Memory does not grow with rows or keys beyond COUNTER_FIELDS integers per key: activity is kept summed
+    per (day, endpoint, workspace) and per (day, endpoint, member), which answers every /activity filter
+    but the rare workspace-and-user combination (Emulator.activity streams that one).
     """
 
     def __init__(self, world: World, today_ord: int):
         self.today_ord = today_ord
         n = world.slot_count
         self._counters = array("q", bytes(8 * COUNTER_FIELDS * n))
-        self.activity: dict[tuple[int, int, int, int], list[int]] = {}
+        self.by_workspace: dict[tuple[int, int, int], list[int]] = {}
+        self.by_member: dict[tuple[int, int, int], list[int]] = {}
         self.total_usage = 0
         self.total_byok_usage = 0
-        activity = self.activity
+        by_workspace, by_member = self.by_workspace, self.by_member
         for i in range(n):
             p = world._build_profile(i)
             ws, member = p.workspace, p.member
 
             def on_rows(d, rows, ws=ws, member=member):
                 for r in rows:
-                    k = (d, r[0], ws, member)
-                    acc = activity.get(k)
-                    if acc is None:
-                        activity[k] = list(r[1:])
-                    else:
-                        for j in range(7):
-                            acc[j] += r[j + 1]
+                    for sums, k in ((by_workspace, (d, r[0], ws)), (by_member, (d, r[0], member))):
+                        acc = sums.get(k)
+                        if acc is None:
+                            sums[k] = list(r[1:])
+                        else:
+                            for j in range(7):
+                                acc[j] += r[j + 1]
 
             c = world.key_counters(p, today_ord, on_rows)
             self.total_usage += c.usage

@@ -75,7 +75,7 @@ class Truth:
         world = self._world
         first, last = start.toordinal(), min(end.toordinal(), self._emu.today_ord - 1)
         for i in range(world.slot_count):
-            p = world.profile(i) if i < 4096 else world._build_profile(i)
+            p = world._build_profile(i)  # not through the LRU: a full scan would only thrash it
             workspace_id = world.workspaces[p.workspace].id
             for day, row in world.key_rows(p, first, last):
                 out = views.activity_row(world, day, row[0], row[1:], p.workspace)

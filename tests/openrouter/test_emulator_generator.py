@@ -10,6 +10,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from openrouter.emulator import Emulator, EmulatorConfig
 from openrouter.emulator.catalog import BASE_MODELS
@@ -358,3 +360,51 @@ print(json.dumps({"rows": count, "max_rss_mb": resource.getrusage(resource.RUSAG
     result = json.loads(done.stdout)
     assert result["rows"] == 1_000_000
     assert result["max_rss_mb"] < 150, result
+
+
+def test_workspace_and_user_filters_combine(emu):
+    http = client(emu)
+    window = emu.truth.activity_window()
+    workspaces = [w["id"] for w in emu.truth.workspaces()]
+    members = [m["id"] for m in emu.truth.members()]
+    grand_total = Decimal(0)
+    for workspace_id in workspaces:
+        for user_id in members:
+            params = {"workspace_id": workspace_id, "user_id": user_id}
+            rows = http.get("/activity", params=params).json()["data"]
+            expected = sum(
+                (
+                    emu.truth.activity_total(*window, api_key_hash=k["hash"])
+                    for k in [*emu.truth.listed_keys(), *emu.truth.deleted_keys()]
+                    if k["workspace_id"] == workspace_id and k["creator_user_id"] == user_id
+                ),
+                Decimal(0),
+            )
+            assert sum(money(r["usage"]) for r in rows) == expected
+            grand_total += expected
+        grouped = http.get("/activity", params={"user_id": members[0], "group_by": "workspace"}).json()[
+            "data"
+        ]
+        assert all("workspace_id" in r for r in grouped)
+    assert grand_total == emu.truth.activity_total(*window)
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    keys=st.integers(1, 160),
+    workspaces=st.integers(1, 5),
+    members=st.integers(1, 6),
+    days=st.integers(1, 40),
+)
+def test_any_organization_paginates_and_adds_up(seed, keys, workspaces, members, days):
+    emu = Emulator(
+        EmulatorConfig(seed=seed, keys=keys, workspaces=workspaces, members=members, days=days, today=TODAY)
+    )
+    listed, _ = all_keys_via_api(emu)
+    hashes = [k["hash"] for k in listed]
+    assert len(hashes) == len(set(hashes)) == keys
+    deleted = list(emu.truth.deleted_keys())
+    truth = {k["hash"]: k for k in emu.truth.listed_keys()}
+    assert sum(money(k["usage"]) for k in listed) == sum(k["usage"] for k in truth.values())
+    assert emu.truth.credits()["total_usage"] == sum(k["usage"] for k in [*truth.values(), *deleted])
