@@ -296,7 +296,10 @@ class World:
         else:
             offset = int((days + 1) * r.random() ** 1.5)  # more old keys than new ones
         created_ord = self.origin_ord + min(offset, days)
-        created_at = _at(created_ord, 6 * 3600 + r.randrange(12 * 3600))
+        if created_ord == today:  # created earlier today, before the emulated "now"
+            created_at = _at(created_ord, r.randrange(max(60, 864 * self.partial_percent(today) - 120)))
+        else:
+            created_at = _at(created_ord, 6 * 3600 + r.randrange(12 * 3600))
 
         if i == 0:
             workspace = 0
@@ -315,6 +318,9 @@ class World:
             disabled_ord = min(disabled_ord, today)
             stop_ord = disabled_ord
             updated_at = _at(disabled_ord, r.randrange(3600))  # just after midnight: the day has no usage
+            updated_at = max(
+                updated_at, created_at + datetime.timedelta(minutes=5)
+            )  # disabled on creation day
 
         expires_at, expiry_ord = None, 0
         roll = r.random()

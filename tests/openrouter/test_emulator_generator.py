@@ -408,3 +408,13 @@ def test_any_organization_paginates_and_adds_up(seed, keys, workspaces, members,
     truth = {k["hash"]: k for k in emu.truth.listed_keys()}
     assert sum(money(k["usage"]) for k in listed) == sum(k["usage"] for k in truth.values())
     assert emu.truth.credits()["total_usage"] == sum(k["usage"] for k in [*truth.values(), *deleted])
+
+
+def test_timestamps_are_coherent(emu):
+    now = emu.world.now(TODAY.toordinal())
+    for key in [*emu.truth.listed_keys(), *emu.truth.deleted_keys()]:
+        created = datetime.datetime.fromisoformat(key["created_at"])
+        assert created < now
+        for field in ("updated_at", "last_used_at", "deleted_at"):
+            if key.get(field):
+                assert created <= datetime.datetime.fromisoformat(key[field]) < now, (field, key)
