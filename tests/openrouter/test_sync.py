@@ -36,7 +36,8 @@ def test_initial_sync_reconciles_with_openrouter_to_the_cent(connection, emulato
     start, end = window(emulator)
     assert stored_total(connection) == emulator.truth.activity_total(start, end)
     byok_truth = sum(
-        (Decimal(str(row["byok_usage_inference"])) for row in emulator.truth.activity_rows(start, end)), Decimal(0)
+        (Decimal(str(row["byok_usage_inference"])) for row in emulator.truth.activity_rows(start, end)),
+        Decimal(0),
     )
     assert stored_total(connection, "byok_spend_usd") == byok_truth
     requests_truth = sum(row["requests"] for row in emulator.truth.activity_rows(start, end))
@@ -52,7 +53,8 @@ def test_each_listed_key_matches_its_own_activity(connection, emulator):
     start, end = window(emulator)
     for key in emulator.truth.listed_keys():
         expected = sum(
-            (row["usage"] for row in emulator.truth.activity_rows(start, end, api_key_hash=key["hash"])), Decimal(0)
+            (row["usage"] for row in emulator.truth.activity_rows(start, end, api_key_hash=key["hash"])),
+            Decimal(0),
         )
         assert stored_total(connection, api_key_hash=key["hash"]) == expected, key["hash"]
 
@@ -99,7 +101,10 @@ def test_every_key_of_every_workspace_is_stored_with_disabled_and_expired_ones(c
     assert ApiKeySnapshot.objects.filter(connection=connection).count() == len(listed)
     credits = emulator.truth.credits()
     snapshot = CreditsSnapshot.objects.get(connection=connection)
-    assert (snapshot.total_credits, snapshot.total_usage) == (credits["total_credits"], credits["total_usage"])
+    assert (snapshot.total_credits, snapshot.total_usage) == (
+        credits["total_credits"],
+        credits["total_usage"],
+    )
 
 
 def test_key_counters_match_openrouter(connection, emulator):
@@ -159,7 +164,9 @@ def test_retry_after_seven_seconds_is_honoured(connection, emulator):
 
     assert result.status == "succeeded"
     assert any(seconds >= 7 for seconds in sleeps)
-    assert SyncEvent.objects.filter(connection=connection, code="rate_limited", detail__retry_after=7).exists()
+    assert SyncEvent.objects.filter(
+        connection=connection, code="rate_limited", detail__retry_after=7
+    ).exists()
     start, end = window(emulator)
     assert stored_total(connection) == emulator.truth.activity_total(start, end)
 
@@ -193,8 +200,10 @@ def test_retry_after_as_http_date_is_honoured(connection, emulator):
         Fault(path="/keys", query={"offset": 0}, status=500, times=1),
         Fault(path="/activity", hang=True, times=1),
     ],
-    ids=lambda f: f"{f.path}-{f.status or ''}{'truncate' if f.truncate else ''}{'nonjson' if f.non_json else ''}"
-    f"{f.drop_field or ''}{'extra' if f.extra_field else ''}{'hang' if f.hang else ''}",
+    ids=lambda f: (
+        f"{f.path}-{f.status or ''}{'truncate' if f.truncate else ''}{'nonjson' if f.non_json else ''}"
+        f"{f.drop_field or ''}{'extra' if f.extra_field else ''}{'hang' if f.hang else ''}"
+    ),
 )
 def test_transient_faults_end_in_exactly_the_clean_data(connection, emulator, fault, globex):
     from openrouter.emulator import Emulator
@@ -261,9 +270,12 @@ def test_key_revoked_mid_sync_stops_cleanly(connection, emulator):
     assert connection.state == ConnectionState.NEEDS_ATTENTION
     # Whatever was written is whole per key: each stored key's rows equal its own activity.
     start, end = window(emulator)
-    for key_hash in set(UsageDaily.objects.filter(connection=connection).values_list("api_key_hash", flat=True)):
+    for key_hash in set(
+        UsageDaily.objects.filter(connection=connection).values_list("api_key_hash", flat=True)
+    ):
         expected = sum(
-            (row["usage"] for row in emulator.truth.activity_rows(start, end, api_key_hash=key_hash)), Decimal(0)
+            (row["usage"] for row in emulator.truth.activity_rows(start, end, api_key_hash=key_hash)),
+            Decimal(0),
         )
         assert stored_total(connection, api_key_hash=key_hash) == expected
 
