@@ -256,10 +256,25 @@ def sync_release(*, connection_id: int, token: str) -> None:
 
 
 def sync_run_start(*, connection: Connection, trigger: str, attempt: int = 1) -> SyncRun:
+    """Open a run. Called with the lease held, so any other run still marked running belongs to a
+    worker that died (its lease lapsed): close it as failed so the log tells the truth."""
+    now = timezone.now()
+    orphans = list(SyncRun.objects.filter(connection=connection, status=SyncRunStatus.RUNNING))
+    for orphan in orphans:
+        SyncRun.objects.filter(pk=orphan.pk).update(
+            status=SyncRunStatus.FAILED, finished_at=now, error_summary="worker_lost"
+        )
+        sync_event_add(
+            connection=connection,
+            run=orphan,
+            kind=EventKind.SYNC,
+            code="sync_worker_lost",
+            level=EventLevel.ERROR,
+            message="This sync's worker stopped without finishing (killed or crashed); the next run completes it.",
+        )
     run = SyncRun.objects.create(
         company_id=connection.company_id, connection=connection, trigger=trigger, attempt=attempt
     )
-    now = timezone.now()
     Connection.objects.filter(pk=connection.pk).exclude(state=ConnectionState.DISCONNECTED).update(
         state=ConnectionState.SYNCING, last_sync_attempt_at=now, sync_progress={"phase": "starting"}
     )
