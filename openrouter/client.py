@@ -35,7 +35,7 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # str.isdigit() alone accepts "²"
         return float(min(int(value), 7 * 24 * 3600))
     try:
         when = email.utils.parsedate_to_datetime(value)

@@ -1,0 +1,143 @@
+"""Fuzz every endpoint parser with malformed and hostile payloads: wrong types, huge and negative
+numbers, unicode, missing and extra fields. Nothing but a clear SchemaError may escape, and a sync fed
+such a payload writes nothing partial."""
+
+import json
+from decimal import Decimal
+from functools import cache
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from openrouter import schemas
+from openrouter.client import parse_retry_after
+from openrouter.emulator import Emulator, EmulatorConfig
+
+PARSERS = {
+    "/key": schemas.parse_current_key,
+    "/keys": schemas.parse_keys,
+    "/activity": schemas.parse_activity,
+    "/credits": schemas.parse_credits,
+    "/workspaces": schemas.parse_workspaces,
+    "/organization/members": schemas.parse_members,
+    "/models": schemas.parse_models,
+}
+
+hostile_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**30), max_value=10**30),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.decimals(allow_nan=True, allow_infinity=True),
+    st.text(alphabet=st.characters(codec="utf-8"), max_size=40),
+    st.text(min_size=500, max_size=2000),
+)
+hostile_json = st.recursive(
+    hostile_scalars,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    max_leaves=12,
+)
+
+
+@cache
+def valid_payloads() -> dict:
+    emulator = Emulator(EmulatorConfig(seed=5, keys=4))
+    client = httpx.Client(transport=emulator.transport(), base_url="http://emulator/api/v1")
+    auth = {"Authorization": f"Bearer {emulator.management_key}"}
+    payloads = {
+        path: json.loads(client.get(path.lstrip("/"), headers=auth).content, parse_float=Decimal) for path in PARSERS
+    }
+    payloads["/key"] = json.loads(
+        client.get("key", headers={"Authorization": f"Bearer {emulator.normal_key}"}).content, parse_float=Decimal
+    )
+    return payloads
+
+
+def parse_or_schema_error(path, payload):
+    try:
+        result = PARSERS[path](payload)
+    except schemas.SchemaError:
+        return None
+    return result
+
+
+@st.composite
+def mutated(draw):
+    """A real payload with one field of one record replaced, dropped, or joined by an extra one."""
+    path = draw(st.sampled_from(sorted(PARSERS)))
+    payload = json.loads(json.dumps(valid_payloads()[path], default=str))
+    data = payload["data"]
+    record = draw(st.sampled_from(data)) if isinstance(data, list) and data else data
+    if isinstance(record, dict) and record:
+        name = draw(st.sampled_from(sorted(record)))
+        action = draw(st.sampled_from(["replace", "drop", "extra"]))
+        if action == "replace":
+            record[name] = draw(hostile_json)
+        elif action == "drop":
+            del record[name]
+        else:
+            record[draw(st.text(min_size=1, max_size=20))] = draw(hostile_json)
+    return path, payload
+
+
+@given(mutated())
+@settings(max_examples=300, deadline=None)
+def test_mutated_payloads_parse_or_raise_schema_error(case):
+    path, payload = case
+    result = parse_or_schema_error(path, payload)
+    if result is None:
+        return
+    records = result[0] if isinstance(result, tuple) else result
+    for record in records if isinstance(records, list) else [records]:
+        for value in vars(record).values():
+            if isinstance(value, int) and not isinstance(value, bool):
+                assert 0 <= value <= schemas.MAX_COUNT
+            if isinstance(value, Decimal):
+                assert value.is_finite()
+
+
+@given(st.sampled_from(sorted(PARSERS)), hostile_json)
+@settings(max_examples=300, deadline=None)
+def test_arbitrary_json_parses_or_raises_schema_error(path, payload):
+    parse_or_schema_error(path, payload)
+    parse_or_schema_error(path, {"data": payload})
+
+
+@given(st.text(max_size=60))
+def test_retry_after_parser_never_raises(value):
+    seconds = parse_retry_after(value)
+    assert seconds is None or 0 <= seconds <= 7 * 24 * 3600
+
+
+@pytest.mark.django_db
+@given(st.lists(hostile_json, min_size=1, max_size=3))
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_a_sync_fed_hostile_activity_writes_nothing(acme, items):
+    import respx
+
+    from integrations.models import Connection
+    from openrouter.sync import sync_connection
+    from tests.support import TODAY, noon
+    from usage.models import UsageDaily
+
+    emulator = Emulator(EmulatorConfig(seed=5, keys=4, today=TODAY))
+    connection = Connection.objects.filter(company=acme).first()
+    if connection is None:
+        from tests.support import connect
+
+        connection = connect(acme, emulator)
+    Connection.objects.filter(pk=connection.pk).update(sync_lease_until=None)
+
+    def answer(request):
+        if request.url.path.endswith("/activity"):
+            return httpx.Response(200, content=json.dumps({"data": items}, default=str).encode())
+        return emulator.transport().handle_request(request)
+
+    with respx.mock(base_url="http://emulator/api/v1", assert_all_called=False) as router:
+        router.route().mock(side_effect=answer)
+        result = sync_connection(connection.pk, base_url="http://emulator/api/v1", sleep=lambda s: None, now=noon(TODAY))
+    assert result.status in ("failed", "partial", "succeeded")
+    if result.status != "succeeded":
+        assert not UsageDaily.objects.filter(connection=connection).exists()
