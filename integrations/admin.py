@@ -1,0 +1,67 @@
+from django.contrib import admin
+
+from integrations.models import Connection, SyncEvent, SyncRun
+
+
+@admin.register(Connection)
+class ConnectionAdmin(admin.ModelAdmin):
+    """The ciphertext is never shown or editable here; the masked last four characters are."""
+
+    list_display = ["name", "company", "provider", "state", "scope", "masked_secret", "last_synced_at"]
+    list_filter = ["provider", "state", "scope"]
+    search_fields = ["name", "company__name", "external_account_id"]
+    exclude = ["secret", "secret_last4", "sync_lease_token"]
+    readonly_fields = [
+        "masked_secret",
+        "company",
+        "provider",
+        "scope",
+        "external_account_id",
+        "generation",
+        "last_synced_at",
+        "last_sync_attempt_at",
+        "complete_through",
+        "sync_progress",
+        "sync_lease_until",
+        "created_by",
+        "disconnected_at",
+    ]
+
+    def has_add_permission(self, request):
+        return False  # Connections are made by verifying a key (the connect page or command).
+
+
+@admin.register(SyncRun)
+class SyncRunAdmin(admin.ModelAdmin):
+    list_display = [
+        "pk",
+        "connection",
+        "trigger",
+        "status",
+        "started_at",
+        "finished_at",
+        "requests_made",
+        "rows_written",
+    ]
+    list_filter = ["status", "trigger"]
+    list_select_related = ["connection"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(SyncEvent)
+class SyncEventAdmin(admin.ModelAdmin):
+    list_display = ["created_at", "connection", "level", "kind", "code", "message"]
+    list_filter = ["level", "kind"]
+    search_fields = ["code", "message"]
+    list_select_related = ["connection"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False

@@ -1,0 +1,61 @@
+from django.contrib import admin
+
+from openrouter.models import ApiKey, ApiKeySnapshot, CreditsSnapshot, Member, Model, Workspace
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Synced from OpenRouter: the next sync would overwrite any edit, so none is offered."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(ReadOnlyAdmin):
+    list_display = [
+        "name",
+        "key_hash",
+        "connection",
+        "workspace_id",
+        "disabled",
+        "usage",
+        "last_used_at",
+        "missing_since",
+    ]
+    list_filter = ["disabled"]
+    search_fields = ["name", "label", "key_hash"]
+    list_select_related = ["connection"]
+
+
+@admin.register(ApiKeySnapshot)
+class ApiKeySnapshotAdmin(ReadOnlyAdmin):
+    list_display = ["key_hash", "day", "usage", "usage_daily", "connection"]
+    list_select_related = ["connection"]
+
+
+@admin.register(CreditsSnapshot)
+class CreditsSnapshotAdmin(ReadOnlyAdmin):
+    list_display = ["connection", "taken_at", "total_credits", "total_usage"]
+    list_select_related = ["connection"]
+
+
+@admin.register(Workspace)
+class WorkspaceAdmin(ReadOnlyAdmin):
+    list_display = ["name", "workspace_id", "connection"]
+    list_select_related = ["connection"]
+
+
+@admin.register(Member)
+class MemberAdmin(ReadOnlyAdmin):
+    list_display = ["email", "first_name", "last_name", "role", "connection"]
+    search_fields = ["email", "first_name", "last_name"]
+    list_select_related = ["connection"]
+
+
+@admin.register(Model)
+class ModelAdmin(ReadOnlyAdmin):
+    list_display = ["name", "slug", "permaslug", "context_length", "prompt_price", "completion_price"]
+    search_fields = ["name", "slug"]

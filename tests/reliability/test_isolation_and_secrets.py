@@ -1,0 +1,132 @@
+"""Tenant isolation over every URL that takes an id, and a scan of a whole session (database dump,
+logs, every rendered page) for the key or any 8-character piece of it."""
+
+import logging
+
+import pytest
+from django.apps import apps
+from django.db import connection as db
+
+from doow.access import ADMINS
+from integrations.models import Connection, SyncRun
+from tests.conftest import client_for
+from tests.support import connect, sync
+from tests.url_walker import company_routes, fetch
+
+pytestmark = pytest.mark.django_db
+
+
+def real_kwargs(route, connection, run) -> dict:
+    values = {"connection_id": connection.pk, "run_id": run.pk, "fmt": "csv"}
+    return {name: values.get(name, dummy) for name, dummy in route.dummy_kwargs.items()}
+
+
+def url_for(route, company_slug: str, kwargs: dict) -> str:
+    return type(route)(route=route.route, name=route.name, view=route.view, dummy_kwargs=kwargs).url(
+        company_slug
+    )
+
+
+@pytest.fixture
+def acme_connection(acme, emulator):
+    connection = connect(acme, emulator)
+    sync(connection, emulator)
+    return connection
+
+
+def test_every_url_with_an_id_is_404_for_another_companys_admin(personas, acme_connection, globex, emulator):
+    run = SyncRun.objects.filter(connection=acme_connection).first()
+    charlie = client_for(personas["outsider"])
+    routes_with_ids = [route for route in company_routes() if route.dummy_kwargs]
+    assert len(routes_with_ids) >= 5
+    for route in routes_with_ids:
+        kwargs = real_kwargs(route, acme_connection, run)
+        # Acme's ids under Acme's slug: not a member.
+        assert fetch(charlie, url_for(route, "acme", kwargs)).status_code == 404, route
+        # Acme's ids under Charlie's own company: the object is not his company's.
+        assert fetch(charlie, url_for(route, "globex", kwargs)).status_code == 404, route
+    acme_connection.refresh_from_db()
+    assert acme_connection.state == "connected"
+    assert acme_connection.secret
+
+
+def test_finance_and_ops_get_403_for_every_admin_action(personas, acme_connection):
+    run = SyncRun.objects.filter(connection=acme_connection).first()
+    admin_routes = [route for route in company_routes() if route.allowed_roles == ADMINS]
+    assert {route.name for route in admin_routes} >= {
+        "openrouter:connect",
+        "integrations:disconnect",
+        "integrations:sync-now",
+    }
+    for persona in ("finance", "ops"):
+        client = client_for(personas[persona])
+        for route in admin_routes:
+            url = url_for(route, "acme", real_kwargs(route, acme_connection, run))
+            assert client.get(url).status_code in (403, 405), (persona, route)
+            assert client.post(url, {"confirm": "on"}).status_code == 403, (persona, route)
+    acme_connection.refresh_from_db()
+    assert acme_connection.state == "connected"
+
+
+def pieces(secret: str) -> set[str]:
+    return {secret[i : i + 8] for i in range(len(secret) - 7)}
+
+
+def database_dump() -> str:
+    chunks = []
+    with db.cursor() as cursor:
+        for model in apps.get_models():
+            cursor.execute(f"SELECT * FROM {db.ops.quote_name(model._meta.db_table)}")  # noqa: S608
+            chunks.extend(repr(row) for row in cursor.fetchall())
+    return "\n".join(chunks)
+
+
+def test_a_full_session_never_shows_the_key(personas, emulator, emulator_server, caplog, django_user_model):
+    caplog.set_level(logging.DEBUG)
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.DEBUG)
+    key = emulator.management_key
+    seen: list[str] = []
+    try:
+        admin = client_for(personas["admin"])
+        seen.append(
+            admin.post("/c/acme/integrations/openrouter/connect/", {"key": key}, follow=True).content.decode()
+        )
+        connection = Connection.objects.get()
+        sync(connection, emulator)
+        run = SyncRun.objects.filter(connection=connection).first()
+        for persona in ("admin", "finance", "ops"):
+            client = client_for(personas[persona])
+            seen.append(client.get("/c/acme/settings/").content.decode())
+            for route in company_routes():
+                response = fetch(client, url_for(route, "acme", real_kwargs(route, connection, run)))
+                if response.streaming:
+                    seen.append(b"".join(response.streaming_content).decode())
+                else:
+                    seen.append(response.content.decode())
+        staff = django_user_model.objects.create_superuser(email="root@doow.test", password="x" * 20)
+        root = client_for(staff)
+        for path in (
+            "/admin/integrations/connection/",
+            f"/admin/integrations/connection/{connection.pk}/change/",
+            "/admin/integrations/syncevent/",
+            "/admin/doow/auditentry/",
+        ):
+            response = root.get(path)
+            assert response.status_code == 200, path
+            seen.append(response.content.decode())
+        seen.append(database_dump())
+        seen.append(
+            admin.post(
+                f"/c/acme/integrations/{connection.pk}/disconnect/", {"confirm": "on"}, follow=True
+            ).content.decode()
+        )
+        seen.append(database_dump())
+    finally:
+        for name in ("httpx", "httpcore"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    seen.extend(record.getMessage() for record in caplog.records)
+    everything = "\n".join(seen)
+    assert f"sk-or-…{key[-4:]}" in everything  # the masked form is what people see
+    leaked = [piece for piece in pieces(key) if piece in everything]
+    assert not leaked, f"{len(leaked)} 8-character pieces of the key were found"
