@@ -134,7 +134,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     LOCAL_DIR.mkdir(parents=True, exist_ok=True)
     # WAL and a busy timeout let the web server, worker and beat share the file.
     # A file, not memory, for the test database: subprocess tests (a real worker) share it.
-    DATABASES["default"]["TEST"] = {"NAME": str(LOCAL_DIR / "test-db.sqlite3")}
+    # Per process, so test runs side by side never share one.
+    DATABASES["default"]["TEST"] = {"NAME": str(LOCAL_DIR / f"test-db-{os.getpid()}.sqlite3")}
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {"timeout": 30, "init_command": "PRAGMA journal_mode=WAL;PRAGMA synchronous=NORMAL;"}
     )

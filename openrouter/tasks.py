@@ -23,6 +23,8 @@ def sync_connection_task(self, connection_id: int, trigger: str = "scheduled") -
     result = sync_connection(
         connection_id, trigger="retry" if self.request.retries else trigger, attempt=self.request.retries + 1
     )
+    if result.status != "skipped":
+        evaluate_alerts_task.delay(connection_id)
     if result.retry:
         try:
             raise self.retry(
@@ -38,3 +40,15 @@ def refresh_models_task() -> int:
     """The model catalog is public and shared by every connection: read it without a key."""
     with OpenRouterClient(None) as client:
         return models_upsert(client.get_models(), now=timezone.now())
+
+
+@shared_task(name="openrouter.evaluate_alerts", ignore_result=True)
+def evaluate_alerts_task(connection_id: int) -> int:
+    """After each sync: budgets, credits, key limits, sync health and anomalies (openrouter/alerts.py)."""
+    from integrations.models import Connection
+    from openrouter.alerts import evaluate_alerts
+
+    connection = Connection.objects.filter(pk=connection_id).first()
+    if connection is None:
+        return 0
+    return len(evaluate_alerts(connection=connection))

@@ -43,6 +43,7 @@ def test_retry_countdown_honours_retry_after_and_stays_below_the_visibility_time
 def test_the_task_retries_only_transient_failures(result, retried):
     with (
         mock.patch("openrouter.tasks.sync_connection", return_value=result),
+        mock.patch("openrouter.tasks.evaluate_alerts_task") as evaluate,
         mock.patch.object(sync_connection_task, "retry", side_effect=Retry()) as retry,
     ):
         if retried:
@@ -53,6 +54,8 @@ def test_the_task_retries_only_transient_failures(result, retried):
         else:
             assert sync_connection_task(1) == result.status
             retry.assert_not_called()
+    # Alerts are evaluated after every sync that ran.
+    evaluate.delay.assert_called_once_with(1)
 
 
 @pytest.mark.django_db

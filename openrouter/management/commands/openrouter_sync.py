@@ -3,6 +3,7 @@ import time
 from django.core.management.base import BaseCommand, CommandError
 
 from integrations.models import Connection, SyncRun
+from openrouter.alerts import evaluate_alerts
 from openrouter.sync import sync_connection
 
 
@@ -26,6 +27,8 @@ class Command(BaseCommand):
         for connection_id in ids:
             started = time.monotonic()
             result = sync_connection(connection_id, trigger="command")
+            if result.status != "skipped":
+                evaluate_alerts(connection=Connection.objects.get(pk=connection_id))
             run = SyncRun.objects.filter(pk=result.run_id).first()
             seconds = time.monotonic() - started
             if run is None:
