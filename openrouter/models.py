@@ -151,3 +151,20 @@ class Model(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class KeyOwner(models.Model):
+    """An admin's hand-made answer to "whose key is this?". Syncs never touch it, so it outlives them."""
+
+    company = models.ForeignKey(Company, on_delete=models.CASCADE, related_name="+")
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="openrouter_key_owners")
+    key_hash = models.CharField(max_length=100)
+    user = models.ForeignKey("doow.User", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    set_by = models.ForeignKey("doow.User", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    set_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["connection", "key_hash"], name="or_key_owner_key")]
+
+    def __str__(self) -> str:
+        return f"{self.key_hash} → {self.user or 'nobody'}"

@@ -51,3 +51,103 @@ class UsageDaily(models.Model):
 
     def __str__(self) -> str:
         return f"{self.day} {self.api_key_hash or UNATTRIBUTED_LABEL} {self.model_permaslug} {self.spend_usd}"
+
+
+class BudgetScope(models.TextChoices):
+    CONNECTION = "connection", "Whole connection"
+    WORKSPACE = "workspace", "Workspace"
+    KEY = "key", "API key"
+
+
+class Budget(models.Model):
+    """A monthly spend budget (USD, OpenRouter credits) for a connection, a workspace or an API key."""
+
+    company = models.ForeignKey(Company, on_delete=models.CASCADE, related_name="+")
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="budgets")
+    scope = models.CharField(max_length=20, choices=BudgetScope.choices)
+    target = models.CharField(
+        max_length=100, blank=True, help_text="Workspace id or key hash; empty for the connection."
+    )
+    target_label = models.CharField(max_length=300, blank=True)
+    monthly_usd = models.DecimalField(max_digits=14, decimal_places=2)
+    created_by = models.ForeignKey("doow.User", null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["connection", "scope", "target"], name="one_budget_per_target")
+        ]
+        ordering = ["scope", "target_label"]
+
+    def __str__(self) -> str:
+        return f"{self.get_scope_display()} {self.target_label or ''} ${self.monthly_usd}/month"
+
+
+class AlertKind(models.TextChoices):
+    BUDGET_80 = "budget_80", "Budget 80% reached"
+    BUDGET_100 = "budget_100", "Budget reached"
+    BUDGET_PROJECTED = "budget_projected", "Projected to exceed budget"
+    CREDIT_LOW = "credit_low", "Credit balance below threshold"
+    CREDIT_RUNWAY = "credit_runway", "Credits projected to run out"
+    KEY_LIMIT = "key_limit", "API key limit almost used"
+    SYNC_FAILING = "sync_failing", "Sync failing"
+    ANOMALY = "anomaly", "Unusual spend"
+    NEW_SPENDER = "new_spender", "New key or model with material spend"
+
+
+class AlertRule(models.Model):
+    """What to watch on a connection and whom to tell. `threshold` means, by kind: USD balance
+    (credit_low), days (credit_runway), fraction of the limit left (key_limit), hours (sync_failing),
+    robust z-score (anomaly), USD per day (new_spender); unused for budget kinds."""
+
+    company = models.ForeignKey(Company, on_delete=models.CASCADE, related_name="+")
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="alert_rules")
+    kind = models.CharField(max_length=30, choices=AlertKind.choices)
+    budget = models.ForeignKey(Budget, null=True, blank=True, on_delete=models.CASCADE, related_name="rules")
+    threshold = models.DecimalField(max_digits=14, decimal_places=4, null=True, blank=True)
+    notify_roles = models.JSONField(default=list, blank=True)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["kind", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} ({self.connection_id})"
+
+
+class AlertState(models.TextChoices):
+    OPEN = "open", "Open"
+    ACKNOWLEDGED = "acknowledged", "Acknowledged"
+    RESOLVED = "resolved", "Resolved"
+
+
+class Alert(models.Model):
+    """One alert per rule, subject and period (a month, a day…): re-evaluating after every sync never
+    raises it twice."""
+
+    company = models.ForeignKey(Company, on_delete=models.CASCADE, related_name="+")
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="alerts")
+    rule = models.ForeignKey(AlertRule, on_delete=models.CASCADE, related_name="alerts")
+    kind = models.CharField(max_length=30, choices=AlertKind.choices)
+    subject = models.CharField(max_length=300, blank=True)
+    period = models.CharField(max_length=40)
+    state = models.CharField(max_length=20, choices=AlertState.choices, default=AlertState.OPEN)
+    title = models.CharField(max_length=300)
+    message = models.TextField()
+    detail = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    emailed_to = models.JSONField(default=list, blank=True)
+    acknowledged_by = models.ForeignKey("doow.User", null=True, blank=True, on_delete=models.SET_NULL)
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["rule", "subject", "period"], name="one_alert_per_rule_period")
+        ]
+        indexes = [models.Index(fields=["company", "state", "-created_at"], name="alert_company_state_idx")]
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.title

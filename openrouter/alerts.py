@@ -1,0 +1,333 @@
+"""Alert evaluation after each sync: budgets, credits, key limits, failing syncs, spend anomalies.
+
+Each firing condition gets one Alert per (rule, subject, period), so evaluating after every sync
+never raises it twice; an open alert whose condition no longer holds is resolved.
+"""
+
+import logging
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from django.core.mail import send_mail
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from doow.models import Membership, Role
+from integrations.models import Connection, ConnectionState, EventKind, EventLevel, SyncRun, SyncRunStatus
+from integrations.services import sync_event_add
+from openrouter import insights
+from openrouter.models import ApiKey, CreditsSnapshot
+from usage.anomalies import DEFAULT_Z, detect_spike, new_spenders
+from usage.forecast import runway_days
+from usage.models import Alert, AlertKind, AlertRule, AlertState, Budget
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ROLES = [Role.ADMIN, Role.FINANCE]
+
+
+def budget_create(
+    *, connection: Connection, scope: str, target: str, target_label: str, monthly_usd, actor=None
+) -> Budget:
+    """A budget comes with its three rules: 80% reached, 100% reached, projected to exceed."""
+    with transaction.atomic():
+        budget, _ = Budget.objects.update_or_create(
+            connection=connection,
+            scope=scope,
+            target=target,
+            defaults={
+                "company_id": connection.company_id,
+                "target_label": target_label,
+                "monthly_usd": monthly_usd,
+                "created_by": actor,
+            },
+        )
+        for kind in (AlertKind.BUDGET_80, AlertKind.BUDGET_100, AlertKind.BUDGET_PROJECTED):
+            AlertRule.objects.get_or_create(
+                connection=connection,
+                budget=budget,
+                kind=kind,
+                defaults={"company_id": connection.company_id, "notify_roles": DEFAULT_ROLES},
+            )
+    return budget
+
+
+def default_rules_ensure(*, connection: Connection) -> None:
+    """Every connection watches its credits, key limits, sync health and anomalies by default."""
+    defaults = {
+        AlertKind.CREDIT_LOW: Decimal(10),
+        AlertKind.CREDIT_RUNWAY: Decimal(7),
+        AlertKind.KEY_LIMIT: Decimal("0.1"),
+        AlertKind.SYNC_FAILING: Decimal(6),
+        AlertKind.ANOMALY: DEFAULT_Z,
+        AlertKind.NEW_SPENDER: Decimal(5),
+    }
+    for kind, threshold in defaults.items():
+        AlertRule.objects.get_or_create(
+            connection=connection,
+            kind=kind,
+            budget=None,
+            defaults={
+                "company_id": connection.company_id,
+                "threshold": threshold,
+                "notify_roles": DEFAULT_ROLES,
+            },
+        )
+
+
+class _Firing:
+    def __init__(self, subject: str, period: str, title: str, message: str, detail: dict | None = None):
+        self.subject, self.period, self.title, self.message, self.detail = (
+            subject,
+            period,
+            title,
+            message,
+            detail or {},
+        )
+
+
+def evaluate_alerts(*, connection: Connection, now: datetime | None = None) -> list[Alert]:
+    """Evaluate every enabled rule of the connection; returns the alerts newly raised."""
+    now = now or timezone.now()
+    if connection.state == ConnectionState.DISCONNECTED:
+        return []
+    default_rules_ensure(connection=connection)
+    raised = []
+    for rule in AlertRule.objects.filter(connection=connection, enabled=True).select_related("budget"):
+        firings = list(_check(rule, connection, now))
+        keep = set()
+        for firing in firings:
+            keep.add((firing.subject, firing.period))
+            alert = _raise(rule, connection, firing)
+            if alert is not None:
+                raised.append(alert)
+        # Conditions that stopped holding resolve their open alerts.
+        for alert in Alert.objects.filter(rule=rule).exclude(state=AlertState.RESOLVED):
+            if (alert.subject, alert.period) not in keep and rule.kind not in (
+                AlertKind.ANOMALY,
+                AlertKind.NEW_SPENDER,
+            ):
+                Alert.objects.filter(pk=alert.pk).update(state=AlertState.RESOLVED, resolved_at=now)
+    return raised
+
+
+def _raise(rule: AlertRule, connection: Connection, firing: _Firing) -> Alert | None:
+    try:
+        with transaction.atomic():
+            alert = Alert.objects.create(
+                company_id=connection.company_id,
+                connection=connection,
+                rule=rule,
+                kind=rule.kind,
+                subject=firing.subject,
+                period=firing.period,
+                title=firing.title,
+                message=firing.message,
+                detail=firing.detail,
+            )
+    except IntegrityError:
+        return None  # Already raised for this period.
+    sync_event_add(
+        connection=connection,
+        kind=EventKind.ALERT,
+        code=f"alert_{rule.kind}",
+        level=EventLevel.WARNING,
+        message=f"Alert: {firing.title}",
+        detail={"alert": alert.pk, **{k: str(v) for k, v in firing.detail.items()}},
+    )
+    recipients = list(
+        Membership.objects.filter(company_id=connection.company_id, role__in=rule.notify_roles)
+        .values_list("user__email", flat=True)
+        .order_by("user__email")
+    )
+    if recipients:
+        try:
+            send_mail(
+                subject=f"[Doow] {firing.title}",
+                message=f"{firing.message}\n\nConnection: {connection.name}\n",
+                from_email=None,
+                recipient_list=recipients,
+            )
+            Alert.objects.filter(pk=alert.pk).update(emailed_to=recipients)
+            alert.emailed_to = recipients
+        except OSError:
+            logger.warning("Could not send alert email for alert %s", alert.pk)
+    return alert
+
+
+def _month(now: datetime) -> str:
+    return now.strftime("%Y-%m")
+
+
+def _check(rule: AlertRule, connection: Connection, now: datetime):
+    checks = {
+        AlertKind.BUDGET_80: _budget_check,
+        AlertKind.BUDGET_100: _budget_check,
+        AlertKind.BUDGET_PROJECTED: _budget_check,
+        AlertKind.CREDIT_LOW: _credit_low,
+        AlertKind.CREDIT_RUNWAY: _credit_runway,
+        AlertKind.KEY_LIMIT: _key_limit,
+        AlertKind.SYNC_FAILING: _sync_failing,
+        AlertKind.ANOMALY: _anomalies,
+        AlertKind.NEW_SPENDER: _new_spenders,
+    }
+    return checks[rule.kind](rule, connection, now)
+
+
+def _budget_check(rule: AlertRule, connection: Connection, now: datetime):
+    budget = rule.budget
+    if budget is None:
+        return
+    forecast = insights.forecast(connection=connection, now=now, **insights._budget_filters(budget))
+    amount = budget.monthly_usd
+    label = f"{budget.get_scope_display()} {budget.target_label}".strip()
+    spent = forecast.month_to_date
+    detail = {"spent": spent, "budget": amount, "projected": forecast.expected}
+    if rule.kind == AlertKind.BUDGET_80 and spent >= amount * Decimal("0.8"):
+        yield _Firing(
+            budget.target,
+            _month(now),
+            f"{label}: 80% of the ${amount} monthly budget used",
+            f"Spent ${spent} of ${amount} this month ({spent / amount:.0%}).",
+            detail,
+        )
+    elif rule.kind == AlertKind.BUDGET_100 and spent >= amount:
+        yield _Firing(
+            budget.target,
+            _month(now),
+            f"{label}: monthly budget of ${amount} reached",
+            f"Spent ${spent} this month, over the ${amount} budget.",
+            detail,
+        )
+    elif rule.kind == AlertKind.BUDGET_PROJECTED and forecast.expected > amount and spent < amount:
+        yield _Firing(
+            budget.target,
+            _month(now),
+            f"{label}: projected to exceed the ${amount} budget",
+            f"At the current run-rate of ${forecast.daily_rate}/day the month ends near ${forecast.expected} "
+            f"(range ${forecast.low}–${forecast.high}).",
+            detail,
+        )
+
+
+def _latest_credits(connection: Connection) -> CreditsSnapshot | None:
+    return CreditsSnapshot.objects.filter(connection=connection).order_by("-taken_at").first()
+
+
+def _credit_low(rule: AlertRule, connection: Connection, now: datetime):
+    credits = _latest_credits(connection)
+    if credits is not None and rule.threshold is not None and credits.balance < rule.threshold:
+        yield _Firing(
+            "",
+            now.date().isoformat(),
+            f"Credit balance below ${rule.threshold}",
+            f"OpenRouter credits remaining: ${credits.balance:.2f} (purchased ${credits.total_credits:.2f}).",
+            {"balance": credits.balance},
+        )
+
+
+def _credit_runway(rule: AlertRule, connection: Connection, now: datetime):
+    credits = _latest_credits(connection)
+    if credits is None or rule.threshold is None:
+        return
+    forecast = insights.forecast(connection=connection, now=now)
+    days = runway_days(balance=credits.balance, daily_rate=forecast.daily_rate)
+    if days is not None and days < float(rule.threshold):
+        yield _Firing(
+            "",
+            now.date().isoformat(),
+            f"Credits projected to run out in {days:.1f} days",
+            f"${credits.balance:.2f} left at ${forecast.daily_rate}/day.",
+            {"balance": credits.balance, "daily_rate": forecast.daily_rate},
+        )
+
+
+def _key_limit(rule: AlertRule, connection: Connection, now: datetime):
+    fraction = rule.threshold if rule.threshold is not None else Decimal("0.1")
+    keys = ApiKey.objects.filter(
+        connection=connection,
+        missing_since__isnull=True,
+        disabled=False,
+        limit__gt=0,
+        limit_remaining__isnull=False,
+    )
+    for key in keys:
+        if key.limit_remaining <= key.limit * fraction:
+            yield _Firing(
+                key.key_hash,
+                f"{now.date().isoformat()}:{key.limit_reset or 'total'}",
+                f"Key {key.name or key.key_hash[:12]}: limit almost used",
+                f"${key.limit_remaining:.2f} of its ${key.limit:.2f} OpenRouter limit remains.",
+                {"limit": key.limit, "limit_remaining": key.limit_remaining},
+            )
+
+
+def _sync_failing(rule: AlertRule, connection: Connection, now: datetime):
+    hours = float(rule.threshold or 6)
+    last_ok = connection.last_synced_at or connection.created_at
+    failing_since = (
+        SyncRun.objects.filter(connection=connection, started_at__gt=last_ok)
+        .exclude(status__in=[SyncRunStatus.SUCCEEDED, SyncRunStatus.SKIPPED, SyncRunStatus.RUNNING])
+        .order_by("started_at")
+        .values_list("started_at", flat=True)
+        .first()
+    )
+    if failing_since is not None and now - failing_since > timedelta(hours=hours):
+        yield _Firing(
+            "",
+            failing_since.isoformat(),
+            f"Sync failing for more than {hours:g} hours",
+            f"No successful sync since {last_ok:%d %b %H:%M} UTC. See the event log.",
+        )
+
+
+def _anomalies(rule: AlertRule, connection: Connection, now: datetime):
+    day = connection.complete_through or now.date() - timedelta(days=1)
+    start = day - timedelta(days=40)
+    z = rule.threshold or DEFAULT_Z
+    names = dict(ApiKey.objects.filter(connection=connection).values_list("key_hash", "name"))
+    for by, noun in (("api_key_hash", "key"), ("model_permaslug", "model")):
+        for subject, series in insights.key_series(
+            connection=connection, start=start, end=day, by=by
+        ).items():
+            spike = detect_spike(subject=subject, series=series, day=day, z_threshold=z)
+            if spike is None:
+                continue
+            label = (
+                (names.get(subject) or subject or "(deleted or unlisted keys)") if noun == "key" else subject
+            )
+            yield _Firing(
+                f"{noun}:{subject}",
+                day.isoformat(),
+                f"Unusual spend on {noun} {label} on {day:%d %b}",
+                f"${spike.amount:.2f} against a usual ${spike.baseline:.2f}/day "
+                f"({spike.times_usual}× usual, robust z-score {spike.score}).",
+                {
+                    noun: subject,
+                    "day": day.isoformat(),
+                    "amount": spike.amount,
+                    "baseline": spike.baseline,
+                    "score": spike.score,
+                },
+            )
+
+
+def _new_spenders(rule: AlertRule, connection: Connection, now: datetime):
+    day = connection.complete_through or now.date() - timedelta(days=1)
+    start = day - timedelta(days=29)
+    minimum = rule.threshold or Decimal(5)
+    names = dict(ApiKey.objects.filter(connection=connection).values_list("key_hash", "name"))
+    # Only judge once there is history before the day, or the first sync would flag everything.
+    if not insights.daily_spend(connection=connection, start=start, end=day - timedelta(days=7)):
+        return
+    for by, noun in (("api_key_hash", "key"), ("model_permaslug", "model")):
+        series = insights.key_series(connection=connection, start=start, end=day, by=by)
+        for subject, amount in new_spenders(series_by_subject=series, day=day, minimum=minimum):
+            label = names.get(subject) or subject if noun == "key" else subject
+            yield _Firing(
+                f"new-{noun}:{subject}",
+                day.isoformat(),
+                f"New {noun} {label} spent ${amount:.2f} on {day:%d %b}",
+                f"The {noun} {label} had no spend in the previous 30 days.",
+                {noun: subject, "amount": amount},
+            )

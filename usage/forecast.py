@@ -1,0 +1,67 @@
+"""Month-end spend forecast from the month so far and the recent daily run-rate. Pure functions."""
+
+import calendar
+import statistics
+from dataclasses import dataclass
+from datetime import date
+from decimal import ROUND_HALF_UP, Decimal
+
+RUN_RATE_DAYS = 14
+
+
+@dataclass(frozen=True)
+class Forecast:
+    month_to_date: Decimal
+    expected: Decimal
+    low: Decimal
+    high: Decimal
+    daily_rate: Decimal
+    days_left: float
+
+
+def _cents(value) -> Decimal:
+    return Decimal(value).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+
+
+def month_end_forecast(
+    *, daily: dict[date, Decimal], today: date, today_partial: Decimal = Decimal(0), day_fraction: float = 0.5
+) -> Forecast:
+    """Forecast the month's total spend.
+
+    `daily` holds completed days' spend (any range; missing days count as 0); `today_partial` is the
+    spend so far today, `day_fraction` how much of today has passed. The run-rate is the mean of the
+    last RUN_RATE_DAYS completed days; the range uses their 20th and 80th percentiles, so one odd day
+    widens it without moving the expectation much.
+    """
+    month_start = today.replace(day=1)
+    month_days = calendar.monthrange(today.year, today.month)[1]
+    completed = sum((value for day, value in daily.items() if month_start <= day < today), Decimal(0))
+    month_to_date = completed + today_partial
+    recent = [
+        Decimal(daily.get(date.fromordinal(today.toordinal() - offset), 0))
+        for offset in range(1, RUN_RATE_DAYS + 1)
+    ]
+    rate = sum(recent, Decimal(0)) / len(recent)
+    if len(set(recent)) > 1:
+        quantiles = statistics.quantiles([float(v) for v in recent], n=5, method="inclusive")
+        low_rate, high_rate = Decimal(str(quantiles[0])), Decimal(str(quantiles[-1]))
+    else:
+        low_rate = high_rate = rate
+    # Today's remainder plus the days after today.
+    days_left = (1 - day_fraction) + (month_days - today.day)
+    remaining = Decimal(str(days_left))
+    return Forecast(
+        month_to_date=_cents(month_to_date),
+        expected=_cents(month_to_date + rate * remaining),
+        low=_cents(month_to_date + min(low_rate, rate) * remaining),
+        high=_cents(month_to_date + max(high_rate, rate) * remaining),
+        daily_rate=_cents(rate),
+        days_left=days_left,
+    )
+
+
+def runway_days(*, balance: Decimal, daily_rate: Decimal) -> float | None:
+    """Days until credits run out at the current rate; None when nothing is being spent."""
+    if daily_rate <= 0:
+        return None
+    return float(max(balance, Decimal(0)) / daily_rate)
