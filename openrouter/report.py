@@ -8,13 +8,13 @@ from decimal import Decimal
 from urllib.parse import urlencode
 
 from django.core.paginator import Paginator
-from django.db.models import Sum
+from django.db.models import F, OuterRef, Subquery, Sum
 from django.utils import timezone
 
-from integrations.models import Connection, CredentialScope
+from integrations.models import Connection, ConnectionState, CredentialScope, EventKind, SyncRunStatus
 from openrouter.models import ApiKey, CreditsSnapshot, Member, Model, Workspace
-from usage.models import UNATTRIBUTED_LABEL
-from usage.selectors import METRICS, usage_grouped, usage_totals
+from usage.models import UNATTRIBUTED_LABEL, UsageDaily
+from usage.selectors import DIMENSIONS, METRICS, usage_grouped, usage_totals
 
 PRESETS = {
     "7d": "Last 7 days",
@@ -24,6 +24,7 @@ PRESETS = {
     "last_month": "Last month",
     "custom": "Custom",
 }
+DEFAULT_PRESET = "30d"
 TABS = {
     "keys": "By API key",
     "models": "By model",
@@ -31,24 +32,62 @@ TABS = {
     "providers": "By provider",
     "days": "By day",
 }
-TAB_DIMENSIONS = {
-    "keys": ["key"],
-    "models": ["model"],
-    "workspaces": ["workspace"],
-    "providers": ["provider"],
-    "days": ["day"],
+TAB_DIMENSION = {
+    "keys": "key",
+    "models": "model",
+    "workspaces": "workspace",
+    "providers": "provider",
+    "days": "day",
 }
-SORTS = {
+FILTER_NAMES = ("workspace", "key", "model", "provider")
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str  # the ?sort= value
+    label: str
+    field: str  # key of the row dict
+    kind: str = "int"  # int, money, date, datetime
+    sortable: bool = True
+
+
+METRIC_COLUMNS = {
+    "spend": Column("spend", "Spend", "spend_usd", "money"),
+    "byok": Column("byok", "BYOK", "byok_spend_usd", "money"),
+    "requests": Column("requests", "Requests", "requests"),
+    "prompt": Column("prompt", "Prompt", "prompt_tokens"),
+    "completion": Column("completion", "Completion", "completion_tokens"),
+    "tokens": Column("tokens", "Tokens", "total_tokens"),
+}
+# Each table shows what finance asks of it; the key table keeps narrow because it has the most labels.
+TAB_METRICS = {
+    "keys": ["spend", "byok", "requests", "tokens"],
+    "models": ["spend", "requests", "prompt", "completion", "tokens"],
+    "workspaces": ["spend", "byok", "requests", "prompt", "completion", "tokens"],
+    "providers": ["spend", "byok", "requests", "prompt", "completion", "tokens"],
+    "days": ["spend", "byok", "requests", "prompt", "completion", "tokens"],
+}
+TAB_DEFAULT_SORT = {"days": "-name"}
+# Database expressions to order the grouped rows by; "name" and "last_used" depend on the tab.
+SORT_FIELDS = {
     "spend": "spend_usd",
     "byok": "byok_spend_usd",
     "requests": "requests",
     "prompt": "prompt_tokens",
     "completion": "completion_tokens",
     "tokens": "total_tokens",
+    "name": "sort_name",
+    "last_used": "last_used_at",
 }
 CHART_METRICS = {"spend": "Spend (USD)", "tokens": "Tokens", "requests": "Requests"}
+CHART_TITLES = {
+    "spend": "Daily spend by model",
+    "tokens": "Daily tokens by model",
+    "requests": "Daily requests by model",
+}
 TOP_MODELS = 6
 PAGE_SIZE = 25
+MAX_CUSTOM_DAYS = 3660
 
 
 def _parse_date(value: str | None) -> date | None:
@@ -58,11 +97,26 @@ def _parse_date(value: str | None) -> date | None:
         return None
 
 
+def preset_range(preset: str, today: date) -> tuple[date, date]:
+    """Rolling presets end yesterday, the last complete UTC day; "this month" runs through today."""
+    yesterday = today - timedelta(days=1)
+    if preset in ("7d", "30d", "90d"):
+        return today - timedelta(days=int(preset[:-1])), yesterday
+    if preset == "this_month":
+        return today.replace(day=1), today
+    if preset == "last_month":
+        last = today.replace(day=1) - timedelta(days=1)
+        return last.replace(day=1), last.replace(day=calendar.monthrange(last.year, last.month)[1])
+    raise ValueError(preset)
+
+
 @dataclass
 class DetailQuery:
-    preset: str = "30d"
-    start: date = field(default_factory=lambda: timezone.now().date() - timedelta(days=30))
-    end: date = field(default_factory=lambda: timezone.now().date() - timedelta(days=1))
+    """The page's state, all of it in the URL so a view can be shared."""
+
+    preset: str = DEFAULT_PRESET
+    start: date = field(default_factory=lambda: preset_range(DEFAULT_PRESET, timezone.now().date())[0])
+    end: date = field(default_factory=lambda: preset_range(DEFAULT_PRESET, timezone.now().date())[1])
     filters: dict = field(default_factory=dict)
     tab: str = "keys"
     sort: str = "spend"
@@ -74,165 +128,299 @@ class DetailQuery:
     @classmethod
     def from_params(cls, params, *, today: date | None = None) -> "DetailQuery":
         today = today or timezone.now().date()
-        yesterday = today - timedelta(days=1)
-        query = cls(preset=params.get("range") or "30d")
+        query = cls(preset=params.get("range") or DEFAULT_PRESET)
         if query.preset not in PRESETS:
-            query.preset, query.error = "30d", "Unknown date range; showing the last 30 days."
-        if query.preset in ("7d", "30d", "90d"):
-            days = int(query.preset[:-1])
-            query.start, query.end = today - timedelta(days=days), yesterday
-        elif query.preset == "this_month":
-            query.start, query.end = today.replace(day=1), today
-        elif query.preset == "last_month":
-            last = today.replace(day=1) - timedelta(days=1)
-            query.start, query.end = (
-                last.replace(day=1),
-                last.replace(day=calendar.monthrange(last.year, last.month)[1]),
-            )
-        else:
-            start, end = _parse_date(params.get("from")), _parse_date(params.get("to"))
-            if start is None or end is None or start > end or (end - start).days > 3660:
-                query.preset, query.error = (
-                    "30d",
-                    "Pick a valid custom range (from ≤ to); showing the last 30 days.",
-                )
-                query.start, query.end = today - timedelta(days=30), yesterday
+            query.preset, query.error = DEFAULT_PRESET, "Unknown date range; showing the last 30 days."
+        start, end = _parse_date(params.get("from")), _parse_date(params.get("to"))
+        # From/To typed over a preset's dates (no JavaScript to flip the select) make a custom range.
+        if query.preset != "custom" and start and end and (start, end) != preset_range(query.preset, today):
+            query.preset = "custom"
+        if query.preset == "custom":
+            if start is None or end is None or start > end or (end - start).days > MAX_CUSTOM_DAYS:
+                query.preset = DEFAULT_PRESET
+                query.error = "Pick a valid custom range (From on or before To); showing the last 30 days."
             else:
                 query.start, query.end = start, end
-        query.filters = {
-            name: params.get(name)
-            for name in ("workspace", "key", "model", "provider")
-            if params.get(name) is not None
-        }
+        if query.preset != "custom":
+            query.start, query.end = preset_range(query.preset, today)
+        query.filters = {name: params.get(name) for name in FILTER_NAMES if params.get(name)}
         # "-" stands for the unattributed rows (deleted or unlisted keys) in the key filter.
         if query.filters.get("key") == "-":
             query.filters["key"] = ""
         query.tab = params.get("tab") if params.get("tab") in TABS else "keys"
-        sort = params.get("sort") or "-spend"
-        query.descending = sort.startswith("-")
-        query.sort = sort.lstrip("-") if sort.lstrip("-") in SORTS else "spend"
+        default_sort = default_sort_of(query.tab)
+        sort = params.get("sort") or default_sort
+        if sort.lstrip("-") not in {c.name for c in table_columns(query.tab) if c.sortable}:
+            sort = default_sort
+        query.sort, query.descending = sort.lstrip("-"), sort.startswith("-")
         query.page = params.get("page") or "1"
         query.metric = params.get("metric") if params.get("metric") in CHART_METRICS else "spend"
         return query
 
     @property
+    def days(self) -> int:
+        return (self.end - self.start).days + 1
+
+    @property
     def previous(self) -> tuple[date, date]:
-        length = (self.end - self.start).days + 1
-        return self.start - timedelta(days=length), self.start - timedelta(days=1)
+        """The period of equal length just before this one."""
+        return self.start - timedelta(days=self.days), self.start - timedelta(days=1)
+
+    @property
+    def sort_param(self) -> str:
+        return ("-" if self.descending else "") + self.sort
 
     def params(self, **overrides) -> str:
+        """This view's query string, with some values changed (None drops one)."""
         values = {"range": self.preset, "tab": self.tab, "metric": self.metric}
         if self.preset == "custom":
             values |= {"from": self.start.isoformat(), "to": self.end.isoformat()}
         for name, value in self.filters.items():
             values[name] = "-" if name == "key" and value == "" else value
-        values["sort"] = ("-" if self.descending else "") + self.sort
+        if self.sort_param != default_sort_of(self.tab):
+            values["sort"] = self.sort_param
         values |= overrides
-        return urlencode({k: v for k, v in values.items() if v not in (None, "")})
+        # Defaults stay out of the URL, so a shared link says only what differs.
+        defaults = {"range": DEFAULT_PRESET, "tab": "keys", "metric": "spend", "page": 1}
+        return urlencode({k: v for k, v in values.items() if v not in (None, "") and defaults.get(k) != v})
+
+
+def default_sort_of(tab: str) -> str:
+    return TAB_DEFAULT_SORT.get(tab, "-spend")
+
+
+def table_columns(tab: str) -> list[Column]:
+    name_column = {
+        "keys": Column("name", "API key", "key_name", "text"),
+        "models": Column("name", "Model", "model", "text"),
+        "workspaces": Column("name", "Workspace", "workspace_name", "text"),
+        "providers": Column("name", "Provider / route", "provider_name", "text"),
+        "days": Column("name", "Day (UTC)", "day", "date"),
+    }[tab]
+    columns = [name_column, *(METRIC_COLUMNS[name] for name in TAB_METRICS[tab])]
+    if tab == "models":
+        columns.append(Column("per_million", "Avg / 1M tokens", "cost_per_million", "money", sortable=False))
+    if tab == "keys":
+        columns.append(Column("last_used", "Last used", "last_used_at", "datetime"))
+    return columns
 
 
 def _delta(current, previous) -> dict:
     current, previous = Decimal(current or 0), Decimal(previous or 0)
     if not previous:
-        return {"pct": None, "direction": "up" if current else "flat"}
+        return {"pct": None, "direction": "up" if current else "flat", "previous": previous}
     pct = (current - previous) / previous * 100
-    return {"pct": pct, "direction": "up" if pct > 0 else "down" if pct < 0 else "flat"}
-
-
-def _with_totals(row: dict) -> dict:
-    row["total_tokens"] = (row.get("prompt_tokens") or 0) + (row.get("completion_tokens") or 0)
-    return row
+    return {"pct": pct, "direction": "up" if pct > 0 else "down" if pct < 0 else "flat", "previous": previous}
 
 
 def detail_report(*, connection: Connection, query: DetailQuery) -> dict:
-    ids = [connection.pk]
-    base = {"connection_ids": ids, "filters": query.filters}
+    base = {"connection_ids": [connection.pk], "filters": query.filters}
     totals = usage_totals(start=query.start, end=query.end, **base)
+    totals["total_tokens"] = totals["prompt_tokens"] + totals["completion_tokens"]
     prev_start, prev_end = query.previous
+    # The whole range's average, for the model table's footer.
+    totals["cost_per_million"] = (
+        Decimal(totals["spend_usd"]) * 1_000_000 / totals["total_tokens"] if totals["total_tokens"] else None
+    )
     previous = usage_totals(start=prev_start, end=prev_end, **base)
-    deltas = {name: _delta(totals[name], previous[name]) for name in METRICS}
-    tokens_total = totals["prompt_tokens"] + totals["completion_tokens"]
-
-    table = _table(connection, query, base)
+    previous["total_tokens"] = previous["prompt_tokens"] + previous["completion_tokens"]
+    deltas = {name: _delta(totals[name], previous[name]) for name in (*METRICS, "total_tokens")}
+    has_usage = bool(totals["requests"] or totals["spend_usd"] or totals["byok_spend_usd"])
+    status = connection_status(connection)
     return {
-        "connection": connection,
+        **status,
         "query": query,
         "presets": PRESETS,
         "tabs": TABS,
         "chart_metrics": CHART_METRICS,
-        "credits": CreditsSnapshot.objects.filter(connection=connection).order_by("-taken_at").first(),
+        "chart_title": CHART_TITLES[query.metric],
         "totals": totals,
-        "tokens_total": tokens_total,
         "previous": previous,
+        "previous_range": query.previous,
         "deltas": deltas,
-        "chart": _chart(query, base),
-        "table": table,
+        "has_any_usage": has_usage,
+        "chart": _chart(query, base) if has_usage else None,
+        "table": _table(connection, query, base),
         "options": _filter_options(connection, query),
         "today_partial": _today_partial(connection, query),
-        "is_single_key": connection.scope == CredentialScope.SINGLE_KEY,
-        "has_any_usage": bool(totals["requests"] or totals["spend_usd"] or totals["byok_spend_usd"]),
+        "notices": _notices(connection, query, has_usage, status["latest_run"]),
         "unattributed_label": UNATTRIBUTED_LABEL,
     }
 
 
+def connection_status(connection: Connection) -> dict:
+    """The header: who, what scope, how fresh. Cheap enough to poll while a sync runs."""
+    latest_run = connection.runs.order_by("-started_at", "-id").first()
+    return {
+        "connection": connection,
+        "credits": CreditsSnapshot.objects.filter(connection=connection).order_by("-taken_at").first(),
+        "latest_run": latest_run,
+        "is_single_key": connection.scope == CredentialScope.SINGLE_KEY,
+        "is_loading": connection.state in (ConnectionState.SYNCING, ConnectionState.VERIFYING)
+        and connection.last_synced_at is None,
+        "is_syncing": connection.state in (ConnectionState.SYNCING, ConnectionState.VERIFYING),
+    }
+
+
+def _notices(connection: Connection, query: DetailQuery, has_usage: bool, latest_run) -> list[dict]:
+    """The troubleshooting list, narrowed to what explains this view. Each: level, code, title, text."""
+    notices = []
+    today = timezone.now().date()
+    if connection.state == ConnectionState.NEEDS_ATTENTION:
+        notices.append(
+            {
+                "level": "error",
+                "code": "needs_attention",
+                "title": "This connection needs attention",
+                "text": f"{connection.attention_reason} Figures below are from the last successful sync.",
+            }
+        )
+    if connection.state == ConnectionState.DISCONNECTED:
+        notices.append(
+            {
+                "level": "info",
+                "code": "disconnected",
+                "title": "Disconnected",
+                "text": "Doow no longer syncs this organization; the usage synced before is kept and shown.",
+            }
+        )
+    if connection.scope == CredentialScope.SINGLE_KEY:
+        notices.append(
+            {
+                "level": "warning",
+                "code": "single_key",
+                "title": "A normal API key: single-key scope",
+                "text": "OpenRouter only shows this key's own usage counters to a normal key, not daily "
+                "activity by model, workspace or other keys. Connect a management key for the whole "
+                "organization.",
+            }
+        )
+    if latest_run is not None and _was_rate_limited(latest_run):
+        notices.append(
+            {
+                "level": "warning",
+                "code": "rate_limited",
+                "title": "OpenRouter rate-limited the last sync",
+                "text": "Doow waited and retried; what was fetched is kept and the next sync completes the "
+                "rest. Recent figures may lag until then.",
+            }
+        )
+    elif latest_run is not None and latest_run.status in (SyncRunStatus.FAILED, SyncRunStatus.PARTIAL):
+        notices.append(
+            {
+                "level": "error",
+                "code": "sync_failed",
+                "title": "The last sync did not finish",
+                "text": "Figures may be missing recent days until a sync succeeds; it is retried "
+                "automatically.",
+            }
+        )
+    complete = connection.complete_through
+    if query.end >= today or (complete is not None and query.end > complete):
+        through = f"through {complete:%-d %b} UTC" if complete else "for no day yet"
+        notices.append(
+            {
+                "level": "info",
+                "code": "reporting_delay",
+                "title": "Today is not complete yet",
+                "text": f"OpenRouter reports a UTC day once it has ended, so daily figures are complete "
+                f"{through}. Today's partial spend, from the keys' counters, is shown separately below.",
+            }
+        )
+    if not has_usage and connection.last_synced_at is not None:
+        if query.filters or UsageDaily.objects.filter(connection=connection).exists():
+            notices.append(
+                {
+                    "level": "info",
+                    "code": "no_usage",
+                    "title": "No usage in this range",
+                    "text": "Nothing was spent"
+                    + (" with these filters" if query.filters else "")
+                    + f" between {query.start:%-d %b %Y} and {query.end:%-d %b %Y}. "
+                    "Try a longer range or clear the filters.",
+                }
+            )
+        elif connection.scope == CredentialScope.ORGANIZATION:
+            notices.append(
+                {
+                    "level": "warning",
+                    "code": "wrong_organization",
+                    "title": "No usage at all in this organization",
+                    "text": f"OpenRouter reports no activity for {connection.account_label or 'this account'}. "
+                    "If your team's keys live in another OpenRouter organization, the management key was "
+                    "created in the wrong one: create it in that organization and connect it instead.",
+                }
+            )
+    return notices
+
+
+def _was_rate_limited(run) -> bool:
+    if run.status == SyncRunStatus.DEFERRED:
+        return True
+    return run.events.filter(kind=EventKind.RATE_LIMIT).exists()
+
+
 def _table(connection: Connection, query: DetailQuery, base: dict) -> dict:
-    dimensions = TAB_DIMENSIONS[query.tab]
-    order = SORTS[query.sort]
-    grouped = usage_grouped(start=query.start, end=query.end, group_by=dimensions, **base)
-    if order == "total_tokens":
-        grouped = grouped.annotate(total_tokens=Sum("prompt_tokens") + Sum("completion_tokens"))
-    ordering = [("-" if query.descending else "") + order]
-    if query.tab == "days":
-        ordering = ["-day"] if query.sort == "spend" and query.descending else ordering
-    paginator = Paginator(
-        grouped.order_by(*ordering, *[f for d in dimensions for f in _dimension_fields(d)]), PAGE_SIZE
+    dimension = TAB_DIMENSION[query.tab]
+    grouped = usage_grouped(start=query.start, end=query.end, group_by=[dimension], **base).annotate(
+        total_tokens=F("prompt_tokens") + F("completion_tokens")
     )
-    page = paginator.get_page(query.page)
-    rows = [_with_totals(dict(row)) for row in page.object_list]
+    grouped = grouped.annotate(**_sort_annotations(connection, query.tab))
+    order = SORT_FIELDS[query.sort]
+    direction = "-" if query.descending else ""
+    tiebreak = list(DIMENSIONS[dimension])
+    ordered = grouped.order_by(f"{direction}{order}", *tiebreak)
+    if query.sort in ("name", "last_used"):
+        # Unknown names and never-used keys last, whichever the direction.
+        expression = F(order).desc(nulls_last=True) if query.descending else F(order).asc(nulls_last=True)
+        ordered = grouped.order_by(expression, *tiebreak)
+    page = Paginator(ordered, PAGE_SIZE).get_page(query.page)
+    rows = [dict(row) for row in page.object_list]
     _attach_labels(connection, query.tab, rows)
-    return {"page": page, "rows": rows, "dimensions": dimensions}
+    return {"page": page, "rows": rows, "columns": table_columns(query.tab), "dimension": dimension}
 
 
-def _dimension_fields(dimension: str) -> list[str]:
-    from usage.selectors import DIMENSIONS
-
-    return list(DIMENSIONS[dimension])
+def _sort_annotations(connection: Connection, tab: str) -> dict:
+    """Sortable names that live beside the usage rows (key and workspace names, a key's last use)."""
+    if tab == "keys":
+        keys = ApiKey.objects.filter(connection=connection, key_hash=OuterRef("api_key_hash"))
+        return {
+            "sort_name": Subquery(keys.values("name")[:1]),
+            "last_used_at": Subquery(keys.values("last_used_at")[:1]),
+        }
+    if tab == "workspaces":
+        workspaces = Workspace.objects.filter(connection=connection, workspace_id=OuterRef("workspace_id"))
+        return {"sort_name": Subquery(workspaces.values("name")[:1])}
+    return {"sort_name": F({"models": "model", "providers": "provider_name", "days": "day"}[tab])}
 
 
 def _attach_labels(connection: Connection, tab: str, rows: list[dict]) -> None:
+    """Names for one page of rows: one query per kind of label, whatever the page size."""
     if tab == "keys":
         hashes = [row["api_key_hash"] for row in rows if row["api_key_hash"]]
         keys = {k.key_hash: k for k in ApiKey.objects.filter(connection=connection, key_hash__in=hashes)}
-        members = {
-            m.user_id: m
-            for m in Member.objects.filter(
-                connection=connection,
-                user_id__in=[k.creator_user_id for k in keys.values() if k.creator_user_id],
-            )
-        }
+        creators = {k.creator_user_id for k in keys.values() if k.creator_user_id}
+        members = {m.user_id: m for m in Member.objects.filter(connection=connection, user_id__in=creators)}
         workspaces = _workspace_names(connection)
         for row in rows:
             key = keys.get(row["api_key_hash"])
             row["key"] = key
+            row["key_name"] = (key.name or key.key_hash) if key else UNATTRIBUTED_LABEL
             row["creator"] = members.get(key.creator_user_id) if key else None
             row["workspace_name"] = workspaces.get(key.workspace_id, key.workspace_id) if key else ""
             row["status"] = _key_status(key)
     elif tab == "models":
-        models = {
-            m.permaslug: m
-            for m in Model.objects.filter(permaslug__in=[row["model_permaslug"] for row in rows])
-        }
+        permaslugs = [row["model_permaslug"] for row in rows]
+        models = {m.permaslug: m for m in Model.objects.filter(permaslug__in=permaslugs)}
         for row in rows:
             row["catalog"] = models.get(row["model_permaslug"])
             tokens = row["total_tokens"]
-            row["cost_per_million"] = (
-                (Decimal(row["spend_usd"] or 0) * 1_000_000 / tokens) if tokens else None
-            )
+            row["cost_per_million"] = Decimal(row["spend_usd"] or 0) * 1_000_000 / tokens if tokens else None
     elif tab == "workspaces":
         workspaces = _workspace_names(connection)
         for row in rows:
-            row["workspace_name"] = workspaces.get(
-                row["workspace_id"], row["workspace_id"] or "(no workspace)"
+            row["workspace_name"] = (
+                workspaces.get(row["workspace_id"]) or row["workspace_id"] or "(no workspace)"
             )
 
 
@@ -252,27 +440,31 @@ def _key_status(key: ApiKey | None) -> str:
     return "active"
 
 
+CHART_FIELDS = {
+    "spend": ("spend_usd",),
+    "tokens": ("prompt_tokens", "completion_tokens"),
+    "requests": ("requests",),
+}
+
+
 def _chart(query: DetailQuery, base: dict) -> dict:
-    """Daily series stacked by the top models of the range; the rest is summed as "other"."""
-    metric_fields = {
-        "spend": ("spend_usd",),
-        "tokens": ("prompt_tokens", "completion_tokens"),
-        "requests": ("requests",),
-    }[query.metric]
+    """Daily series stacked by the top models of the range; the rest is summed as "other".
+
+    One grouped query (day by model); at most days * models rows, whatever the number of usage rows."""
+    metric_fields = CHART_FIELDS[query.metric]
     rows = usage_grouped(start=query.start, end=query.end, group_by=["day", "model"], **base)
     per_model: dict[str, Decimal] = {}
     cells: dict[tuple[date, str], Decimal] = {}
     for row in rows:
-        value = sum(Decimal(row[name] or 0) for name in metric_fields)
+        value = sum((Decimal(row[name] or 0) for name in metric_fields), Decimal(0))
         label = row["model"] or row["model_permaslug"]
         per_model[label] = per_model.get(label, Decimal(0)) + value
         cells[(row["day"], label)] = cells.get((row["day"], label), Decimal(0)) + value
-    top = [name for name, _ in sorted(per_model.items(), key=lambda item: item[1], reverse=True)[:TOP_MODELS]]
-    days = [query.start + timedelta(days=i) for i in range((query.end - query.start).days + 1)]
-    series = []
-    for name in top:
-        series.append({"label": name, "data": [str(cells.get((day, name), 0)) for day in days]})
-    others = [name for name in per_model if name not in top]
+    ranked = sorted(per_model.items(), key=lambda item: item[1], reverse=True)
+    top = [name for name, _ in ranked[:TOP_MODELS]]
+    others = [name for name, _ in ranked[TOP_MODELS:]]
+    days = [query.start + timedelta(days=i) for i in range(query.days)]
+    series = [{"label": name, "data": [str(cells.get((day, name), 0)) for day in days]} for name in top]
     if others:
         series.append(
             {
@@ -289,7 +481,8 @@ def _chart(query: DetailQuery, base: dict) -> dict:
 def _filter_options(connection: Connection, query: DetailQuery) -> dict:
     """Choices for the filters: models and providers seen in the range, every workspace, keys by name."""
     in_range = {"connection_ids": [connection.pk], "start": query.start, "end": query.end}
-    usage = usage_grouped(group_by=["model"], **in_range).values_list("model_permaslug", "model")
+    models = usage_grouped(group_by=["model"], **in_range).values_list("model_permaslug", "model")
+    providers = usage_grouped(group_by=["provider"], **in_range).values_list("provider_name", flat=True)
     return {
         "workspaces": list(
             Workspace.objects.filter(connection=connection)
@@ -301,24 +494,36 @@ def _filter_options(connection: Connection, query: DetailQuery) -> dict:
             .order_by("name")
             .values_list("key_hash", "name")[:500]
         ),
-        "models": sorted({(permaslug, model) for permaslug, model in usage}, key=lambda item: item[1]),
-        "providers": sorted(
-            set(usage_grouped(group_by=["provider"], **in_range).values_list("provider_name", flat=True))
-        ),
+        "models": sorted(set(models), key=lambda item: item[1]),
+        "providers": sorted(set(providers)),
     }
 
 
 def _today_partial(connection: Connection, query: DetailQuery) -> dict:
+    """Today's spend so far, from the keys' own counters (OpenRouter's daily activity has no today yet).
+
+    The counters are as of the last sync; from a sync on an earlier day they describe that day, not today."""
+    today = timezone.now().date()
+    synced_today = bool(connection.last_synced_at and connection.last_synced_at.date() == today)
+    result = {
+        "synced_today": synced_today,
+        "as_of": connection.last_synced_at,
+        "spend": 0,
+        "byok": 0,
+        "top": [],
+        "narrowed": bool(query.filters.get("model") or query.filters.get("provider")),
+    }
+    if not synced_today:
+        return result
     keys = ApiKey.objects.filter(connection=connection, missing_since__isnull=True)
     if query.filters.get("workspace"):
         keys = keys.filter(workspace_id=query.filters["workspace"])
-    if query.filters.get("key"):
+    if "key" in query.filters:
         keys = keys.filter(key_hash=query.filters["key"])
     total = keys.aggregate(spend=Sum("usage_daily"), byok=Sum("byok_usage_daily"))
-    top = list(keys.filter(usage_daily__gt=0).order_by("-usage_daily")[:10])
-    return {
+    result |= {
         "spend": total["spend"] or 0,
         "byok": total["byok"] or 0,
-        "top": top,
-        "as_of": connection.last_synced_at,
+        "top": list(keys.filter(usage_daily__gt=0).order_by("-usage_daily", "name")[:10]),
     }
+    return result

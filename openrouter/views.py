@@ -9,7 +9,7 @@ from doow.access import ADMINS, USAGE_READERS, company_view
 from integrations.selectors import connection_get
 from openrouter import exports
 from openrouter.forms import ConnectForm
-from openrouter.report import DetailQuery, detail_report
+from openrouter.report import DetailQuery, connection_status, detail_report
 from openrouter.services import ConnectError, openrouter_connect
 
 
@@ -45,8 +45,21 @@ def connect(request: HttpRequest) -> HttpResponse:
 @company_view(USAGE_READERS)
 def detail(request: HttpRequest, connection_id: int) -> HttpResponse:
     connection = connection_get(company=request.company, connection_id=connection_id)
+    if request.GET.get("part") == "header":
+        return _header(request, connection)
     query = DetailQuery.from_params(request.GET)
     return render(request, "openrouter/detail.html", detail_report(connection=connection, query=query))
+
+
+def _header(request: HttpRequest, connection) -> HttpResponse:
+    """The header alone, polled by htmx while a sync runs. Once the first sync has finished, the
+    page that showed the loading state reloads itself to show the data."""
+    status = connection_status(connection)
+    if request.GET.get("reload_when_done") and not status["is_syncing"]:
+        response = HttpResponse(status=204)
+        response["HX-Refresh"] = "true"
+        return response
+    return render(request, "openrouter/_header.html", status)
 
 
 @require_GET

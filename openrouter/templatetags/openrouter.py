@@ -2,6 +2,7 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from django import template
 from django.contrib.humanize.templatetags.humanize import intcomma
+from django.template.defaultfilters import date as date_filter
 from django.utils.html import format_html
 
 register = template.Library()
@@ -9,7 +10,7 @@ register = template.Library()
 
 @register.filter
 def usd(value) -> str:
-    """Money for people: cents, or 4 significant decimals below a cent so small spend is not shown as $0.00."""
+    """Money for people: cents, or 6 decimals below a cent so small spend is not shown as $0.00."""
     if value is None or value == "":
         return "—"
     amount = Decimal(value)
@@ -35,17 +36,42 @@ def query_params(query, **overrides) -> str:
 
 
 @register.simple_tag
-def sort_header(query, name: str, label: str):
-    descending = not (query.sort == name and query.descending)
-    arrow = ("▼" if query.descending else "▲") if query.sort == name else ""
+def sort_header(query, column):
+    """A column heading that sorts by it; a second click flips the direction. aria-sort for readers."""
+    classes = "" if column.kind == "text" or column.kind == "date" else "num"
+    if not column.sortable:
+        return format_html('<th class="{}" scope="col">{}</th>', classes, column.label)
+    active = query.sort == column.name
+    # Names sort A→Z first, figures largest first.
+    first_descending = column.kind not in ("text",)
+    descending = not query.descending if active else first_descending
+    arrow = ("↓" if query.descending else "↑") if active else ""
+    aria = ("descending" if query.descending else "ascending") if active else "none"
     return format_html(
-        '<th class="num"><a href="?{}">{} {}</a></th>',
-        query.params(sort=("-" if descending else "") + name, page=1),
-        label,
+        '<th class="{} sortable{}" scope="col" aria-sort="{}"><a href="?{}" data-sort="{}">{}<span '
+        'class="arrow" aria-hidden="true">{}</span></a></th>',
+        classes,
+        " sorted" if active else "",
+        aria,
+        query.params(sort=("-" if descending else "") + column.name, page=None),
+        column.name,
+        column.label,
         arrow,
     )
 
 
+@register.simple_tag
+def metric_cell(row, column):
+    value = row.get(column.field)
+    if column.kind == "money":
+        text = usd(value)
+    elif column.kind == "datetime":
+        text = date_filter(value, "j M H:i") if value else "—"
+    else:
+        text = intcomma(value or 0)
+    return format_html('<td class="num" data-col="{}" data-value="{}">{}</td>', column.name, value or 0, text)
+
+
 @register.inclusion_tag("openrouter/_stat.html")
-def stat(label, value, delta, money=False, testid=""):
-    return {"label": label, "value": value, "delta": delta, "money": money, "testid": testid}
+def stat(label, value, delta, money=False, testid="", minor=False):
+    return {"label": label, "value": value, "delta": delta, "money": money, "testid": testid, "minor": minor}
