@@ -77,13 +77,9 @@ def default_rules_ensure(*, connection: Connection) -> None:
 
 class _Firing:
     def __init__(self, subject: str, period: str, title: str, message: str, detail: dict | None = None):
-        self.subject, self.period, self.title, self.message, self.detail = (
-            subject,
-            period,
-            title,
-            message,
-            detail or {},
-        )
+        self.subject, self.period, self.title, self.message = subject, period, title, message
+        # Money stays exact in JSON as text.
+        self.detail = {k: str(v) if isinstance(v, Decimal) else v for k, v in (detail or {}).items()}
 
 
 def evaluate_alerts(*, connection: Connection, now: datetime | None = None) -> list[Alert]:
@@ -133,7 +129,7 @@ def _raise(rule: AlertRule, connection: Connection, firing: _Firing) -> Alert | 
         code=f"alert_{rule.kind}",
         level=EventLevel.WARNING,
         message=f"Alert: {firing.title}",
-        detail={"alert": alert.pk, **{k: str(v) for k, v in firing.detail.items()}},
+        detail={"alert": alert.pk, **firing.detail},
     )
     recipients = list(
         Membership.objects.filter(company_id=connection.company_id, role__in=rule.notify_roles)

@@ -1,0 +1,106 @@
+"""Synthetic series: the detector flags real spikes and stays quiet on steady growth and weekends;
+the forecast lands near the truth."""
+
+import random
+from datetime import date, timedelta
+from decimal import Decimal
+
+import pytest
+
+from usage.anomalies import detect_spike, new_spenders
+from usage.forecast import month_end_forecast, runway_days
+
+END = date(2026, 11, 20)
+
+
+def series(values) -> dict[date, Decimal]:
+    values = list(values)
+    return {
+        END - timedelta(days=len(values) - 1 - i): Decimal(str(round(v, 4))) for i, v in enumerate(values)
+    }
+
+
+def noisy(base: float, days: int = 42, seed: int = 1, noise: float = 0.1):
+    rng = random.Random(seed)
+    return [base * (1 + rng.uniform(-noise, noise)) for _ in range(days)]
+
+
+def test_a_spike_is_flagged_with_its_size():
+    values = noisy(20.0)
+    values[-1] = 140.0
+    spike = detect_spike(subject="key-a", series=series(values), day=END)
+    assert spike is not None
+    assert spike.amount == Decimal("140.0")
+    assert Decimal(18) < spike.baseline < Decimal(22)
+    assert spike.times_usual >= 6
+    assert spike.score > 6
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_noise_alone_is_not_flagged(seed):
+    values = noisy(20.0, seed=seed, noise=0.3)
+    assert detect_spike(subject="k", series=series(values), day=END) is None
+
+
+def test_steady_growth_is_not_flagged():
+    values = [10 * 1.03**i for i in range(42)]  # +3% a day: more than doubles over the baseline window
+    assert all(
+        detect_spike(subject="k", series=series(values[: i + 1]), day=END) is None for i in range(20, 42)
+    )
+    assert detect_spike(subject="k", series=series(values), day=END) is None
+
+
+def test_weekends_are_not_flagged():
+    # Busy weekdays, near-silent weekends, ending on a Monday after a quiet weekend.
+    values = []
+    for offset in range(42):
+        day = END - timedelta(days=41 - offset)
+        values.append(2.0 if day.weekday() >= 5 else 30.0)
+    assert END.weekday() not in (5, 6)
+    assert detect_spike(subject="k", series=series(values), day=END) is None
+
+
+def test_pennies_and_short_histories_are_not_news():
+    tiny = noisy(0.01)
+    tiny[-1] = 0.5
+    assert detect_spike(subject="k", series=series(tiny), day=END) is None
+    young = [0.0] * 35 + [10.0] * 6 + [90.0]
+    assert detect_spike(subject="k", series=series(young), day=END) is None
+
+
+def test_new_spenders_are_reported_once_material():
+    established = series(noisy(5.0))
+    newcomer = {END: Decimal(12)}
+    penny = {END: Decimal("0.2")}
+    found = dict(
+        new_spenders(
+            series_by_subject={"old": established, "new": newcomer, "penny": penny},
+            day=END,
+            minimum=Decimal(5),
+        )
+    )
+    assert found == {"new": Decimal(12)}
+
+
+def test_forecast_of_a_steady_month():
+    today = date(2026, 11, 16)
+    daily = {today - timedelta(days=i): Decimal(10) for i in range(1, 40)}
+    forecast = month_end_forecast(daily=daily, today=today, today_partial=Decimal(5), day_fraction=0.5)
+    assert forecast.month_to_date == Decimal("155.00")  # 15 full days + half of today
+    assert forecast.expected == Decimal("300.00")  # 30 days × $10
+    assert forecast.low == forecast.high == forecast.expected
+    assert forecast.daily_rate == Decimal("10.00")
+
+
+def test_forecast_range_brackets_a_noisy_month():
+    today = date(2026, 11, 20)
+    rng = random.Random(3)
+    daily = {today - timedelta(days=i): Decimal(str(round(rng.uniform(5, 15), 2))) for i in range(1, 40)}
+    forecast = month_end_forecast(daily=daily, today=today, today_partial=Decimal(0), day_fraction=0.0)
+    assert forecast.low < forecast.expected < forecast.high
+
+
+def test_runway():
+    assert runway_days(balance=Decimal(70), daily_rate=Decimal(10)) == 7.0
+    assert runway_days(balance=Decimal(70), daily_rate=Decimal(0)) is None
+    assert runway_days(balance=Decimal(-5), daily_rate=Decimal(10)) == 0.0
