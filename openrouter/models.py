@@ -160,7 +160,9 @@ class KeyOwner(models.Model):
     connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="openrouter_key_owners")
     key_hash = models.CharField(max_length=100)
     user = models.ForeignKey("doow.User", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    set_by = models.ForeignKey("doow.User", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    set_by = models.ForeignKey(
+        "doow.User", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     set_at = models.DateTimeField(auto_now=True)
 
     class Meta:

@@ -208,8 +208,8 @@ def test_reconciliation_flags_what_cannot_be_explained(synced, emulator):
 
 
 def test_forecast_backtest_on_emulator_data():
-    from openrouter.management.commands.forecast_backtest import emulator_daily_spend
     from openrouter.emulator import Emulator, EmulatorConfig
+    from openrouter.management.commands.forecast_backtest import emulator_daily_spend
     from tests.support import TODAY
 
     emulator = Emulator(EmulatorConfig(seed=1, keys=60, days=120, today=TODAY))

@@ -36,7 +36,9 @@ hostile_scalars = st.one_of(
 )
 hostile_json = st.recursive(
     hostile_scalars,
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -47,10 +49,12 @@ def valid_payloads() -> dict:
     client = httpx.Client(transport=emulator.transport(), base_url="http://emulator/api/v1")
     auth = {"Authorization": f"Bearer {emulator.management_key}"}
     payloads = {
-        path: json.loads(client.get(path.lstrip("/"), headers=auth).content, parse_float=Decimal) for path in PARSERS
+        path: json.loads(client.get(path.lstrip("/"), headers=auth).content, parse_float=Decimal)
+        for path in PARSERS
     }
     payloads["/key"] = json.loads(
-        client.get("key", headers={"Authorization": f"Bearer {emulator.normal_key}"}).content, parse_float=Decimal
+        client.get("key", headers={"Authorization": f"Bearer {emulator.normal_key}"}).content,
+        parse_float=Decimal,
     )
     return payloads
 
@@ -137,7 +141,9 @@ def test_a_sync_fed_hostile_activity_writes_nothing(acme, items):
 
     with respx.mock(base_url="http://emulator/api/v1", assert_all_called=False) as router:
         router.route().mock(side_effect=answer)
-        result = sync_connection(connection.pk, base_url="http://emulator/api/v1", sleep=lambda s: None, now=noon(TODAY))
+        result = sync_connection(
+            connection.pk, base_url="http://emulator/api/v1", sleep=lambda s: None, now=noon(TODAY)
+        )
     assert result.status in ("failed", "partial", "succeeded")
     if result.status != "succeeded":
         assert not UsageDaily.objects.filter(connection=connection).exists()
