@@ -12,5 +12,6 @@ urlpatterns = [
     path("c/<slug:company_slug>/settings/", views.company_settings, name="company-settings"),
     path("c/<slug:company_slug>/integrations/", include("integrations.urls")),
     path("c/<slug:company_slug>/integrations/openrouter/", include("openrouter.urls")),
+    path("c/<slug:company_slug>/alerts/", include("usage.urls")),
     path("admin/", admin.site.urls),
 ]

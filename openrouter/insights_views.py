@@ -1,0 +1,233 @@
+"""Budgets and forecast, alert rules, people and reconciliation pages of one OpenRouter connection."""
+
+from datetime import timedelta
+
+from django import forms
+from django.contrib import messages
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from doow.access import ADMINS, USAGE_READERS, company_view
+from doow.models import Membership, Role
+from doow.services import audit_record
+from integrations.selectors import connection_get
+from openrouter import insights
+from openrouter.alerts import budget_create, default_rules_ensure
+from openrouter.models import ApiKey, Workspace
+from openrouter.report import DetailQuery
+from usage.models import AlertKind, AlertRule, Budget, BudgetScope
+
+
+class BudgetForm(forms.Form):
+    scope = forms.ChoiceField(choices=BudgetScope.choices)
+    target = forms.CharField(required=False, max_length=100, help_text="Workspace or key (for those scopes)")
+    monthly_usd = forms.DecimalField(
+        min_value=1, max_digits=14, decimal_places=2, label="Monthly budget (USD)"
+    )
+
+    def __init__(self, *args, connection=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.connection = connection
+
+    def clean(self):
+        data = super().clean()
+        scope, target = data.get("scope"), (data.get("target") or "").strip()
+        if scope == BudgetScope.CONNECTION:
+            data["target"], data["target_label"] = "", "Whole connection"
+        elif scope == BudgetScope.WORKSPACE:
+            workspace = Workspace.objects.filter(connection=self.connection, workspace_id=target).first()
+            if workspace is None:
+                self.add_error("target", "Pick a workspace of this connection.")
+            else:
+                data["target"], data["target_label"] = target, workspace.name
+        elif scope == BudgetScope.KEY:
+            key = ApiKey.objects.filter(connection=self.connection, key_hash=target).first()
+            if key is None:
+                self.add_error("target", "Pick an API key of this connection.")
+            else:
+                data["target"], data["target_label"] = target, key.name or target[:12]
+        return data
+
+
+class AlertRuleForm(forms.Form):
+    enabled = forms.BooleanField(required=False)
+    threshold = forms.DecimalField(required=False, min_value=0, max_digits=14, decimal_places=4)
+    notify_roles = forms.MultipleChoiceField(
+        choices=Role.choices, required=False, widget=forms.CheckboxSelectMultiple
+    )
+
+
+@require_http_methods(["GET", "POST"])
+@company_view(USAGE_READERS)
+def budgets(request: HttpRequest, connection_id: int) -> HttpResponse:
+    connection = connection_get(company=request.company, connection_id=connection_id)
+    default_rules_ensure(connection=connection)
+    form = BudgetForm(request.POST or None, connection=connection)
+    if request.method == "POST" and form.is_valid():
+        budget = budget_create(
+            connection=connection,
+            scope=form.cleaned_data["scope"],
+            target=form.cleaned_data["target"],
+            target_label=form.cleaned_data["target_label"],
+            monthly_usd=form.cleaned_data["monthly_usd"],
+            actor=request.user,
+        )
+        audit_record(
+            company=request.company,
+            action="budget.saved",
+            request=request,
+            target=f"budget:{budget.pk}",
+            detail={
+                "scope": budget.scope,
+                "target": budget.target_label,
+                "monthly_usd": str(budget.monthly_usd),
+            },
+        )
+        messages.success(request, f"Budget saved: {budget}.")
+        return redirect("openrouter:budgets", company_slug=request.company.slug, connection_id=connection.pk)
+    return render(
+        request,
+        "openrouter/budgets.html",
+        {
+            "connection": connection,
+            "form": form,
+            "statuses": insights.budget_statuses(connection=connection),
+            "forecast": insights.forecast(connection=connection),
+            "workspaces": Workspace.objects.filter(connection=connection).order_by("name"),
+            "keys": ApiKey.objects.filter(connection=connection, missing_since__isnull=True).order_by("name")[
+                :500
+            ],
+            "rules": [
+                (rule, ALERT_THRESHOLD_HELP.get(rule.kind, ""))
+                for rule in AlertRule.objects.filter(connection=connection, budget__isnull=True).order_by(
+                    "kind"
+                )
+            ],
+            "roles": Role.choices,
+            "section": "budgets",
+        },
+    )
+
+
+@require_POST
+@company_view(USAGE_READERS)
+def budget_delete(request: HttpRequest, connection_id: int, budget_id: int) -> HttpResponse:
+    connection = connection_get(company=request.company, connection_id=connection_id)
+    budget = get_object_or_404(Budget, connection=connection, pk=budget_id)
+    audit_record(
+        company=request.company, action="budget.deleted", request=request, target=f"budget:{budget.pk}"
+    )
+    budget.delete()
+    messages.success(request, "Budget deleted.")
+    return redirect("openrouter:budgets", company_slug=request.company.slug, connection_id=connection.pk)
+
+
+@require_POST
+@company_view(USAGE_READERS)
+def alert_rule_update(request: HttpRequest, connection_id: int, rule_id: int) -> HttpResponse:
+    connection = connection_get(company=request.company, connection_id=connection_id)
+    rule = get_object_or_404(AlertRule, connection=connection, pk=rule_id)
+    form = AlertRuleForm(request.POST)
+    if form.is_valid():
+        rule.enabled = form.cleaned_data["enabled"]
+        if form.cleaned_data["threshold"] is not None:
+            rule.threshold = form.cleaned_data["threshold"]
+        rule.notify_roles = form.cleaned_data["notify_roles"]
+        rule.save(update_fields=["enabled", "threshold", "notify_roles"])
+        messages.success(request, f"Alert rule “{rule.get_kind_display()}” saved.")
+    else:
+        messages.error(
+            request, "That alert rule could not be saved: " + "; ".join(form.errors.as_text().splitlines())
+        )
+    return redirect("openrouter:budgets", company_slug=request.company.slug, connection_id=connection.pk)
+
+
+@require_GET
+@company_view(USAGE_READERS)
+def people(request: HttpRequest, connection_id: int) -> HttpResponse:
+    connection = connection_get(company=request.company, connection_id=connection_id)
+    query = DetailQuery.from_params(request.GET)
+    key_people = insights.key_people(connection=connection)
+    key_page = Paginator(
+        ApiKey.objects.filter(connection=connection).order_by("name", "key_hash"), 50
+    ).get_page(request.GET.get("page"))
+    return render(
+        request,
+        "openrouter/people.html",
+        {
+            "connection": connection,
+            "query": query,
+            "by_person": insights.spend_by_person(connection=connection, start=query.start, end=query.end),
+            "keys": [(key, key_people.get(key.key_hash)) for key in key_page.object_list],
+            "key_page": key_page,
+            "members": Membership.objects.filter(company=request.company)
+            .select_related("user")
+            .order_by("user__email"),
+            "section": "people",
+        },
+    )
+
+
+@require_POST
+@company_view(ADMINS)
+def key_owner(request: HttpRequest, connection_id: int) -> HttpResponse:
+    connection = connection_get(company=request.company, connection_id=connection_id)
+    key = get_object_or_404(ApiKey, connection=connection, key_hash=request.POST.get("key_hash", ""))
+    user_id = request.POST.get("user") or None
+    membership = (
+        get_object_or_404(Membership, company=request.company, user_id=user_id)
+        if user_id is not None
+        else None
+    )
+    insights.key_owner_set(
+        connection=connection,
+        key_hash=key.key_hash,
+        user=membership.user if membership else None,
+        actor=request.user,
+    )
+    audit_record(
+        company=request.company,
+        action="key_owner.set",
+        request=request,
+        target=key.key_hash,
+        detail={"owner": membership.user.email if membership else None},
+    )
+    messages.success(
+        request,
+        f"{key.name or key.key_hash[:12]} now belongs to {membership.user.display_name}."
+        if membership
+        else f"Manual owner of {key.name or key.key_hash[:12]} cleared; OpenRouter's creator applies again.",
+    )
+    return redirect("openrouter:people", company_slug=request.company.slug, connection_id=connection.pk)
+
+
+@require_GET
+@company_view(USAGE_READERS)
+def reconciliation(request: HttpRequest, connection_id: int) -> HttpResponse:
+    connection = connection_get(company=request.company, connection_id=connection_id)
+    query = DetailQuery.from_params(request.GET)
+    end = min(query.end, timezone.now().date() - timedelta(days=1))
+    return render(
+        request,
+        "openrouter/reconciliation.html",
+        {
+            "connection": connection,
+            "query": query,
+            "end": end,
+            "lines": insights.reconciliation(connection=connection, start=query.start, end=end),
+            "section": "reconciliation",
+        },
+    )
+
+
+ALERT_THRESHOLD_HELP = {
+    AlertKind.CREDIT_LOW: "USD balance",
+    AlertKind.CREDIT_RUNWAY: "days of credits left",
+    AlertKind.KEY_LIMIT: "fraction of a key's limit left",
+    AlertKind.SYNC_FAILING: "hours without a successful sync",
+    AlertKind.ANOMALY: "robust z-score",
+    AlertKind.NEW_SPENDER: "USD on its first day",
+}

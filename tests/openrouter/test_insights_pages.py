@@ -1,0 +1,145 @@
+"""The budgets, people, reconciliation and alerts pages."""
+
+from decimal import Decimal
+
+import pytest
+from django.urls import reverse
+
+from openrouter.alerts import budget_create, evaluate_alerts
+from openrouter.models import ApiKey, KeyOwner
+from tests.conftest import client_for
+from tests.support import connect, noon, sync
+from usage.models import Alert, AlertRule, AlertState, Budget
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def synced(acme, emulator):
+    connection = connect(acme, emulator)
+    sync(connection, emulator)
+    return connection
+
+
+def url(name, connection, *args):
+    return reverse(f"openrouter:{name}", args=["acme", connection.pk, *args])
+
+
+def test_finance_sets_a_budget_and_sees_progress_and_forecast(fiona, synced):
+    client = client_for(fiona)
+    response = client.post(
+        url("budgets", synced), {"scope": "connection", "target": "", "monthly_usd": "250"}, follow=True
+    )
+    page = response.content.decode()
+    assert response.status_code == 200
+    assert "Budget saved" in page
+    assert "<progress" in page and "$250.00" in page
+    assert "Month-end forecast" in page
+    budget = Budget.objects.get(connection=synced)
+    assert set(AlertRule.objects.filter(budget=budget).values_list("kind", flat=True)) == {
+        "budget_80",
+        "budget_100",
+        "budget_projected",
+    }
+
+
+def test_budget_targets_are_validated(fiona, synced):
+    client = client_for(fiona)
+    page = client.post(
+        url("budgets", synced), {"scope": "key", "target": "nope", "monthly_usd": "10"}
+    ).content.decode()
+    assert "Pick an API key of this connection" in page
+    page = client.post(url("budgets", synced), {"scope": "connection", "monthly_usd": "-3"}).content.decode()
+    assert "greater than or equal to 1" in page
+    assert not Budget.objects.exists()
+
+
+def test_a_key_budget_and_its_deletion(fiona, synced):
+    key = ApiKey.objects.filter(connection=synced).first()
+    client = client_for(fiona)
+    client.post(url("budgets", synced), {"scope": "key", "target": key.key_hash, "monthly_usd": "10"})
+    budget = Budget.objects.get()
+    assert budget.target_label == key.name
+    client.post(url("budget-delete", synced, budget.pk))
+    assert not Budget.objects.exists()
+    assert not AlertRule.objects.filter(budget__isnull=False).exists()
+
+
+def test_alert_rules_are_editable(fiona, synced):
+    client = client_for(fiona)
+    client.get(url("budgets", synced))
+    rule = AlertRule.objects.get(connection=synced, kind="credit_low")
+    client.post(
+        url("alert-rule", synced, rule.pk), {"threshold": "50", "notify_roles": ["ops"], "enabled": "on"}
+    )
+    rule.refresh_from_db()
+    assert (rule.threshold, rule.notify_roles, rule.enabled) == (Decimal(50), ["ops"], True)
+    client.post(url("alert-rule", synced, rule.pk), {"threshold": "50"})
+    rule.refresh_from_db()
+    assert rule.enabled is False
+
+
+def test_people_page_and_manual_owner(alice, fiona, synced):
+    page = client_for(fiona).get(url("people", synced)).content.decode()
+    assert "Spend by person" in page and "(deleted or unlisted keys)" in page
+    assert "Correct by hand" not in page
+    key = ApiKey.objects.filter(connection=synced).first()
+    assert (
+        client_for(fiona)
+        .post(url("key-owner", synced), {"key_hash": key.key_hash, "user": fiona.pk})
+        .status_code
+        == 403
+    )
+    client_for(alice).post(url("key-owner", synced), {"key_hash": key.key_hash, "user": fiona.pk})
+    assert KeyOwner.objects.get(key_hash=key.key_hash).user == fiona
+    page = client_for(alice).get(url("people", synced)).content.decode()
+    assert "Correct by hand" in page and "manual" in page
+
+
+def test_key_owner_must_be_a_member(alice, charlie, synced):
+    key = ApiKey.objects.filter(connection=synced).first()
+    response = client_for(alice).post(
+        url("key-owner", synced), {"key_hash": key.key_hash, "user": charlie.pk}
+    )
+    assert response.status_code == 404
+    assert not KeyOwner.objects.exists()
+
+
+def test_reconciliation_page(fiona, synced):
+    page = client_for(fiona).get(url("reconciliation", synced)).content.decode()
+    for label in ("OpenRouter account-wide activity", "Sum over listed API keys", "Unattributed remainder"):
+        assert label in page
+    assert "unexplained" not in page
+
+
+def test_alerts_page_lists_acknowledges_and_resolves(oscar, fiona, synced, emulator):
+    budget_create(connection=synced, scope="connection", target="", target_label="", monthly_usd=Decimal(1))
+    evaluate_alerts(connection=synced, now=noon(emulator.today))
+    alert = Alert.objects.filter(kind="budget_100").get()
+    client = client_for(oscar)
+    page = client.get(reverse("usage:alerts", args=["acme"])).content.decode()
+    assert alert.title in page
+    client.post(reverse("usage:alert-update", args=["acme", alert.pk]), {"action": "acknowledge"})
+    alert.refresh_from_db()
+    assert alert.state == AlertState.ACKNOWLEDGED and alert.acknowledged_by == oscar
+    client.post(reverse("usage:alert-update", args=["acme", alert.pk]), {"action": "resolve"})
+    alert.refresh_from_db()
+    assert alert.state == AlertState.RESOLVED
+    assert alert.title not in client.get(reverse("usage:alerts", args=["acme"])).content.decode()
+    assert (
+        alert.title in client.get(reverse("usage:alerts", args=["acme"]) + "?state=resolved").content.decode()
+    )
+
+
+def test_ops_cannot_read_spend_pages(oscar, synced):
+    client = client_for(oscar)
+    for name in ("budgets", "people", "reconciliation"):
+        assert client.get(url(name, synced)).status_code == 403
+
+
+def test_insight_pages_make_a_bounded_number_of_queries(fiona, synced, django_assert_max_num_queries):
+    client = client_for(fiona)
+    for name in ("budgets", "people", "reconciliation"):
+        client.get(url(name, synced))  # warm-up: default alert rules are created once
+        with django_assert_max_num_queries(40):
+            assert client.get(url(name, synced)).status_code == 200
