@@ -45,6 +45,14 @@ def _filtered_events(request: HttpRequest):
     return form, connection, events
 
 
+def _without(params, *names: str) -> str:
+    """The query string minus some parameters (pagination links keep the filters)."""
+    kept = params.copy()
+    for name in names:
+        kept.pop(name, None)
+    return kept.urlencode()
+
+
 @require_GET
 @company_view(HEALTH_READERS)
 def event_log(request: HttpRequest) -> HttpResponse:
@@ -60,7 +68,8 @@ def event_log(request: HttpRequest) -> HttpResponse:
             "events": page.object_list,
             "connections": connection_list(company=request.company),
             "newest_id": page.object_list[0].pk if page.number == 1 and page.object_list else 0,
-            "querystring": request.GET.urlencode(),
+            "filter_query": _without(request.GET, "page", "after"),
+            "is_filtered": any(request.GET.get(name) for name in ("level", "kind", "day")),
         },
     )
 
@@ -75,7 +84,7 @@ def event_log_newer(request: HttpRequest) -> HttpResponse:
     except ValueError:
         after = 0
     newer = list(events.filter(pk__gt=after)[:EVENTS_PER_PAGE])
-    response = render(request, "integrations/_event_rows.html", {"events": newer})
+    response = render(request, "integrations/_event_rows.html", {"events": newer, "new": True})
     response["X-Newest-Event-Id"] = str(newer[0].pk if newer else after)
     return response
 
@@ -84,7 +93,7 @@ def event_log_newer(request: HttpRequest) -> HttpResponse:
 @company_view(HEALTH_READERS)
 def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
     run = sync_run_get(company=request.company, run_id=run_id)
-    return render(request, "integrations/run_detail.html", {"run": run, "events": run.events.order_by("id")})
+    return render(request, "integrations/run_detail.html", {"run": run, "events": run.events.select_related("connection").order_by("id")})
 
 
 @require_POST
