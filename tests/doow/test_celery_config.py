@@ -1,0 +1,60 @@
+"""The Celery app's configuration: limits that keep Redis from re-delivering a running task, and the
+beat schedule."""
+
+from celery.schedules import crontab
+from django.conf import settings
+
+from doow.celery import app
+
+
+def test_celery_runs_in_utc_and_acknowledges_late():
+    assert app.conf.timezone == "UTC"
+    assert app.conf.enable_utc is True
+    # Late acks: a worker that dies mid-task leaves the message for another worker.
+    assert app.conf.task_acks_late is True
+    assert app.conf.worker_prefetch_multiplier == 1
+
+
+def test_time_limits_come_from_settings_and_the_soft_one_fires_first():
+    assert app.conf.task_soft_time_limit == settings.CELERY_TASK_SOFT_TIME_LIMIT
+    assert app.conf.task_time_limit == settings.CELERY_TASK_TIME_LIMIT
+    assert 0 < app.conf.task_soft_time_limit < app.conf.task_time_limit
+
+
+def test_a_retry_and_a_run_end_before_the_broker_redelivers():
+    # With late acks, Redis re-delivers a message still unacked after the visibility timeout:
+    # the longest retry countdown plus the hard limit must fit inside it, or a task runs twice.
+    assert (
+        settings.CELERY_RETRY_DELAY_CAP + settings.CELERY_TASK_TIME_LIMIT < settings.CELERY_VISIBILITY_TIMEOUT
+    )
+
+
+def test_the_broker_gets_the_visibility_timeout_when_it_is_redis():
+    options = app.conf.broker_transport_options
+    if app.conf.broker_url.startswith("filesystem://"):
+        # The embedded default keeps its queue in the local folder and has no visibility timeout.
+        assert options["data_folder_in"] == options["data_folder_out"]
+    else:
+        assert options["visibility_timeout"] == settings.CELERY_VISIBILITY_TIMEOUT
+
+
+def test_beat_schedule_has_exactly_the_periodic_jobs():
+    schedule = app.conf.beat_schedule
+    assert set(schedule) == {"enqueue-due-syncs", "refresh-openrouter-models"}
+
+    due_syncs = schedule["enqueue-due-syncs"]
+    assert due_syncs["task"] == "integrations.enqueue_due_syncs"
+    assert due_syncs["schedule"] == min(settings.OPENROUTER_SYNC_INTERVAL_MINUTES * 60, 300)
+    # A tick that waited in the queue longer than its own interval is dropped, not run late.
+    assert due_syncs["options"]["expires"] < due_syncs["schedule"]
+
+    models = schedule["refresh-openrouter-models"]
+    assert models["task"] == "openrouter.refresh_models"
+    assert models["schedule"] == crontab(minute=17, hour=0)
+
+
+def test_every_scheduled_task_is_registered():
+    # What a worker does on start: import every installed app's tasks module.
+    app.autodiscover_tasks(force=True)
+    for entry in app.conf.beat_schedule.values():
+        assert entry["task"] in app.tasks, entry["task"]

@@ -1,0 +1,130 @@
+"""Settings with DEBUG off: refuse to start without real secrets, pass `check --deploy` with them.
+
+Each case runs Django in a fresh subprocess, since settings are read once per process.
+"""
+
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from integrations.crypto import generate_key_entry
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# Anything the surrounding shell (or CI) set that would leak into the subprocess's settings.
+INHERITED_SETTINGS = (
+    "DEBUG",
+    "SECRET_KEY",
+    "SECRET_KEY_FILE",
+    "DOOW_ENCRYPTION_KEYS",
+    "DOOW_ENCRYPTION_KEYS_FILE",
+    "DATABASE_URL",
+    "CELERY_BROKER_URL",
+    "CELERY_BROKER_URL_FILE",
+    "ALLOWED_HOSTS",
+    "DOOW_LOCAL_DIR",
+)
+
+
+def run_django(tmp_path: Path, args: list[str], **settings_env: str) -> subprocess.CompletedProcess:
+    env = {name: value for name, value in os.environ.items() if name not in INHERITED_SETTINGS}
+    env.update(
+        DJANGO_SETTINGS_MODULE="doow.settings",
+        DOOW_LOCAL_DIR=str(tmp_path / "local"),
+        DATABASE_URL=f"sqlite:///{tmp_path / 'doow.sqlite3'}",
+        **settings_env,
+    )
+    return subprocess.run(
+        [sys.executable, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+SETUP = ["-c", "import django; django.setup()"]
+
+
+def production_secrets() -> dict[str, str]:
+    return {"SECRET_KEY": secrets.token_urlsafe(50), "DOOW_ENCRYPTION_KEYS": generate_key_entry()}
+
+
+def test_production_refuses_to_start_without_secrets(tmp_path):
+    result = run_django(tmp_path, SETUP, DEBUG="false")
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr
+    assert "SECRET_KEY, DOOW_ENCRYPTION_KEYS is not set" in result.stderr
+    # Nothing development-only was generated in its place.
+    assert not (tmp_path / "local" / "dev-secret-key").exists()
+
+
+@pytest.mark.parametrize("missing", ["SECRET_KEY", "DOOW_ENCRYPTION_KEYS"])
+def test_production_refuses_to_start_with_one_secret_missing(tmp_path, missing):
+    present = {name: value for name, value in production_secrets().items() if name != missing}
+    result = run_django(tmp_path, SETUP, DEBUG="false", **present)
+    assert result.returncode != 0
+    assert f"DEBUG is off and {missing} is not set" in result.stderr
+
+
+@pytest.mark.parametrize("weak_key", ["short-key", "django-insecure-" + "x" * 50])
+def test_production_refuses_a_weak_secret_key(tmp_path, weak_key):
+    result = run_django(
+        tmp_path, SETUP, DEBUG="false", SECRET_KEY=weak_key, DOOW_ENCRYPTION_KEYS=generate_key_entry()
+    )
+    assert result.returncode != 0
+    assert "SECRET_KEY must be at least 50 random characters" in result.stderr
+
+
+def test_production_settings_pass_the_deploy_check(tmp_path):
+    result = run_django(
+        tmp_path,
+        ["manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        DEBUG="false",
+        ALLOWED_HOSTS="doow.example.com",
+        **production_secrets(),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "System check identified no issues" in result.stdout
+
+
+def test_secrets_can_be_read_from_files(tmp_path):
+    # Docker/Kubernetes secrets arrive as files; NAME_FILE points at one (a trailing newline is fine).
+    values = production_secrets()
+    for name, value in values.items():
+        (tmp_path / name.lower()).write_text(value + "\n")
+    print_settings = (
+        "import django; django.setup(); from django.conf import settings; "
+        "print(settings.SECRET_KEY); print(settings.DOOW_ENCRYPTION_KEYS)"
+    )
+    result = run_django(
+        tmp_path,
+        ["-c", print_settings],
+        DEBUG="false",
+        SECRET_KEY_FILE=str(tmp_path / "secret_key"),
+        DOOW_ENCRYPTION_KEYS_FILE=str(tmp_path / "doow_encryption_keys"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [values["SECRET_KEY"], values["DOOW_ENCRYPTION_KEYS"]]
+
+
+def test_a_secret_file_that_cannot_be_read_stops_startup(tmp_path):
+    result = run_django(
+        tmp_path,
+        SETUP,
+        DEBUG="false",
+        SECRET_KEY_FILE=str(tmp_path / "missing.txt"),
+        DOOW_ENCRYPTION_KEYS=generate_key_entry(),
+    )
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr
+    assert "SECRET_KEY_FILE points at" in result.stderr
+
+
+def test_development_generates_its_secrets_once(tmp_path):
+    print_key = "import django; django.setup(); from django.conf import settings; print(settings.SECRET_KEY)"
+    first = run_django(tmp_path, ["-c", print_key], DEBUG="true")
+    second = run_django(tmp_path, ["-c", print_key], DEBUG="true")
+    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
+    assert first.stdout == second.stdout
+    assert len(first.stdout.strip()) >= 50
+    assert (tmp_path / "local" / "dev-encryption-keys").read_text().strip()
