@@ -1,0 +1,373 @@
+"""Finance's OpenRouter detail page: who may see it, that its figures add up to what was synced, that
+its range, filters, sorting and pages live in the URL, that it explains empty and broken states, and
+that it costs a bounded number of queries whatever the data size."""
+
+import csv
+import io
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.http import QueryDict
+from django.utils import timezone
+
+from integrations.models import Connection, ConnectionState, EventKind, EventLevel, SyncRun
+from integrations.services import sync_event_add
+from openrouter import report
+from openrouter.emulator import Emulator, EmulatorConfig
+from openrouter.report import DetailQuery
+from tests.conftest import client_for
+from tests.support import TODAY, connect, stored_total, sync
+from usage.models import UNATTRIBUTED_LABEL
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _today_is_the_emulators(monkeypatch):
+    """The page computes ranges from the clock; pin it to the emulator's today (noon UTC)."""
+    from tests.support import noon
+
+    fixed = noon(TODAY)
+    monkeypatch.setattr(report.timezone, "now", lambda: fixed)
+
+
+@pytest.fixture
+def synced(acme, emulator):
+    connection = connect(acme, emulator, name="Acme production")
+    sync(connection, emulator)
+    connection.refresh_from_db()
+    return connection
+
+
+def url(connection, query: str = "") -> str:
+    return f"/c/acme/integrations/openrouter/{connection.pk}/" + (f"?{query}" if query else "")
+
+
+def window_query(emulator, **extra) -> str:
+    start, end = emulator.truth.activity_window()
+    params = QueryDict(mutable=True)
+    params.update({"range": "custom", "from": start.isoformat(), "to": end.isoformat(), **extra})
+    return params.urlencode()
+
+
+# --- Access
+
+
+@pytest.mark.parametrize(
+    ("persona", "status"),
+    [("admin", 200), ("finance", 200), ("ops", 403), ("outsider", 404), (None, 302)],
+)
+@pytest.mark.parametrize("suffix", ["", "?part=header", "export.csv", "export.json"])
+def test_role_matrix(synced, personas, persona, status, suffix):
+    response = client_for(personas.get(persona)).get(url(synced) + suffix)
+    assert response.status_code == status
+    if persona is None:
+        assert response["Location"].startswith("/login/")
+
+
+def test_another_companys_connection_is_not_found(synced, globex, charlie, emulator):
+    # Charlie is admin of Globex; Acme's connection id under Globex's slug does not exist.
+    response = client_for(charlie).get(f"/c/globex/integrations/openrouter/{synced.pk}/")
+    assert response.status_code == 404
+
+
+def test_finance_sees_no_admin_actions(synced, fiona):
+    page = client_for(fiona).get(url(synced)).content.decode()
+    assert "Disconnect" not in page and "Sync now" not in page
+
+
+# --- Figures add up
+
+
+def test_totals_reconcile_with_the_stored_rows(synced, alice, emulator):
+    response = client_for(alice).get(url(synced, window_query(emulator)))
+    totals = response.context["totals"]
+    assert (
+        totals["spend_usd"]
+        == stored_total(synced)
+        == emulator.truth.activity_total(*emulator.truth.activity_window())
+    )
+    assert totals["requests"] == stored_total(synced, "requests")
+    assert totals["byok_spend_usd"] == stored_total(synced, "byok_spend_usd")
+    page = response.content.decode()
+    assert f'data-value="{totals["spend_usd"]}"' in page
+
+
+@pytest.mark.parametrize("tab", list(report.TABS))
+def test_every_table_adds_up_to_the_totals_across_its_pages(synced, alice, emulator, monkeypatch, tab):
+    monkeypatch.setattr(report, "PAGE_SIZE", 2)
+    client = client_for(alice)
+    first = client.get(url(synced, window_query(emulator, tab=tab)))
+    pages = first.context["table"]["page"].paginator.num_pages
+    assert pages > 1
+    rows = [
+        row
+        for n in range(1, pages + 1)
+        for row in client.get(url(synced, window_query(emulator, tab=tab, page=n))).context["table"]["rows"]
+    ]
+    assert sum(Decimal(r["spend_usd"]) for r in rows) == first.context["totals"]["spend_usd"]
+    assert sum(r["requests"] for r in rows) == first.context["totals"]["requests"]
+
+
+def test_deleted_keys_have_their_own_row(synced, alice, emulator):
+    response = client_for(alice).get(url(synced, window_query(emulator)))
+    unattributed = [r for r in response.context["table"]["rows"] if r["api_key_hash"] == ""]
+    assert len(unattributed) == 1
+    assert unattributed[0]["spend_usd"] == stored_total(synced, api_key_hash="") > 0
+    assert UNATTRIBUTED_LABEL in response.content.decode()
+
+
+def test_key_rows_name_their_creator_and_workspace(synced, alice, emulator):
+    rows = client_for(alice).get(url(synced, window_query(emulator))).context["table"]["rows"]
+    named = [r for r in rows if r["key"]]
+    assert named and all(r["workspace_name"] for r in named)
+    assert any(r["creator"] and "@" in r["creator"].email for r in named)
+    assert {r["status"] for r in named} <= {"active", "disabled", "expired", "deleted"}
+
+
+def test_model_rows_have_an_average_cost_per_million_tokens(synced, alice, emulator):
+    rows = client_for(alice).get(url(synced, window_query(emulator, tab="models"))).context["table"]["rows"]
+    row = rows[0]
+    assert row["cost_per_million"] == Decimal(row["spend_usd"]) * 1_000_000 / row["total_tokens"]
+
+
+def test_chart_stacks_top_models_and_other_into_the_daily_totals(synced, alice, emulator):
+    response = client_for(alice).get(url(synced, window_query(emulator)))
+    chart = response.context["chart"]
+    assert len(chart["series"]) == report.TOP_MODELS + 1 and chart["series"][-1]["label"] == "other"
+    assert len(chart["labels"]) == len(chart["series"][0]["data"])
+    total = sum(Decimal(value) for series in chart["series"] for value in series["data"])
+    assert total == response.context["totals"]["spend_usd"]
+    tokens = client_for(alice).get(url(synced, window_query(emulator, metric="tokens"))).context["chart"]
+    assert (
+        sum(Decimal(v) for s in tokens["series"] for v in s["data"])
+        == response.context["totals"]["total_tokens"]
+    )
+
+
+def test_the_csv_export_of_a_view_adds_up_to_its_totals(synced, fiona, emulator):
+    client = client_for(fiona)
+    workspace = synced.openrouter_workspaces.order_by("name").first().workspace_id
+    view = window_query(emulator, workspace=workspace, tab="models")
+    totals = client.get(url(synced, view)).context["totals"]
+    export = client.get(url(synced) + "export.csv?" + view + "&group_by=model")
+    assert export["Content-Disposition"].startswith("attachment;")
+    rows = list(csv.DictReader(io.StringIO(b"".join(export.streaming_content).decode())))
+    assert sum(Decimal(r["spend_usd"]) for r in rows) == totals["spend_usd"] > 0
+    assert sum(int(r["requests"]) for r in rows) == totals["requests"]
+
+
+# --- The URL holds the view
+
+
+def test_typed_dates_over_a_preset_make_a_custom_range():
+    query = DetailQuery.from_params(QueryDict("range=30d&from=2026-11-01&to=2026-11-10"), today=TODAY)
+    assert (query.preset, query.start.isoformat(), query.end.isoformat()) == (
+        "custom",
+        "2026-11-01",
+        "2026-11-10",
+    )
+
+
+def test_a_presets_own_dates_keep_the_preset():
+    start, end = report.preset_range("7d", TODAY)
+    query = DetailQuery.from_params(QueryDict(f"range=7d&from={start}&to={end}"), today=TODAY)
+    assert query.preset == "7d" and query.days == 7
+
+
+@pytest.mark.parametrize(
+    ("preset", "start", "end"),
+    [
+        ("7d", "2026-11-17", "2026-11-23"),
+        ("30d", "2026-10-25", "2026-11-23"),
+        ("90d", "2026-08-26", "2026-11-23"),
+        ("this_month", "2026-11-01", "2026-11-24"),
+        ("last_month", "2026-10-01", "2026-10-31"),
+    ],
+)
+def test_presets(preset, start, end):
+    query = DetailQuery.from_params(QueryDict(f"range={preset}"), today=TODAY)
+    assert (query.start.isoformat(), query.end.isoformat()) == (start, end)
+    previous_start, previous_end = query.previous
+    assert (previous_end - previous_start).days + 1 == query.days and previous_end + timedelta(
+        days=1
+    ) == query.start
+
+
+@pytest.mark.parametrize(
+    "params", ["range=custom&from=2026-11-10&to=2026-11-01", "range=custom&from=nope", "range=forever"]
+)
+def test_an_invalid_range_falls_back_to_30_days_and_says_so(params):
+    query = DetailQuery.from_params(QueryDict(params), today=TODAY)
+    assert query.preset == "30d" and query.error
+
+
+def test_filters_sort_and_tab_round_trip_through_the_url():
+    params = "range=custom&from=2026-11-01&to=2026-11-10&workspace=ws1&key=-&model=m%2Fx&provider=P&tab=models&sort=requests&metric=tokens"
+    query = DetailQuery.from_params(QueryDict(params), today=TODAY)
+    assert query.filters == {"workspace": "ws1", "key": "", "model": "m/x", "provider": "P"}
+    again = DetailQuery.from_params(QueryDict(query.params()), today=TODAY)
+    assert again == query
+    assert "page" not in query.params(page=1) and "page=2" in query.params(page=2)
+
+
+def test_an_unknown_sort_falls_back_to_the_tabs_default():
+    assert DetailQuery.from_params(QueryDict("tab=keys&sort=-bogus"), today=TODAY).sort_param == "-spend"
+    assert DetailQuery.from_params(QueryDict("tab=days"), today=TODAY).sort_param == "-name"
+
+
+@pytest.mark.parametrize(
+    ("sort", "field"), [("-requests", "requests"), ("spend", "spend_usd"), ("-tokens", "total_tokens")]
+)
+def test_sorting_orders_the_rows(synced, alice, emulator, sort, field):
+    rows = client_for(alice).get(url(synced, window_query(emulator, sort=sort))).context["table"]["rows"]
+    values = [row[field] for row in rows]
+    assert values == sorted(values, reverse=sort.startswith("-"))
+
+
+def test_keys_sort_by_name_with_deleted_keys_last(synced, alice, emulator):
+    rows = client_for(alice).get(url(synced, window_query(emulator, sort="name"))).context["table"]["rows"]
+    names = [row["key"].name for row in rows if row["key"]]
+    assert names == sorted(names) and rows[-1]["key"] is None
+
+
+def test_days_default_to_newest_first(synced, alice, emulator):
+    rows = client_for(alice).get(url(synced, window_query(emulator, tab="days"))).context["table"]["rows"]
+    days = [row["day"] for row in rows]
+    assert days == sorted(days, reverse=True)
+
+
+def test_sort_headers_link_to_the_same_view_sorted(synced, alice, emulator):
+    page = client_for(alice).get(url(synced, window_query(emulator, workspace="x"))).content.decode()
+    assert 'aria-sort="descending"' in page  # spend, the default
+    assert "workspace=x" in page.split('data-sort="requests"')[0].rsplit("<a", 1)[1]
+
+
+def test_a_key_filter_narrows_to_that_key(synced, alice, emulator):
+    key = synced.openrouter_keys.exclude(name="").order_by("name").first()
+    response = client_for(alice).get(url(synced, window_query(emulator, key=key.key_hash)))
+    assert response.context["totals"]["spend_usd"] == stored_total(synced, api_key_hash=key.key_hash)
+    assert [r["api_key_hash"] for r in response.context["table"]["rows"]] in ([key.key_hash], [])
+    deleted = client_for(alice).get(url(synced, window_query(emulator, key="-")))
+    assert deleted.context["totals"]["spend_usd"] == stored_total(synced, api_key_hash="")
+
+
+# --- States that explain themselves
+
+
+def notice_codes(response) -> set[str]:
+    return {notice["code"] for notice in response.context["notices"]}
+
+
+def test_the_first_sync_shows_a_loading_state_that_polls_then_reloads(acme, alice, emulator):
+    connection = connect(acme, emulator)
+    client = client_for(alice)
+    response = client.get(url(connection))
+    page = response.content.decode()
+    assert 'data-testid="loading"' in page and "The first sync is running" in page
+    assert "part=header&amp;reload_when_done=1" in page and 'hx-trigger="every 2s"' in page
+    header = client.get(url(connection, "part=header&reload_when_done=1"))
+    assert header.status_code == 200 and 'data-testid="header"' in header.content.decode()
+    sync(connection, emulator)
+    done = client.get(url(connection, "part=header&reload_when_done=1"))
+    assert done["HX-Refresh"] == "true"
+    assert "hx-trigger" not in client.get(url(connection, "part=header")).content.decode()
+
+
+def test_no_usage_in_the_range(synced, alice):
+    response = client_for(alice).get(url(synced, "range=custom&from=2020-01-01&to=2020-01-31"))
+    assert notice_codes(response) == {"no_usage"}
+    assert response.context["chart"] is None
+
+
+def test_no_usage_at_all_suggests_the_wrong_organization(acme, alice, emulator):
+    connection = connect(acme, emulator)
+    Connection.objects.filter(pk=connection.pk).update(
+        state=ConnectionState.CONNECTED,
+        last_synced_at=timezone.now(),
+        complete_through=TODAY - timedelta(days=1),
+    )
+    response = client_for(alice).get(url(connection))
+    assert "wrong_organization" in notice_codes(response)
+    assert "wrong one" in response.content.decode()
+
+
+def test_a_normal_key_explains_its_single_key_scope(acme, alice, emulator):
+    connection = connect(acme, emulator, secret=emulator.normal_key)
+    sync(connection, emulator)
+    response = client_for(alice).get(url(connection))
+    assert "single_key" in notice_codes(response)
+    assert "not visible to a normal key" in response.content.decode()
+
+
+def test_a_range_through_today_explains_the_reporting_delay(synced, alice):
+    response = client_for(alice).get(url(synced, "range=this_month"))
+    assert "reporting_delay" in notice_codes(response)
+    assert "complete through 23 Nov UTC" in response.content.decode()
+    assert "reporting_delay" not in notice_codes(client_for(alice).get(url(synced)))
+
+
+def test_a_rate_limited_last_sync_is_explained(synced, alice):
+    run = synced.runs.first()
+    sync_event_add(
+        connection=synced,
+        run=run,
+        kind=EventKind.RATE_LIMIT,
+        code="rate_limited",
+        level=EventLevel.WARNING,
+        message="429",
+    )
+    assert "rate_limited" in notice_codes(client_for(alice).get(url(synced)))
+
+
+def test_a_failed_sync_and_needs_attention_are_explained(synced, alice):
+    SyncRun.objects.create(company=synced.company, connection=synced, trigger="scheduled", status="failed")
+    Connection.objects.filter(pk=synced.pk).update(
+        state=ConnectionState.NEEDS_ATTENTION, attention_reason="OpenRouter refused the key."
+    )
+    response = client_for(alice).get(url(synced))
+    assert {"sync_failed", "needs_attention"} <= notice_codes(response)
+    assert "OpenRouter refused the key." in response.content.decode()
+
+
+def test_todays_partial_spend_comes_from_the_key_counters(synced, alice, emulator):
+    response = client_for(alice).get(url(synced))
+    partial = response.context["today_partial"]
+    expected = sum((Decimal(str(k["usage_daily"])) for k in emulator.truth.listed_keys()), Decimal(0))
+    assert partial["synced_today"] and partial["spend"] == expected > 0
+    # The totals of completed days do not include it.
+    assert response.context["totals"]["spend_usd"] == stored_total(synced)
+
+
+def test_todays_partial_spend_is_unknown_without_a_sync_today(synced, alice):
+    Connection.objects.filter(pk=synced.pk).update(last_synced_at=timezone.now() - timedelta(days=1))
+    response = client_for(alice).get(url(synced))
+    assert not response.context["today_partial"]["synced_today"]
+    assert 'data-testid="today-unknown"' in response.content.decode()
+
+
+# --- Bounded queries
+
+
+def synced_company(company, keys: int) -> Connection:
+    emulator = Emulator(EmulatorConfig(seed=11, keys=keys, today=TODAY))
+    connection = connect(company, emulator)
+    sync(connection, emulator)
+    return connection
+
+
+def test_every_tab_makes_the_same_number_of_queries_for_small_and_large_data(
+    acme, globex, alice, charlie, django_assert_max_num_queries
+):
+    small = synced_company(globex, keys=3)
+    large = synced_company(acme, keys=60)
+    assert large.usage_rows.count() > 5 * small.usage_rows.count()
+    small_client, large_client = client_for(charlie), client_for(alice)
+    for tab in report.TABS:
+        with django_assert_max_num_queries(30) as small_queries:
+            response = small_client.get(f"/c/globex/integrations/openrouter/{small.pk}/?tab={tab}")
+            assert response.status_code == 200
+        with django_assert_max_num_queries(30) as large_queries:
+            assert large_client.get(url(large, f"tab={tab}")).status_code == 200
+        assert len(large_queries.captured_queries) == len(small_queries.captured_queries), tab
