@@ -2,6 +2,7 @@ import hashlib
 
 from django.views.decorators.debug import sensitive_variables
 
+from integrations.crypto import mask
 from integrations.models import CredentialScope
 from integrations.providers import Provider, VerifiedCredential
 from openrouter.client import OpenRouterClient
@@ -10,6 +11,14 @@ SINGLE_KEY_NOTICE = (
     "A normal OpenRouter API key may only expose usage for that key. Doow will read only this key's own "
     "usage counters; connect a management key to see the whole organization."
 )
+
+
+def safe_label(label: str, secret: str) -> str:
+    """OpenRouter labels a key with a masked copy of it ("sk-or-v1-abc...wxyz"): keep no piece of the
+    connected key, only Doow's own mask."""
+    if any(secret[i : i + 6] in label for i in range(len(secret) - 5)):
+        return mask(secret[-4:])
+    return label
 
 
 def key_fingerprint(secret: str) -> str:
@@ -28,23 +37,23 @@ class OpenRouterProvider(Provider):
         """GET /key: what the key is. Raises ProviderError (permanent for a refused key)."""
         with OpenRouterClient(secret, max_retries=1, max_inline_wait=5, **client_options) as client:
             current = client.get_key()
+        label = safe_label(current.label, secret)
         if current.is_management_key:
             account = current.organization_id or (
                 f"user:{current.creator_user_id}" if current.creator_user_id else key_fingerprint(secret)
             )
-            label = current.organization_id or current.label or "personal account"
             return VerifiedCredential(
                 scope=CredentialScope.ORGANIZATION,
                 external_account_id=account,
-                account_label=label,
-                config={"organization_id": current.organization_id or "", "key_label": current.label},
+                account_label=current.organization_id or label or "personal account",
+                config={"organization_id": current.organization_id or "", "key_label": label},
             )
         return VerifiedCredential(
             scope=CredentialScope.SINGLE_KEY,
             external_account_id=key_fingerprint(secret),
-            account_label=current.label or "single API key",
+            account_label=label or "single API key",
             notice=SINGLE_KEY_NOTICE,
-            config={"organization_id": current.organization_id or "", "key_label": current.label},
+            config={"organization_id": current.organization_id or "", "key_label": label},
         )
 
     def purge_data(self, connection) -> int:

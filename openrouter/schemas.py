@@ -135,6 +135,15 @@ def _total_count(payload, where: str) -> int | None:
 # --- records
 
 
+def masked_key_label(label: str) -> str:
+    """OpenRouter labels keys with a masked copy of the key ("sk-or-v1-0e6...1c96"). Doow keeps no
+    leading piece of any key: such a label becomes "sk-or-…1c96"; any other label is kept."""
+    head, sep, tail = label.partition("...")
+    if sep and head.startswith("sk-") and tail and len(tail) <= 8:
+        return f"sk-or-…{tail[-4:]}"
+    return label
+
+
 @dataclass(frozen=True)
 class KeyCounters:
     usage: Decimal
@@ -173,7 +182,7 @@ def parse_current_key(payload) -> CurrentKey:
     if management is None:
         management = bool(_bool(record, "is_provisioning_key", where, optional=True))
     return CurrentKey(
-        label=_str(record, "label", where) or "",
+        label=masked_key_label(_str(record, "label", where) or ""),
         is_management_key=management,
         organization_id=_str(record, "organization_id", where, optional=True, nullable=True),
         creator_user_id=_str(record, "creator_user_id", where, optional=True, nullable=True),
@@ -210,7 +219,7 @@ def parse_key(record, where: str = "/keys item") -> KeyRecord:
     return KeyRecord(
         hash=key_hash,
         name=_str(record, "name", where, max_len=300) or "",
-        label=_str(record, "label", where, max_len=300) or "",
+        label=masked_key_label(_str(record, "label", where, max_len=300) or ""),
         disabled=_bool(record, "disabled", where),
         workspace_id=_str(record, "workspace_id", where, optional=True, nullable=True, max_len=100) or "",
         creator_user_id=_str(record, "creator_user_id", where, optional=True, nullable=True, max_len=100),

@@ -316,8 +316,9 @@ class _SyncJob:
         key_hash = self.connection.external_account_id
         record = KeyRecord(
             hash=key_hash,
-            name=current.label,
-            label=current.label,
+            # OpenRouter's label of a key is a masked copy of it: show the label checked at connect time.
+            name=self.connection.config.get("key_label") or self.connection.masked_secret,
+            label=self.connection.config.get("key_label") or self.connection.masked_secret,
             disabled=False,
             workspace_id=current.workspace_id or "",
             creator_user_id=current.creator_user_id,
@@ -547,14 +548,29 @@ class _SyncJob:
             end=self.window_end,
             api_key_hashes=[key.hash for key, _ in fetched],
         )
-        for key, _records in fetched:
-            ApiKey.objects.filter(connection_id=self.connection.pk, key_hash=key.hash).update(
-                fetched_usage=key.counters.usage,
-                fetched_byok_usage=key.counters.byok_usage,
-                fetched_last_used_at=key.last_used_at,
-                activity_fetched_at=self.now,
-                activity_fetched_through=self.window_end,
-            )
+        # Mark the keys fresh in the same transaction as their rows (two queries per batch, not per key).
+        records = {key.hash: key for key, _records in fetched}
+        stored = list(
+            ApiKey.objects.filter(connection_id=self.connection.pk, key_hash__in=list(records)).only("pk", "key_hash")
+        )
+        for api_key in stored:
+            key = records[api_key.key_hash]
+            api_key.fetched_usage = key.counters.usage
+            api_key.fetched_byok_usage = key.counters.byok_usage
+            api_key.fetched_last_used_at = key.last_used_at
+            api_key.activity_fetched_at = self.now
+            api_key.activity_fetched_through = self.window_end
+        ApiKey.objects.bulk_update(
+            stored,
+            [
+                "fetched_usage",
+                "fetched_byok_usage",
+                "fetched_last_used_at",
+                "activity_fetched_at",
+                "activity_fetched_through",
+            ],
+            batch_size=500,
+        )
         self.run.keys_fetched += len(fetched)
 
     def sync_account_activity(self) -> None:
