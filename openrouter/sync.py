@@ -551,7 +551,9 @@ class _SyncJob:
         # Mark the keys fresh in the same transaction as their rows (two queries per batch, not per key).
         records = {key.hash: key for key, _records in fetched}
         stored = list(
-            ApiKey.objects.filter(connection_id=self.connection.pk, key_hash__in=list(records)).only("pk", "key_hash")
+            ApiKey.objects.filter(connection_id=self.connection.pk, key_hash__in=list(records)).only(
+                "pk", "key_hash"
+            )
         )
         for api_key in stored:
             key = records[api_key.key_hash]

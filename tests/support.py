@@ -72,4 +72,6 @@ def usage_snapshot(connection) -> list[tuple]:
 def stored_total(connection, field="spend_usd", **filters):
     from usage.models import UsageDaily
 
-    return UsageDaily.objects.filter(connection=connection, **filters).aggregate(total=Sum(field))["total"] or 0
+    return (
+        UsageDaily.objects.filter(connection=connection, **filters).aggregate(total=Sum(field))["total"] or 0
+    )

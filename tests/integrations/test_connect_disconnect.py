@@ -32,7 +32,9 @@ def assert_no_piece_of(secret: str, text: str) -> None:
 
 def raw_row(connection_id: int):
     with db.cursor() as cursor:
-        cursor.execute("SELECT secret, secret_last4, state FROM integrations_connection WHERE id = %s", [connection_id])
+        cursor.execute(
+            "SELECT secret, secret_last4, state FROM integrations_connection WHERE id = %s", [connection_id]
+        )
         return cursor.fetchone()
 
 
@@ -42,7 +44,9 @@ def send_task():
         yield patched
 
 
-def test_admin_connects_a_management_key(alice, emulator, emulator_server, send_task, django_capture_on_commit_callbacks):
+def test_admin_connects_a_management_key(
+    alice, emulator, emulator_server, send_task, django_capture_on_commit_callbacks
+):
     client = client_for(alice)
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         response = client.post(CONNECT_URL, {"key": emulator.management_key, "name": "Prod org"})
@@ -58,15 +62,21 @@ def test_admin_connects_a_management_key(alice, emulator, emulator_server, send_
     assert last4 == emulator.management_key[-4:]
     # The initial sync is enqueued only once the transaction commits.
     assert len(callbacks) == 1
-    send_task.assert_called_once_with("openrouter.sync_connection", args=[connection.pk], kwargs={"trigger": "initial"})
+    send_task.assert_called_once_with(
+        "openrouter.sync_connection", args=[connection.pk], kwargs={"trigger": "initial"}
+    )
     assert SyncEvent.objects.filter(connection=connection, code="credential_verified").exists()
-    assert AuditEntry.objects.filter(company=connection.company, action="connection.connected", actor=alice).exists()
+    assert AuditEntry.objects.filter(
+        company=connection.company, action="connection.connected", actor=alice
+    ).exists()
     page = client.get("/c/acme/settings/").content.decode()
     assert f"sk-or-…{emulator.management_key[-4:]}" in page
     assert_no_piece_of(emulator.management_key, page)
 
 
-def test_a_normal_key_connects_with_single_key_scope_and_a_notice(alice, emulator, emulator_server, send_task):
+def test_a_normal_key_connects_with_single_key_scope_and_a_notice(
+    alice, emulator, emulator_server, send_task
+):
     response = client_for(alice).post(CONNECT_URL, {"key": emulator.normal_key}, follow=True)
     connection = Connection.objects.get()
     assert connection.scope == "single_key"
@@ -87,7 +97,9 @@ def test_a_refused_key_is_not_stored_and_not_echoed(alice, emulator, emulator_se
 
 
 @pytest.mark.parametrize("fault", [Fault(path="/key", status=503), Fault(path="/key", hang=True)])
-def test_openrouter_unreachable_during_verification_stores_nothing(alice, emulator, emulator_server, settings, fault):
+def test_openrouter_unreachable_during_verification_stores_nothing(
+    alice, emulator, emulator_server, settings, fault
+):
     settings.OPENROUTER_TIMEOUT_SECONDS = 0.5
     emulator.faults.add(fault)
     response = client_for(alice).post(CONNECT_URL, {"key": emulator.management_key})
@@ -113,7 +125,9 @@ def test_the_same_organization_cannot_be_connected_twice(alice, emulator, emulat
 def test_blank_and_malformed_keys_get_a_clear_error(alice):
     client = client_for(alice)
     assert "This field is required" in client.post(CONNECT_URL, {"key": ""}).content.decode()
-    assert "does not look like an OpenRouter key" in client.post(CONNECT_URL, {"key": "short"}).content.decode()
+    assert (
+        "does not look like an OpenRouter key" in client.post(CONNECT_URL, {"key": "short"}).content.decode()
+    )
 
 
 @pytest.mark.parametrize("persona,status", [("finance", 403), ("ops", 403), ("outsider", 404)])
@@ -167,7 +181,10 @@ def test_disconnect_asks_for_confirmation_first(alice, synced):
     client = client_for(alice)
     page = client.get(disconnect_url(synced))
     assert page.status_code == 200
-    assert "Revoke it in OpenRouter" in page.content.decode() or "revoke it in OpenRouter" in page.content.decode()
+    assert (
+        "Revoke it in OpenRouter" in page.content.decode()
+        or "revoke it in OpenRouter" in page.content.decode()
+    )
     unconfirmed = client.post(disconnect_url(synced), {})
     assert unconfirmed.status_code == 200
     assert raw_row(synced.pk)[0].startswith("enc:v1:")
@@ -221,7 +238,9 @@ def test_connect_command_reads_the_key_from_a_file(acme, emulator, emulator_serv
     key_file = tmp_path / "key"
     key_file.write_text(emulator.management_key + "\n")
     out = io.StringIO()
-    call_command("openrouter_connect", "--company", "acme", "--key-file", str(key_file), "--name", "CLI", stdout=out)
+    call_command(
+        "openrouter_connect", "--company", "acme", "--key-file", str(key_file), "--name", "CLI", stdout=out
+    )
     assert out.getvalue().startswith("Connected CLI")
     assert_no_piece_of(emulator.management_key, out.getvalue())
     assert Connection.objects.get().name == "CLI"

@@ -20,7 +20,9 @@ def pieces(secret: str, size: int = 8):
 
 def raw_secret(connection_id: int) -> str:
     with db.cursor() as cursor:
-        cursor.execute("SELECT secret, secret_last4 FROM integrations_connection WHERE id = %s", [connection_id])
+        cursor.execute(
+            "SELECT secret, secret_last4 FROM integrations_connection WHERE id = %s", [connection_id]
+        )
         return cursor.fetchone()
 
 

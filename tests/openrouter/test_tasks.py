@@ -113,7 +113,11 @@ def test_two_concurrent_syncs_make_one_set_of_requests(acme, emulator):
     assert sorted(r.status for r in results) == ["skipped", "succeeded"]
     assert len(emulator.request_log.matching("/credits")) == 1
     per_key = [e for e in emulator.request_log.matching("/activity") if "api_key_hash" in e.query]
-    assert len(per_key) == len({e.query["api_key_hash"] for e in per_key}) == len(list(emulator.truth.listed_keys()))
+    assert (
+        len(per_key)
+        == len({e.query["api_key_hash"] for e in per_key})
+        == len(list(emulator.truth.listed_keys()))
+    )
     connection.refresh_from_db()
     assert connection.sync_lease_until is None
 
