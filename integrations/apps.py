@@ -5,4 +5,6 @@ class IntegrationsConfig(AppConfig):
     name = "integrations"
 
     def ready(self) -> None:
-        from integrations import checks  # noqa: F401  (registers the key-ring canary check)
+        from integrations import checks  # registers the key-ring canary check
+
+        checks.connect_worker_canary()

@@ -139,3 +139,13 @@ def test_start_up_canary_reports_a_key_ring_that_cannot_decrypt(acme, emulator, 
     assert not [e for e in run_checks() if e.id == "integrations.E001"]
     settings.DOOW_ENCRYPTION_KEYS = crypto.generate_key_entry("fresh")
     assert [e for e in run_checks() if e.id == "integrations.E001"]
+
+
+@pytest.mark.django_db
+def test_workers_report_a_key_ring_that_cannot_decrypt_at_start(acme, emulator, settings, caplog):
+    from celery.signals import worker_ready
+
+    connect(acme, emulator)
+    settings.DOOW_ENCRYPTION_KEYS = crypto.generate_key_entry("fresh")
+    worker_ready.send(sender=None)
+    assert any("Key ring canary" in record.getMessage() for record in caplog.records)
