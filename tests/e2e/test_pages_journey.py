@@ -4,7 +4,6 @@ ops follows the event log live, the admin disconnects. Screenshots land in test-
 
 import csv
 import io
-import os
 import re
 from decimal import Decimal
 from pathlib import Path
@@ -16,9 +15,6 @@ from playwright.sync_api import Page, expect, sync_playwright
 from integrations.models import Connection, ConnectionState, EventKind
 from integrations.services import sync_event_add
 from tests.conftest import PASSWORD
-
-# Playwright's sync API runs an event loop in this thread; Django's ORM refuses to run beside one.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -68,7 +64,10 @@ def celery_worker():
 
 
 @pytest.fixture
-def browser():
+def browser(monkeypatch):
+    # Playwright's sync API runs an event loop in this thread; Django's ORM refuses to run beside one.
+    # Set for this test only: subprocesses of other tests (manage.py check --deploy) must not inherit it.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
@@ -274,6 +273,11 @@ def test_admin_finance_and_ops_journey(live_server, personas, slow_emulator_serv
     shot(admin, "14-settings-disconnected")
     connection.refresh_from_db()
     assert connection.state == ConnectionState.DISCONNECTED and connection.secret == ""
+    # The synced history stays readable, and says why it no longer grows.
+    admin.get_by_role("link", name="Usage history", exact=True).click()
+    expect(admin.get_by_test_id("notice-disconnected")).to_be_visible()
+    expect(admin.get_by_test_id("total-spend")).to_be_visible()
+    shot(admin, "15-detail-disconnected-history")
 
     for page in (admin, finance, ops):
         assert page.js_errors == [], page.js_errors
