@@ -61,7 +61,7 @@ METRIC_COLUMNS = {
 }
 # Each table shows what finance asks of it; the key table keeps narrow because it has the most labels.
 TAB_METRICS = {
-    "keys": ["spend", "byok", "requests", "tokens"],
+    "keys": ["spend", "requests", "tokens"],
     "models": ["spend", "requests", "prompt", "completion", "tokens"],
     "workspaces": ["spend", "byok", "requests", "prompt", "completion", "tokens"],
     "providers": ["spend", "byok", "requests", "prompt", "completion", "tokens"],
