@@ -93,7 +93,11 @@ def event_log_newer(request: HttpRequest) -> HttpResponse:
 @company_view(HEALTH_READERS)
 def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
     run = sync_run_get(company=request.company, run_id=run_id)
-    return render(request, "integrations/run_detail.html", {"run": run, "events": run.events.select_related("connection").order_by("id")})
+    return render(
+        request,
+        "integrations/run_detail.html",
+        {"run": run, "events": run.events.select_related("connection").order_by("id")},
+    )
 
 
 @require_POST
