@@ -7,7 +7,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from doow.access import ADMINS, USAGE_READERS, company_view
 from integrations.selectors import connection_get
-from openrouter import exports
+from openrouter import exports, insights
 from openrouter.forms import ConnectForm
 from openrouter.report import DetailQuery, connection_status, detail_report
 from openrouter.services import ConnectError, openrouter_connect
@@ -48,7 +48,13 @@ def detail(request: HttpRequest, connection_id: int) -> HttpResponse:
     if request.GET.get("part") == "header":
         return _header(request, connection)
     query = DetailQuery.from_params(request.GET)
-    return render(request, "openrouter/detail.html", detail_report(connection=connection, query=query))
+    context = detail_report(connection=connection, query=query)
+    context["month"] = {
+        "forecast": insights.forecast(connection=connection),
+        "budgets": insights.budget_statuses(connection=connection),
+    }
+    context["section"] = "overview"
+    return render(request, "openrouter/detail.html", context)
 
 
 def _header(request: HttpRequest, connection) -> HttpResponse:
