@@ -80,7 +80,12 @@ class Budget(models.Model):
         ordering = ["scope", "target_label"]
 
     def __str__(self) -> str:
-        return f"{self.get_scope_display()} {self.target_label or ''} ${self.monthly_usd}/month"
+        target = (
+            "Whole connection"
+            if self.scope == BudgetScope.CONNECTION
+            else f"{self.get_scope_display()} {self.target_label}"
+        )
+        return f"{target}: ${self.monthly_usd}/month"
 
 
 class AlertKind(models.TextChoices):

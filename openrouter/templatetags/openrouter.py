@@ -75,3 +75,11 @@ def metric_cell(row, column):
 @register.inclusion_tag("openrouter/_stat.html")
 def stat(label, value, delta, money=False, testid="", minor=False):
     return {"label": label, "value": value, "delta": delta, "money": money, "testid": testid, "minor": minor}
+
+
+@register.filter
+def plain_number(value) -> str:
+    """A decimal without trailing zeros or exponent: 6.0000 → 6, 0.1000 → 0.1, 10.0000 → 10."""
+    if value is None or value == "":
+        return ""
+    return format(Decimal(value).normalize(), "f")

@@ -1,0 +1,72 @@
+"""Budgets and forecast, alerts, people and reconciliation in a real browser."""
+
+import pytest
+from playwright.sync_api import expect
+
+from openrouter.alerts import evaluate_alerts
+from openrouter.models import ApiKey, KeyOwner
+from tests.e2e.conftest import log_in, shot
+from tests.support import connect, noon, sync
+from usage.models import Alert, Budget
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def synced(acme, emulator):
+    connection = connect(acme, emulator, name="Acme production")
+    sync(connection, emulator)
+    return connection
+
+
+def test_budgets_alerts_people_and_reconciliation(live_server, personas, synced, emulator, browser):
+    base = f"{live_server.url}/c/acme/integrations/openrouter/{synced.pk}"
+
+    finance = log_in(browser, live_server, "fiona@acme.test")
+    finance.goto(f"{base}/")
+    expect(finance.get_by_test_id("month")).to_contain_text("projected month-end")
+    finance.get_by_role("link", name="Budgets, forecast & alerts").click()
+    expect(finance.get_by_test_id("forecast")).to_be_visible()
+    finance.select_option("#id_scope", "connection")
+    finance.fill("#id_monthly_usd", "1")
+    finance.get_by_role("button", name="Save budget").click()
+    expect(finance.locator(".messages")).to_contain_text("Budget saved")
+    expect(finance.get_by_test_id("budgets").locator("progress")).to_have_count(1)
+    shot(finance, "20-budgets")
+    assert Budget.objects.filter(connection=synced).count() == 1
+
+    # Alerts are evaluated after a sync; here directly, at the emulator's noon.
+    synced.refresh_from_db()
+    evaluate_alerts(connection=synced, now=noon(emulator.today))
+    finance.goto(f"{live_server.url}/c/acme/alerts/")
+    row = finance.locator("[data-testid=alerts] tr", has_text="monthly budget of $1.00 reached")
+    expect(row).to_have_count(1)
+    shot(finance, "21-alerts")
+    row.get_by_role("button", name="Acknowledge").click()
+    expect(
+        finance.locator("[data-testid=alerts] tr", has_text="monthly budget of $1.00 reached")
+    ).to_contain_text("Acknowledged")
+    assert Alert.objects.get(kind="budget_100").state == "acknowledged"
+
+    finance.goto(f"{base}/reconciliation/")
+    expect(finance.get_by_test_id("reconciliation")).to_contain_text("Unattributed remainder")
+    expect(finance.get_by_test_id("reconciliation")).not_to_contain_text("unexplained")
+    shot(finance, "22-reconciliation")
+    assert finance.js_errors == []
+
+    admin = log_in(browser, live_server, "alice@acme.test")
+    admin.goto(f"{base}/people/")
+    expect(admin.get_by_test_id("people")).to_contain_text("(deleted or unlisted keys)")
+    key = ApiKey.objects.filter(connection=synced).order_by("name", "key_hash").first()
+    form = admin.locator("[data-testid=key-owners] tr", has_text=key.name).first.locator("form")
+    form.locator("select").select_option(label=personas["finance"].display_name)
+    form.get_by_role("button", name="Save").click()
+    expect(admin.locator(".messages")).to_contain_text("now belongs to")
+    shot(admin, "23-people")
+    assert KeyOwner.objects.get(key_hash=key.key_hash).user == personas["finance"]
+
+    ops = log_in(browser, live_server, "oscar@acme.test")
+    ops.goto(f"{live_server.url}/c/acme/integrations/events/?kind=alert")
+    expect(ops.locator("#event-log")).to_contain_text("Alert: ")
+    shot(ops, "24-event-log-alerts")
+    assert admin.js_errors == [] and ops.js_errors == []
