@@ -75,7 +75,7 @@ def test_a_killed_worker_sync_is_completed_by_the_next_run(acme):
             )
             wait_for(
                 lambda: UsageDaily.objects.filter(connection=connection).exclude(api_key_hash="").exists(),
-                timeout=60,
+                timeout=180,
                 what="the worker to write its first keys",
             )
             worker.send_signal(signal.SIGKILL)
