@@ -96,6 +96,10 @@ def budgets(request: HttpRequest, connection_id: int) -> HttpResponse:
             "form": form,
             "statuses": insights.budget_statuses(connection=connection),
             "forecast": insights.forecast(connection=connection),
+            "workspace_forecasts": [
+                (workspace, insights.forecast(connection=connection, workspace=workspace.workspace_id))
+                for workspace in Workspace.objects.filter(connection=connection).order_by("name")[:50]
+            ],
             "workspaces": Workspace.objects.filter(connection=connection).order_by("name"),
             "keys": ApiKey.objects.filter(connection=connection, missing_since__isnull=True).order_by("name")[
                 :500

@@ -143,3 +143,18 @@ def test_insight_pages_make_a_bounded_number_of_queries(fiona, synced, django_as
         client.get(url(name, synced))  # warm-up: default alert rules are created once
         with django_assert_max_num_queries(40):
             assert client.get(url(name, synced)).status_code == 200
+
+
+def test_forecast_per_workspace_adds_up_to_the_connection(fiona, synced):
+    from openrouter import insights
+    from openrouter.models import Workspace
+
+    page = client_for(fiona).get(url("budgets", synced)).content.decode()
+    assert 'data-testid="workspace-forecasts"' in page
+    whole = insights.forecast(connection=synced)
+    parts = [
+        insights.forecast(connection=synced, workspace=w.workspace_id)
+        for w in Workspace.objects.filter(connection=synced)
+    ]
+    assert abs(sum(f.month_to_date for f in parts) - whole.month_to_date) <= Decimal("0.01") * len(parts)
+    assert abs(sum(f.expected for f in parts) - whole.expected) <= Decimal("0.01") * len(parts)
