@@ -67,7 +67,7 @@ class Connection(models.Model):
         indexes = [models.Index(fields=["state", "next_sync_at"], name="connection_due_idx")]
 
     def __str__(self) -> str:
-        return f"{self.name} ({self.provider}, {self.company})"
+        return f"{self.name} ({self.provider})"  # no company lookup: reprs must not query
 
     @property
     def secret_context(self) -> str:

@@ -39,6 +39,13 @@ def slow_emulator_server(settings):
     server.shutdown()
 
 
+def reset_producers(app) -> None:
+    """What Celery does after a fork: forget the connection pool and the producer pool built on it
+    (an earlier test that sent a task would otherwise keep sending to the old broker)."""
+    app._pool = None
+    app.amqp._producer_pool = None
+
+
 @pytest.fixture
 def celery_worker():
     """A real worker thread consuming from an in-memory broker: the view's send_task reaches it."""
@@ -48,11 +55,11 @@ def celery_worker():
 
     saved = {name: app.conf[name] for name in ("broker_url", "broker_transport_options")}
     app.conf.update(broker_url="memory://", broker_transport_options={})
-    app._pool = None  # producers made for the old broker must not be reused
+    reset_producers(app)  # producers made for the old broker must not be reused
     with start_worker(app, pool="solo", perform_ping_check=False, loglevel="WARNING", shutdown_timeout=30):
         yield
     app.conf.update(saved)
-    app._pool = None
+    reset_producers(app)
 
 
 @pytest.fixture

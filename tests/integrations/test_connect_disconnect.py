@@ -145,7 +145,9 @@ def test_connect_without_csrf_token_is_refused(alice, emulator):
 
 def test_the_key_never_reaches_logs(alice, emulator, emulator_server, caplog, send_task):
     caplog.set_level(logging.DEBUG)
-    for name in ("httpx", "httpcore", "django", "openrouter", "integrations"):
+    names = ("httpx", "httpcore", "django", "openrouter", "integrations")
+    saved = {name: logging.getLogger(name).level for name in names}
+    for name in names:
         logging.getLogger(name).setLevel(logging.DEBUG)
     try:
         client_for(alice).post(CONNECT_URL, {"key": emulator.management_key})
@@ -155,8 +157,9 @@ def test_the_key_never_reaches_logs(alice, emulator, emulator_server, caplog, se
         sync(connection, emulator)
         client_for(alice).post(CONNECT_URL, {"key": "sk-or-v1-" + "9" * 64})
     finally:
-        for name in ("httpx", "httpcore"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+        # Leave no logger at DEBUG: later tests count queries, and DEBUG logging renders reprs.
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
     text = "\n".join(record.getMessage() for record in caplog.records)
     assert caplog.records, "expected log output at DEBUG"
     assert_no_piece_of(emulator.management_key, text)
