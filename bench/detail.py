@@ -1,0 +1,316 @@
+"""3. The finance detail page and its CSV export at 10k, 100k and 1M usage rows.
+
+Each connection's rows are loaded with COPY (synthetic, all inside the page's 90-day range, so every
+aggregate covers every row: the worst case). The page and the export are requested through Django's
+test client as a logged-in finance user, so the time is the server's whole answer: middleware, session,
+queries, template or CSV. The baseline runs, with raw psycopg, the aggregate queries the page needs (or
+the one grouped query the export streams).
+"""
+
+import math
+import random
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from decimal import Decimal
+
+from bench.ingest import COLUMNS
+from bench.results import Outcome, Row
+from bench.support import company, connect, finance_user, median_seconds, noon
+
+DAYS = 90
+ROWS_PER_KEY_DAY = 5  # endpoints (model x provider) a key uses each day: an org grows by keys
+METRICS = ("requests", "prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens")
+MONEY = ("spend_usd", "byok_spend_usd")
+SUMS = ", ".join(f"SUM({name})" for name in (*METRICS, *MONEY))
+EXPORT_FIELDS = "day, workspace_id, api_key_hash, model_permaslug, model, provider_name"
+
+
+def label(rows: int) -> str:
+    if rows >= 1_000_000:
+        return f"{rows / 1_000_000:g}M"
+    return f"{rows / 1000:g}k" if rows >= 1000 else str(rows)
+
+
+class Dataset:
+    """One company and connection with `rows` usage rows over the last 90 complete UTC days."""
+
+    def __init__(self, rows: int, seed: int):
+        from django.utils import timezone
+
+        from openrouter.emulator import Emulator, EmulatorConfig
+        from openrouter.sync import sync_connection
+        from usage.models import UsageDaily
+
+        self.rows = rows
+        today = timezone.now().date()
+        self.start, self.end = today - timedelta(days=DAYS), today - timedelta(days=1)
+        # A real (tiny) sync first, so workspaces, members, models, credits and runs are all there.
+        emulator = Emulator(EmulatorConfig(seed=seed, keys=5, today=today))
+        self.company = company(f"detail-{rows}")
+        self.user = finance_user(self.company)
+        self.connection = connect(self.company, emulator.management_key, emulator.transport())
+        result = sync_connection(
+            self.connection.pk,
+            transport=emulator.transport(),
+            base_url="http://emulator/api/v1",
+            now=noon(today),
+        )
+        assert result.status == "succeeded", result
+        UsageDaily.objects.filter(connection=self.connection).delete()
+        self.workspaces = [w.id for w in emulator.world.workspaces]
+        self.endpoints = [
+            (e.model.canonical_slug, e.model.id, e.provider_name) for e in emulator.world.endpoints
+        ]
+        self.keys = math.ceil(rows / (DAYS * ROWS_PER_KEY_DAY))
+        self.hashes = [f"{seed:04d}{k:060x}" for k in range(self.keys)]
+        self.filter_key = self.hashes[self.keys // 2]
+        self._load(random.Random(seed))
+
+    def _load(self, rng: random.Random) -> None:
+        import psycopg
+        from django.db import connection as django_connection
+
+        from openrouter.models import ApiKey
+
+        ApiKey.objects.bulk_create(
+            [
+                ApiKey(
+                    company_id=self.company.pk,
+                    connection_id=self.connection.pk,
+                    key_hash=key_hash,
+                    name=f"Bench key {k}",
+                    workspace_id=self.workspaces[k % len(self.workspaces)],
+                    last_used_at=noon(self.end),
+                )
+                for k, key_hash in enumerate(self.hashes)
+            ],
+            batch_size=2000,
+        )
+        count = len(self.endpoints)
+        ids = (self.company.pk, self.connection.pk)
+        with psycopg.connect(**django_connection.get_connection_params()) as conn:
+            with conn.cursor().copy(f"COPY usage_usagedaily ({', '.join(COLUMNS)}) FROM STDIN") as copy:
+                written = 0
+                for k, key_hash in enumerate(self.hashes):
+                    workspace = self.workspaces[k % len(self.workspaces)]
+                    used = [self.endpoints[(k * 3 + j) % count] for j in range(ROWS_PER_KEY_DAY)]
+                    for d in range(DAYS):
+                        day = self.start + timedelta(days=d)
+                        for permaslug, model, provider in used:
+                            if written == self.rows:
+                                break
+                            requests = rng.randint(1, 500)
+                            prompt, completion = (
+                                requests * rng.randint(200, 4000),
+                                requests * rng.randint(50, 900),
+                            )
+                            spend = Decimal(prompt * 3 + completion * 15) / Decimal(10**6)
+                            copy.write_row(
+                                (*ids, day, workspace, key_hash, model, permaslug, provider, requests,
+                                 prompt, completion, completion // 4, prompt // 3, spend, Decimal(0))
+                            )  # fmt: skip
+                            written += 1
+            conn.execute("ANALYZE usage_usagedaily")
+            conn.commit()
+
+    def url(self, kind: str, key: str | None) -> str:
+        from django.urls import reverse
+
+        if kind == "page":
+            path = reverse("openrouter:detail", args=[self.company.slug, self.connection.pk])
+        else:
+            path = reverse("openrouter:export", args=[self.company.slug, self.connection.pk, "csv"])
+        return path + "?range=90d" + (f"&key={key}" if key else "")
+
+
+def raw_page_queries(conn, connection_id: int, start, end, key: str | None) -> Callable[[], None]:
+    """The aggregates the page shows, written by hand: totals now and before, the chart (day x model),
+    the key table (group count and first page) and the model and provider filter choices."""
+    where = "connection_id = %s AND day BETWEEN %s AND %s"
+    keyed = where + (" AND api_key_hash = %s" if key is not None else "")
+
+    def params(first, last, with_key=True):
+        return [connection_id, first, last, *([key] if key is not None and with_key else [])]
+
+    previous = (start - (end - start) - timedelta(days=1), start - timedelta(days=1))
+    table = "usage_usagedaily"
+    queries = [
+        (f"SELECT {SUMS} FROM {table} WHERE {keyed}", params(start, end)),
+        (f"SELECT {SUMS} FROM {table} WHERE {keyed}", params(*previous)),
+        (
+            f"SELECT day, model_permaslug, model, SUM(spend_usd) FROM {table} WHERE {keyed} "
+            "GROUP BY day, model_permaslug, model",
+            params(start, end),
+        ),
+        (
+            f"SELECT COUNT(*) FROM (SELECT api_key_hash FROM {table} WHERE {keyed} GROUP BY api_key_hash) s",
+            params(start, end),
+        ),
+        (
+            "SELECT api_key_hash, SUM(spend_usd) AS spend, SUM(byok_spend_usd), SUM(requests), "
+            f"SUM(prompt_tokens) + SUM(completion_tokens) FROM {table} WHERE {keyed} "
+            "GROUP BY api_key_hash ORDER BY spend DESC, api_key_hash LIMIT 25",
+            params(start, end),
+        ),
+        (f"SELECT DISTINCT model_permaslug, model FROM {table} WHERE {where}", params(start, end, False)),
+        (f"SELECT DISTINCT provider_name FROM {table} WHERE {where}", params(start, end, False)),
+    ]
+
+    def run() -> None:
+        for sql, args in queries:
+            conn.execute(sql, args).fetchall()
+
+    return run
+
+
+def raw_export_query(conn, connection_id: int, start, end, key: str | None) -> Callable[[], None]:
+    """The export's one grouped query (every dimension), streamed through a server-side cursor."""
+    sql = (
+        f"SELECT {EXPORT_FIELDS}, {SUMS} FROM usage_usagedaily WHERE connection_id = %s "
+        "AND day BETWEEN %s AND %s"
+        + (" AND api_key_hash = %s" if key is not None else "")
+        + f" GROUP BY {EXPORT_FIELDS} ORDER BY {EXPORT_FIELDS}"
+    )
+    args = [connection_id, start, end, *([key] if key is not None else [])]
+
+    def run() -> None:
+        with conn.transaction(), conn.cursor(name="bench_export") as cursor:
+            cursor.itersize = 2000
+            cursor.execute(sql, args)
+            for _ in cursor:
+                pass
+
+    return run
+
+
+def slowest_queries(client, url: str, top: int = 3) -> list[tuple[float, str]]:
+    """Each SQL statement of one page view with its time, slowest first."""
+    from django.db import connection
+
+    timings: list[tuple[float, str]] = []
+
+    def clock(execute, sql, params, many, context):
+        began = time.perf_counter()
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            timings.append((time.perf_counter() - began, sql))
+
+    with connection.execute_wrapper(clock):
+        client.get(url)
+    return sorted(timings, reverse=True)[:top]
+
+
+def measure(dataset: Dataset, repeat: int) -> dict:
+    import psycopg
+    from django.db import connection as django_connection
+    from django.test import Client
+
+    client = Client(SERVER_NAME="localhost")
+    client.force_login(dataset.user)
+
+    def get_page(url):
+        response = client.get(url)
+        assert response.status_code == 200, (url, response.status_code)
+
+    def get_csv(url):
+        response = client.get(url)
+        assert response.status_code == 200, (url, response.status_code)
+        for _ in response.streaming_content:
+            pass
+
+    figures = {}
+    csv_repeat = 1 if dataset.rows >= 1_000_000 else repeat
+    with psycopg.connect(**django_connection.get_connection_params(), autocommit=True) as conn:
+        for name, key in (("all", None), ("key", dataset.filter_key)):
+            page_url, csv_url = dataset.url("page", key), dataset.url("csv", key)
+            get_page(page_url)  # warm-up: caches, first-use imports, template loading
+            raw_page = raw_page_queries(conn, dataset.connection.pk, dataset.start, dataset.end, key)
+            raw_page()
+            figures[name, "page"] = median_seconds(lambda url=page_url: get_page(url), repeat)
+            figures[name, "page_raw"] = median_seconds(raw_page, repeat)
+            raw_csv = raw_export_query(conn, dataset.connection.pk, dataset.start, dataset.end, key)
+            figures[name, "csv"] = median_seconds(lambda url=csv_url: get_csv(url), csv_repeat)
+            figures[name, "csv_raw"] = median_seconds(raw_csv, csv_repeat)
+            figures[name, "slowest"] = slowest_queries(client, page_url)
+    return figures
+
+
+def run(sizes) -> Outcome:
+    outcome = Outcome("3. Detail page at scale")
+    results = {}
+    for index, rows in enumerate(sizes.detail_rows):
+        began = time.perf_counter()
+        dataset = Dataset(rows, seed=300 + index)
+        loaded = time.perf_counter() - began
+        results[rows] = measure(dataset, sizes.detail_repeat)
+        results[rows]["keys"] = dataset.keys
+        print(f"   {label(rows)} rows: loaded in {loaded:.0f} s, measured", flush=True)
+
+    small, large = min(results), max(results)
+    big = results[large]
+    for name, what in (("all", "no filter"), ("key", "one key")):
+        for kind, title in (("page", "detail page"), ("csv", "CSV export")):
+            figure, raw = big[name, kind], big[name, f"{kind}_raw"]
+            ratio = figure / raw
+            outcome.rows.append(
+                Row(
+                    f"3. {title}, {label(large)} rows, 90 days, {what}",
+                    f"{figure * 1000:,.0f} ms",
+                    f"{raw * 1000:,.0f} ms raw SQL",
+                    ratio,
+                    "≤ 1.5",
+                    ratio <= 1.5,
+                )
+            )
+    for name, what in (("all", "no filter"), ("key", "one key")):
+        for kind, title in (("page", "detail page"), ("csv", "CSV export")):
+            grow = results[large][name, kind] / results[small][name, kind]
+            raw_grow = results[large][name, f"{kind}_raw"] / results[small][name, f"{kind}_raw"]
+            outcome.rows.append(
+                Row(
+                    f"3. {title} scaling, {what}",
+                    f"time({label(large)}) / time({label(small)}) = {grow:.1f}",
+                    f"raw SQL grows {raw_grow:.1f}×",
+                    grow,
+                    "≤ 3",
+                    grow <= 3,
+                )
+            )
+
+    details = [
+        "| rows | keys | filter | page ms | raw queries ms | ratio | CSV ms | raw export query ms | ratio |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for rows, figures in results.items():
+        for name, what in (("all", "none"), ("key", "one key")):
+            page, page_raw = figures[name, "page"], figures[name, "page_raw"]
+            csv, csv_raw = figures[name, "csv"], figures[name, "csv_raw"]
+            details.append(
+                f"| {rows:,} | {figures['keys']:,} | {what} | {page * 1000:,.1f} | {page_raw * 1000:,.1f} | "
+                f"{page / page_raw:.2f} | {csv * 1000:,.1f} | {csv_raw * 1000:,.1f} | {csv / csv_raw:.2f} |"
+            )
+    details += ["", f"Slowest statements of one page view at {label(large)} rows:", ""]
+    for name, what in (("all", "no filter"), ("key", "one key")):
+        for seconds, sql in big[name, "slowest"]:
+            details.append(f"- {what}, {seconds * 1000:,.0f} ms: `{_shorten(sql)}`")
+    outcome.details = details
+    outcome.notes += [
+        f"Synthetic rows loaded with COPY: {DAYS} days × {ROWS_PER_KEY_DAY} model/provider rows per key and "
+        "day, so an organization grows by keys (10k rows ≈ 23 keys, 1M ≈ 2,223); every row is inside the "
+        "90-day range (the worst case: each aggregate covers every row) and the previous period is empty. "
+        "All sizes share one table (1.1M rows in the full run).",
+        f"Page = median of {sizes.detail_repeat} GETs of `?range=90d` (keys tab) through Django's test "
+        "client as a finance user, after one warm-up; CSV = the whole streamed body of `export.csv` "
+        "(all dimensions), once at 1M rows. Baselines with raw psycopg on the same data: the 7 aggregate "
+        "queries the page needs (totals now and before, day × model chart, key-table count and page, "
+        "model and provider filter choices) and the export's grouped query read through a server-side "
+        "cursor.",
+    ]
+    return outcome
+
+
+def _shorten(sql: str, limit: int = 220) -> str:
+    sql = " ".join(sql.split())
+    return sql if len(sql) <= limit else sql[: limit - 1] + "…"

@@ -1,0 +1,181 @@
+"""4. Fan-out: many connections synced by real Celery workers (Redis broker, PostgreSQL) against an
+emulator that answers every request after 50 ms, at several worker concurrencies.
+
+The ideal wall time is total requests × latency / concurrency: each worker slot issuing one request
+after another with no time spent anywhere else. Each sync runs with OPENROUTER_CONCURRENCY=1 so that a
+slot really is one request at a time (the ideal is then a true lower bound).
+"""
+
+import os
+import resource
+import subprocess
+import threading
+import time
+import uuid
+
+from bench.environment import ROOT, child_env, python
+from bench.results import Outcome, Row
+from bench.support import ServedEmulator, company, connect
+
+SEED, KEYS, WORKSPACES = 404, 2, 1  # small organizations: the cost is requests, not rows
+TARGET_EFFICIENCY = 0.70
+CORES = os.cpu_count() or 1
+
+
+class Worker:
+    """`celery -A doow worker` on a queue of its own, production-like (prefork, DEBUG off)."""
+
+    def __init__(self, *, concurrency: int, queue: str, base_url: str):
+        from django.conf import settings
+
+        env = child_env(
+            OPENROUTER_BASE_URL=base_url,
+            OPENROUTER_CONCURRENCY="1",
+            DATABASE_URL=_database_url(),
+            CELERY_BROKER_URL=settings.CELERY_BROKER_URL,
+            LOG_LEVEL="INFO",
+        )
+        args = [python(), "-m", "celery", "-A", "doow", "worker", "--pool", "prefork"]
+        args += ["--concurrency", str(concurrency), "-Q", queue, "-n", f"{queue}@%h"]
+        args += ["--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "INFO"]
+        self.process = subprocess.Popen(
+            args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        self.ready = threading.Event()
+        self.log: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self.ready.wait(60):
+            self.stop()
+            raise RuntimeError("the Celery worker did not start:\n" + "".join(self.log[-20:]))
+
+    def _read(self) -> None:
+        for line in self.process.stderr:  # drained to the end so the worker never blocks on a full pipe
+            self.log.append(line)
+            if " ready." in line:
+                self.ready.set()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()  # warm shutdown: running tasks finish
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _database_url() -> str:
+    import os
+
+    return os.environ["DATABASE_URL"]
+
+
+def run_level(served: ServedEmulator, connections: int, concurrency: int, latency: float) -> dict:
+    from doow.celery import app
+    from integrations.models import SyncRun
+    from openrouter.emulator import Emulator, EmulatorConfig
+
+    # Keys are verified against an identical in-process emulator: same seed, same management key.
+    verifier = Emulator(EmulatorConfig(seed=SEED, keys=KEYS, workspaces=WORKSPACES))
+    tag = uuid.uuid4().hex[:6]
+    ids = [
+        connect(company(f"fanout-{concurrency}-{tag}-{i}"), served.management_key, verifier.transport()).pk
+        for i in range(connections)
+    ]
+    queue = f"bench-fanout-{tag}"
+    cpu_before = _children_cpu()
+    worker = Worker(concurrency=concurrency, queue=queue, base_url=served.base_url)
+    try:
+        from django.utils import timezone
+
+        sent_at = timezone.now()
+        for pk in ids:
+            app.send_task("openrouter.sync_connection", args=[pk], kwargs={"trigger": "manual"}, queue=queue)
+        runs = SyncRun.objects.filter(connection_id__in=ids)
+        deadline = time.monotonic() + 120 + connections * 20 * latency / concurrency * 5
+        while runs.exclude(status="running").count() < connections:
+            if time.monotonic() > deadline or worker.process.poll() is not None:
+                raise RuntimeError("fan-out did not finish:\n" + "".join(worker.log[-20:]))
+            time.sleep(0.1)
+    finally:
+        worker.stop()
+        _drop_queue(queue)
+    worker_cpu = _children_cpu() - cpu_before  # the worker and its pool, start-up included
+    finished = list(runs.values_list("status", "requests_made", "finished_at"))
+    requests = sum(made for _, made, _ in finished)
+    wall = (max(at for _, _, at in finished) - sent_at).total_seconds()
+    ideal = requests * latency / concurrency
+    return {
+        "concurrency": concurrency,
+        "wall": wall,
+        "ideal": ideal,
+        "requests": requests,
+        "failed": sum(status != "succeeded" for status, _, _ in finished),
+        "efficiency": ideal / wall,
+        "worker_cpu": worker_cpu,
+    }
+
+
+def _children_cpu() -> float:
+    """CPU seconds of every child process reaped so far (a worker's pool is reaped by the worker)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _drop_queue(queue: str) -> None:
+    import redis
+    from django.conf import settings
+
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    client.delete(queue, f"_kombu.binding.{queue}")
+    client.close()
+
+
+def run(sizes) -> Outcome:
+    outcome = Outcome("4. Fan-out")
+    levels = []
+    with ServedEmulator(seed=SEED, keys=KEYS, workspaces=WORKSPACES, latency=sizes.fanout_latency) as served:
+        for concurrency in sizes.fanout_concurrency:
+            level = run_level(served, sizes.fanout_connections, concurrency, sizes.fanout_latency)
+            levels.append(level)
+            print(
+                f"   concurrency {concurrency}: {level['wall']:.1f} s, ideal {level['ideal']:.1f} s, "
+                f"{level['efficiency']:.0%}",
+                flush=True,
+            )
+    top = levels[-1]
+    outcome.rows.append(
+        Row(
+            f"4. fan-out: {sizes.fanout_connections} connections, concurrency {top['concurrency']}",
+            f"{top['wall']:.1f} s wall ({top['efficiency']:.0%} efficiency)",
+            f"{top['ideal']:.1f} s ideal",
+            top["wall"] / top["ideal"],
+            f"efficiency ≥ {TARGET_EFFICIENCY:.0%}",
+            top["efficiency"] >= TARGET_EFFICIENCY and top["failed"] == 0,
+        )
+    )
+    outcome.details = [
+        "| worker concurrency | requests | ideal s | wall s | efficiency | worker CPU s | CPU floor s "
+        "| failed syncs |",
+        "|---|---|---|---|---|---|---|---|",
+        *(
+            f"| {lv['concurrency']} | {lv['requests']:,} | {lv['ideal']:.1f} | {lv['wall']:.1f} | "
+            f"{lv['efficiency']:.0%} | {lv['worker_cpu']:.1f} | {lv['worker_cpu'] / CORES:.1f} | "
+            f"{lv['failed']} |"
+            for lv in levels
+        ),
+    ]
+    outcome.notes += [
+        f"{sizes.fanout_connections} connections per level, each in its own company, all on one emulated "
+        f"organization ({KEYS} keys, {WORKSPACES} workspace; the emulator serves one organization, so the "
+        f"companies share its management key), served over HTTP by a separate process that answers every "
+        f"request after {sizes.fanout_latency * 1000:.0f} ms. Fresh connections per level: every sync is "
+        "an initial sync.",
+        "One `celery -A doow worker --pool prefork --concurrency N` on a private Redis queue, DEBUG off, "
+        "OPENROUTER_CONCURRENCY=1; all tasks are sent once the worker is ready. Wall = last run's "
+        "`finished_at` − first send; ideal = Σ `requests_made` × latency / N; efficiency = ideal / wall. "
+        f"Worker CPU = user + system seconds of the worker and its pool (start-up included); CPU floor = "
+        f"that / {CORES} cores, the wall time no concurrency can beat on this machine (PostgreSQL's and "
+        "the emulator's CPU come on top).",
+    ]
+    return outcome
