@@ -219,18 +219,12 @@ class OpenRouterClient:
     def iter_members(self) -> Iterator[schemas.MemberRecord]:
         yield from self._iter_counted("/organization/members", schemas.parse_members, page_size=100)
 
-    def iter_key_pages(self, *, workspace_id: str | None = None) -> Iterator[list[schemas.KeyRecord]]:
-        """Pages of keys, disabled and expired included; stops at the first empty page."""
-        offset = 0
-        while True:
-            params = {"offset": offset, "include_disabled": "true", "include_expired": "true"}
-            if workspace_id:
-                params["workspace_id"] = workspace_id
-            page = self._get_data("/keys", schemas.parse_keys, params)
-            if not page:
-                return
-            yield page
-            offset += len(page)
+    def get_key_page(self, *, workspace_id: str | None = None, offset: int = 0) -> list[schemas.KeyRecord]:
+        """One page of keys from `offset`, disabled and expired included; an empty page is the end."""
+        params = {"offset": offset, "include_disabled": "true", "include_expired": "true"}
+        if workspace_id:
+            params["workspace_id"] = workspace_id
+        return self._get_data("/keys", schemas.parse_keys, params)
 
     def get_activity(
         self, *, api_key_hash: str | None = None, group_by_workspace: bool = False, date: str | None = None

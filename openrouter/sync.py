@@ -21,8 +21,10 @@ from datetime import date, datetime, timedelta
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Count
 from django.utils import timezone
 
+from doow import bulk
 from integrations.crypto import DecryptionError
 from integrations.models import (
     Connection,
@@ -52,6 +54,30 @@ from usage.services import usage_replace
 
 logger = logging.getLogger(__name__)
 
+KEY_STATE_FIELDS = (
+    "name",
+    "label",
+    "workspace_id",
+    "creator_user_id",
+    "disabled",
+    "expires_at",
+    "limit",
+    "limit_remaining",
+    "limit_reset",
+    "created_at",
+    "updated_at",
+    "last_used_at",
+    "missing_since",
+    "last_listed_at",
+)
+FETCH_MARKER_FIELDS = (
+    "fetched_usage",
+    "fetched_byok_usage",
+    "fetched_last_used_at",
+    "activity_fetched_at",
+    "activity_fetched_through",
+)
+PAGE_SIZE_CONFIG = "keys_page_size"  # the /keys page size last seen (Connection.config)
 ACTIVITY_DAYS = 30  # OpenRouter's /activity covers the last 30 completed UTC days.
 
 PERMANENT_HINTS = {
@@ -239,7 +265,8 @@ class _SyncJob:
         self.generation = connection.generation
         self.wrote_anything = False
         self.complete_through: date | None = None
-        self.all_keys_fresh = True
+        # Hashes of listed keys whose activity was never stored (no usage rows exist for them yet).
+        self.never_fetched: set[str] = set()
 
     # --- bookkeeping
 
@@ -413,99 +440,155 @@ class _SyncJob:
         )
 
     def sync_keys(self, workspace_ids: list[str]) -> None:
+        """Every key page of every workspace, each page written with its stale keys' activity.
+
+        OpenRouter documents no page size and says to read until an empty page. The size a listing
+        uses is remembered, so a later sync can take a short page as the end (one request fewer per
+        workspace) when the listing holds at least the keys Doow knows there; if any known key then
+        went unlisted, the listings that ended short are read on to the empty page before any key
+        is marked deleted. A first sync always reads to the empty page.
+        """
         listed_before = self.now
-        pages_done = 0
+        known_counts = dict(
+            ApiKey.objects.filter(connection_id=self.connection.pk, missing_since__isnull=True)
+            .values_list("workspace_id")
+            .annotate(count=Count("pk"))
+            .order_by()
+        )
+        page_size = self.connection.config.get(PAGE_SIZE_CONFIG) or 0
+        seen_page_size = 0
+        ended_short: dict[str, int] = {}  # workspace -> offset of the page that would confirm the end
         with ThreadPoolExecutor(max_workers=max(1, settings.OPENROUTER_CONCURRENCY)) as pool:
-            for workspace_id in workspace_ids:
-                for page in self.client.iter_key_pages(workspace_id=workspace_id or None):
-                    pages_done += 1
+
+            def read(workspace_id: str, offset: int, may_end_short: bool) -> None:
+                nonlocal seen_page_size
+                listed = offset
+                known = sum(known_counts.values()) if not workspace_id else known_counts.get(workspace_id, 0)
+                while True:
+                    page = self.client.get_key_page(workspace_id=workspace_id or None, offset=listed)
+                    if not page:
+                        return
+                    seen_page_size = max(seen_page_size, len(page))
+                    listed += len(page)
                     self.run.keys_seen += len(page)
-                    stale = self.guarded(lambda page=page: self.store_keys(page))
-                    self.fetch_activity(stale, pool)
+                    self.sync_key_page(page, pool)
                     self.progress("reading keys and their activity", self.run.keys_seen, 0)
-        # Every page was read: keys no longer listed have been deleted in OpenRouter.
-        self.guarded(
-            lambda: (
-                ApiKey.objects.filter(connection_id=self.connection.pk, missing_since__isnull=True)
-                .exclude(last_listed_at__gte=listed_before)
-                .update(missing_since=self.now)
-            )
+                    if may_end_short and page_size and len(page) < page_size and known and listed >= known:
+                        ended_short[workspace_id] = listed
+                        return
+
+            for workspace_id in workspace_ids:
+                read(workspace_id, 0, may_end_short=True)
+            if ended_short and self.unlisted_keys(listed_before).exists():
+                for workspace_id, offset in ended_short.items():
+                    read(workspace_id, offset, may_end_short=False)
+
+        def finish():
+            # Every listing was read to its end: keys no longer listed were deleted in OpenRouter.
+            self.unlisted_keys(listed_before).update(missing_since=self.now)
+            if seen_page_size and seen_page_size != page_size:
+                config = Connection.objects.get(pk=self.connection.pk).config
+                config[PAGE_SIZE_CONFIG] = seen_page_size
+                Connection.objects.filter(pk=self.connection.pk).update(config=config)
+
+        self.guarded(finish)
+
+    def unlisted_keys(self, listed_before: datetime):
+        return ApiKey.objects.filter(connection_id=self.connection.pk, missing_since__isnull=True).exclude(
+            last_listed_at__gte=listed_before
         )
 
-    def store_keys(self, page: list[KeyRecord]) -> list[KeyRecord]:
-        """Upsert the keys' state and today's counter snapshot; return the keys whose activity is stale."""
+    def sync_key_page(self, page: list[KeyRecord], pool: ThreadPoolExecutor) -> None:
+        """Fetch the activity of the page's stale keys, then write the page and that activity in one
+        transaction. If a fetch fails, the page and the keys fetched before it are still written,
+        so the next run fetches only what is left."""
         known = {
             row["key_hash"]: row
             for row in ApiKey.objects.filter(
                 connection_id=self.connection.pk, key_hash__in=[k.hash for k in page]
-            ).values(
-                "key_hash",
-                "fetched_usage",
-                "fetched_byok_usage",
-                "fetched_last_used_at",
-                "activity_fetched_through",
-            )
+            ).values(*FETCH_MARKER_FIELDS[:3], "key_hash", "activity_fetched_through")
         }
-        ApiKey.objects.bulk_create(
+        self.never_fetched.update(
+            k.hash for k in page if k.hash not in known or known[k.hash]["activity_fetched_through"] is None
+        )
+        stale = [k for k in page if self.is_stale(k, known.get(k.hash))]
+        fetched: list[tuple[KeyRecord, list]] = []
+        try:
+            for result in pool.map(lambda k: (k, self.client.get_activity(api_key_hash=k.hash)), stale):
+                fetched.append(result)
+        finally:
+            rows: dict = {}
+            for key, records in fetched:
+                rows.update(
+                    normalize.aggregate_activity(
+                        records, api_key_hash=key.hash, workspace_id=key.workspace_id
+                    )
+                )
+
+            def write():
+                self.store_keys(page)
+                if fetched:
+                    self.store_activity([key for key, _ in fetched], rows)
+
+            self.guarded(write)
+
+    def store_keys(self, page: list[KeyRecord]) -> None:
+        """Upsert the keys' state and today's counter snapshot."""
+        bulk.upsert(
+            ApiKey,
+            ("company_id", "connection_id", "key_hash", *KEY_STATE_FIELDS, *COUNTER_FIELDS),
             [
-                ApiKey(
-                    **self.ids(),
-                    key_hash=k.hash,
-                    name=k.name,
-                    label=k.label,
-                    workspace_id=k.workspace_id,
-                    creator_user_id=k.creator_user_id or "",
-                    disabled=k.disabled,
-                    expires_at=k.expires_at,
-                    limit=k.limit,
-                    limit_remaining=k.limit_remaining,
-                    limit_reset=k.limit_reset or "",
-                    created_at=k.created_at,
-                    updated_at=k.updated_at,
-                    last_used_at=k.last_used_at,
-                    missing_since=None,
-                    last_listed_at=self.now,
-                    **{name: getattr(k.counters, name) for name in COUNTER_FIELDS},
+                (
+                    self.connection.company_id,
+                    self.connection.pk,
+                    k.hash,
+                    k.name,
+                    k.label,
+                    k.workspace_id,
+                    k.creator_user_id or "",
+                    k.disabled,
+                    k.expires_at,
+                    k.limit,
+                    k.limit_remaining,
+                    k.limit_reset or "",
+                    k.created_at,
+                    k.updated_at,
+                    k.last_used_at,
+                    None,
+                    self.now,
+                    *(getattr(k.counters, name) for name in COUNTER_FIELDS),
                 )
                 for k in page
             ],
-            update_conflicts=True,
-            unique_fields=["connection", "key_hash"],
-            update_fields=[
-                "name",
-                "label",
-                "workspace_id",
-                "creator_user_id",
-                "disabled",
-                "expires_at",
-                "limit",
+            unique_fields=("connection_id", "key_hash"),
+            update_fields=(*KEY_STATE_FIELDS, *COUNTER_FIELDS),
+        )
+        bulk.upsert(
+            ApiKeySnapshot,
+            (
+                "company_id",
+                "connection_id",
+                "key_hash",
+                "day",
+                "taken_at",
                 "limit_remaining",
-                "limit_reset",
-                "created_at",
-                "updated_at",
-                "last_used_at",
-                "missing_since",
-                "last_listed_at",
                 *COUNTER_FIELDS,
-            ],
-        )
-        ApiKeySnapshot.objects.bulk_create(
+            ),
             [
-                ApiKeySnapshot(
-                    **self.ids(),
-                    key_hash=k.hash,
-                    day=self.today,
-                    taken_at=self.now,
-                    limit_remaining=k.limit_remaining,
-                    **{name: getattr(k.counters, name) for name in COUNTER_FIELDS},
+                (
+                    self.connection.company_id,
+                    self.connection.pk,
+                    k.hash,
+                    self.today,
+                    self.now,
+                    k.limit_remaining,
+                    *(getattr(k.counters, name) for name in COUNTER_FIELDS),
                 )
                 for k in page
             ],
-            update_conflicts=True,
-            unique_fields=["connection", "key_hash", "day"],
-            update_fields=["taken_at", "limit_remaining", *COUNTER_FIELDS],
+            unique_fields=("connection_id", "key_hash", "day"),
+            update_fields=("taken_at", "limit_remaining", *COUNTER_FIELDS),
         )
-        return [k for k in page if self.is_stale(k, known.get(k.hash))]
 
     def is_stale(self, key: KeyRecord, known: dict | None) -> bool:
         """Fetch a key's activity when its counters moved since the last fetch, or once a new UTC day
@@ -522,58 +605,37 @@ class _SyncJob:
             or known["fetched_last_used_at"] != key.last_used_at
         )
 
-    def fetch_activity(self, stale: list[KeyRecord], pool: ThreadPoolExecutor) -> None:
-        if not stale:
-            return
-        results = pool.map(lambda k: (k, self.client.get_activity(api_key_hash=k.hash)), stale)
-        fetched: list[tuple[KeyRecord, list]] = []
-        try:
-            for result in results:
-                fetched.append(result)
-        finally:
-            # Keys fetched before a failure are written, so the next run skips them.
-            if fetched:
-                self.guarded(lambda: self.store_activity(fetched))
-
-    def store_activity(self, fetched: list[tuple[KeyRecord, list]]) -> None:
-        rows: dict = {}
-        for key, records in fetched:
-            rows.update(
-                normalize.aggregate_activity(records, api_key_hash=key.hash, workspace_id=key.workspace_id)
-            )
+    def store_activity(self, keys: list[KeyRecord], rows: dict) -> None:
+        """Replace the keys' usage rows and mark them fresh, in the caller's transaction."""
+        hashes = [key.hash for key in keys]
         self.run.rows_written += usage_replace(
             **self.ids(),
             rows=rows.items(),
             start=self.window_start,
             end=self.window_end,
-            api_key_hashes=[key.hash for key, _ in fetched],
+            api_key_hashes=hashes,
+            new_key_hashes=self.never_fetched,
         )
-        # Mark the keys fresh in the same transaction as their rows (two queries per batch, not per key).
-        records = {key.hash: key for key, _records in fetched}
-        stored = list(
-            ApiKey.objects.filter(connection_id=self.connection.pk, key_hash__in=list(records)).only(
-                "pk", "key_hash"
-            )
-        )
-        for api_key in stored:
-            key = records[api_key.key_hash]
-            api_key.fetched_usage = key.counters.usage
-            api_key.fetched_byok_usage = key.counters.byok_usage
-            api_key.fetched_last_used_at = key.last_used_at
-            api_key.activity_fetched_at = self.now
-            api_key.activity_fetched_through = self.window_end
-        ApiKey.objects.bulk_update(
-            stored,
+        # Mark the keys fresh in the same transaction as their rows: one statement per batch.
+        bulk.update(
+            ApiKey,
+            FETCH_MARKER_FIELDS,
             [
-                "fetched_usage",
-                "fetched_byok_usage",
-                "fetched_last_used_at",
-                "activity_fetched_at",
-                "activity_fetched_through",
+                (
+                    key.hash,
+                    key.counters.usage,
+                    key.counters.byok_usage,
+                    key.last_used_at,
+                    self.now,
+                    self.window_end,
+                )
+                for key in keys
             ],
-            batch_size=500,
+            match_fields=("key_hash",),
+            scope={"connection_id": self.connection.pk},
         )
-        self.run.keys_fetched += len(fetched)
+        self.never_fetched.difference_update(hashes)
+        self.run.keys_fetched += len(keys)
 
     def sync_account_activity(self) -> None:
         """Account-wide activity minus listed keys' rows = usage of deleted or unlisted keys."""

@@ -1,0 +1,128 @@
+"""doow.bulk: the batch upsert and update every sync write goes through, on each database."""
+
+from datetime import date
+from decimal import Decimal
+
+import pytest
+
+from doow import bulk
+from openrouter.models import ApiKey
+from tests.support import connect
+from usage.models import UsageDaily
+from usage.services import NATURAL_KEY, VALUE_FIELDS
+
+pytestmark = pytest.mark.django_db
+DAY = date(2026, 11, 1)
+
+
+@pytest.fixture
+def connection(acme, emulator):
+    return connect(acme, emulator)
+
+
+def usage_row(connection, key_hash, spend, *, model="m", requests=1):
+    return (
+        connection.company_id,
+        connection.pk,
+        DAY,
+        "ws",
+        key_hash,
+        "m-perma",
+        "prov",
+        model,
+        requests,
+        10,
+        5,
+        0,
+        0,
+        Decimal(spend),
+        Decimal(0),
+    )
+
+
+def upsert_usage(connection, rows):
+    return bulk.upsert(
+        UsageDaily,
+        ("company_id", *NATURAL_KEY, *VALUE_FIELDS),
+        rows,
+        unique_fields=NATURAL_KEY,
+        update_fields=("company_id", *VALUE_FIELDS),
+    )
+
+
+def test_upsert_inserts_then_overwrites_never_adds(connection):
+    assert (
+        upsert_usage(connection, [usage_row(connection, "a", "1.25"), usage_row(connection, "b", "2")]) == 2
+    )
+    upsert_usage(connection, [usage_row(connection, "a", "0.000000000001", model="renamed", requests=7)])
+
+    rows = {r.api_key_hash: r for r in UsageDaily.objects.filter(connection=connection)}
+    assert set(rows) == {"a", "b"}
+    assert rows["a"].spend_usd == Decimal("0.000000000001")
+    assert (rows["a"].model, rows["a"].requests) == ("renamed", 7)
+    assert rows["b"].spend_usd == Decimal("2")
+
+
+def test_upsert_fills_unnamed_fields_with_model_defaults(connection):
+    bulk.upsert(
+        ApiKey,
+        ("company_id", "connection_id", "key_hash", "name"),
+        [(connection.company_id, connection.pk, "k1", "first")],
+        unique_fields=("connection_id", "key_hash"),
+        update_fields=("name",),
+    )
+    key = ApiKey.objects.get(connection=connection, key_hash="k1")
+    assert (key.label, key.disabled, key.usage, key.limit, key.fetched_usage) == ("", False, 0, None, None)
+
+
+def test_upsert_without_update_fields_keeps_existing_rows(connection):
+    upsert_usage(connection, [usage_row(connection, "a", "1")])
+    bulk.upsert(
+        UsageDaily,
+        ("company_id", *NATURAL_KEY, *VALUE_FIELDS),
+        [usage_row(connection, "a", "9"), usage_row(connection, "c", "3")],
+        unique_fields=NATURAL_KEY,
+        update_fields=(),
+    )
+    spend = dict(UsageDaily.objects.filter(connection=connection).values_list("api_key_hash", "spend_usd"))
+    assert spend == {"a": Decimal("1"), "c": Decimal("3")}
+
+
+def test_upsert_is_all_or_nothing_inside_a_failed_transaction(connection):
+    from django.db import IntegrityError, transaction
+
+    with pytest.raises(IntegrityError), transaction.atomic():
+        upsert_usage(connection, [usage_row(connection, "a", "1")])
+        UsageDaily.objects.create(
+            **dict(
+                zip(("company_id", *NATURAL_KEY, *VALUE_FIELDS), usage_row(connection, "a", "1"), strict=True)
+            )
+        )
+    assert not UsageDaily.objects.filter(connection=connection).exists()
+
+
+def test_update_sets_fields_by_natural_key_within_the_scope_only(connection, acme, emulator):
+    from doow.models import Company
+
+    other = connect(Company.objects.create(name="Other", slug="other"), emulator)
+    for conn in (connection, other):
+        bulk.upsert(
+            ApiKey,
+            ("company_id", "connection_id", "key_hash"),
+            [(conn.company_id, conn.pk, "k1"), (conn.company_id, conn.pk, "k2")],
+            unique_fields=("connection_id", "key_hash"),
+            update_fields=(),
+        )
+
+    bulk.update(
+        ApiKey,
+        ("fetched_usage", "activity_fetched_through"),
+        [("k1", Decimal("1.5"), DAY), ("k3", Decimal("9"), DAY)],
+        match_fields=("key_hash",),
+        scope={"connection_id": connection.pk},
+    )
+
+    marked = dict(ApiKey.objects.filter(fetched_usage__isnull=False).values_list("connection_id", "key_hash"))
+    assert marked == {connection.pk: "k1"}
+    assert ApiKey.objects.get(connection=connection, key_hash="k1").activity_fetched_through == DAY
+    assert not ApiKey.objects.filter(key_hash="k3").exists()

@@ -1,0 +1,99 @@
+"""Reading /keys page by page: OpenRouter documents no page size and says to read until an empty
+page. A first sync does exactly that; later syncs take a short page as the end only when that is
+provably safe, and read on to the empty page before any key is marked deleted."""
+
+import math
+from datetime import timedelta
+
+import pytest
+
+from openrouter.emulator import Emulator, EmulatorConfig
+from openrouter.models import ApiKey
+from openrouter.sync import PAGE_SIZE_CONFIG
+from tests.support import TODAY, connect, sync, usage_snapshot
+
+pytestmark = pytest.mark.django_db
+PAGE = 5
+
+
+@pytest.fixture
+def emulator():
+    return Emulator(EmulatorConfig(seed=7, keys=24, today=TODAY, keys_page_size=PAGE))
+
+
+@pytest.fixture
+def connection(acme, emulator):
+    return connect(acme, emulator)
+
+
+def listed_per_workspace(emulator) -> dict[str, int]:
+    return {w["id"]: sum(1 for _ in emulator.truth.listed_keys(w["id"])) for w in emulator.truth.workspaces()}
+
+
+def key_requests(emulator) -> int:
+    return len(emulator.request_log.matching("/keys"))
+
+
+def test_a_first_sync_reads_every_listing_to_its_empty_page_and_remembers_the_page_size(connection, emulator):
+    assert sync(connection, emulator).status == "succeeded"
+
+    listed = listed_per_workspace(emulator)
+    # Every page, then one empty page per workspace: the documented end of a listing.
+    assert key_requests(emulator) == sum(math.ceil(n / PAGE) + 1 for n in listed.values())
+    connection.refresh_from_db()
+    assert connection.config[PAGE_SIZE_CONFIG] == PAGE
+
+
+def test_a_later_sync_takes_a_short_last_page_as_the_end(connection, emulator):
+    sync(connection, emulator)
+    before = usage_snapshot(connection)
+    emulator.request_log.clear()
+
+    assert sync(connection, emulator).status == "succeeded"
+
+    listed = listed_per_workspace(emulator)
+    assert any(n % PAGE for n in listed.values()), "the organization should have a short last page"
+    # A full last page still needs the empty page after it: nothing says the listing ended.
+    assert key_requests(emulator) == sum(n // PAGE + 1 for n in listed.values())
+    assert usage_snapshot(connection) == before
+    assert not ApiKey.objects.filter(connection=connection, missing_since__isnull=False).exists()
+
+
+def test_a_key_gone_from_the_listings_is_confirmed_by_reading_to_the_empty_page(connection, emulator):
+    sync(connection, emulator)
+    workspace = emulator.truth.workspaces()[0]["id"]
+    # A key Doow knows that OpenRouter no longer lists (deleted since the last sync).
+    gone = ApiKey.objects.filter(connection=connection, workspace_id=workspace).first()
+    gone.pk = None
+    gone.key_hash = "f" * 64
+    gone.last_listed_at -= timedelta(hours=1)
+    gone.save()
+    emulator.request_log.clear()
+
+    sync(connection, emulator)
+
+    listed = listed_per_workspace(emulator)
+    assert key_requests(emulator) == sum(math.ceil(n / PAGE) + 1 for n in listed.values())
+    gone.refresh_from_db()
+    assert gone.missing_since is not None
+    assert ApiKey.objects.filter(connection=connection, missing_since__isnull=True).count() == sum(
+        listed.values()
+    )
+
+
+def test_a_remembered_page_size_larger_than_the_servers_loses_no_key(connection, emulator):
+    sync(connection, emulator)
+    connection.config[PAGE_SIZE_CONFIG] = 1000  # as if OpenRouter's pages had shrunk since
+    connection.save(update_fields=["config"])
+    emulator.set_today(emulator.today + timedelta(days=1))
+
+    assert sync(connection, emulator).status == "succeeded"
+
+    stored = set(
+        ApiKey.objects.filter(connection=connection, missing_since__isnull=True).values_list(
+            "key_hash", flat=True
+        )
+    )
+    assert stored == {k["hash"] for k in emulator.truth.listed_keys()}
+    connection.refresh_from_db()
+    assert connection.config[PAGE_SIZE_CONFIG] == PAGE
