@@ -95,7 +95,8 @@ class ApiKeySnapshot(models.Model):
     """A key's counters as seen on one UTC day (last sync of that day wins): per-key history beyond
     OpenRouter's 30-day activity window, and today's partial spend."""
 
-    company = models.ForeignKey(Company, on_delete=models.CASCADE, related_name="+")
+    # No database constraint on the company copy, as on usage.UsageDaily: the connection ties it.
+    company = models.ForeignKey(Company, on_delete=models.CASCADE, related_name="+", db_constraint=False)
     connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="+")
     key_hash = models.CharField(max_length=100)
     day = models.DateField()

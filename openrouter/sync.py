@@ -77,6 +77,9 @@ FETCH_MARKER_FIELDS = (
     "activity_fetched_at",
     "activity_fetched_through",
 )
+# Keys written per transaction: few enough to hold in memory (their activity included), many
+# enough that per-transaction costs (lock, statements, commit) stay small next to the rows.
+WRITE_BATCH_KEYS = 1000
 PAGE_SIZE_CONFIG = "keys_page_size"  # the /keys page size last seen (Connection.config)
 ACTIVITY_DAYS = 30  # OpenRouter's /activity covers the last 30 completed UTC days.
 
@@ -267,6 +270,9 @@ class _SyncJob:
         self.complete_through: date | None = None
         # Hashes of listed keys whose activity was never stored (no usage rows exist for them yet).
         self.never_fetched: set[str] = set()
+        # Keys read and activity fetched but not written yet: written every WRITE_BATCH_KEYS keys.
+        self.pending_keys: dict[str, KeyRecord] = {}
+        self.pending_activity: dict[str, tuple[KeyRecord, dict]] = {}
 
     # --- bookkeeping
 
@@ -302,6 +308,9 @@ class _SyncJob:
 
     def progress(self, phase: str, done: int = 0, total: int = 0) -> None:
         self.flush_events()
+        self.set_progress(phase, done, total)
+
+    def set_progress(self, phase: str, done: int = 0, total: int = 0) -> None:
         Connection.objects.filter(pk=self.connection.pk, generation=self.generation).exclude(
             state=ConnectionState.DISCONNECTED
         ).update(sync_progress={"phase": phase, "done": done, "total": total})
@@ -309,6 +318,7 @@ class _SyncJob:
     def guarded(self, write: Callable[[], object]):
         """Run `write` in a transaction holding the connection row, only if still connected."""
         with transaction.atomic():
+            bulk.commit_without_waiting_for_disk()
             row = (
                 Connection.objects.select_for_update()
                 .filter(pk=self.connection.pk)
@@ -471,17 +481,18 @@ class _SyncJob:
                     seen_page_size = max(seen_page_size, len(page))
                     listed += len(page)
                     self.run.keys_seen += len(page)
-                    self.sync_key_page(page, pool)
-                    self.progress("reading keys and their activity", self.run.keys_seen, 0)
+                    self.read_key_page(page, pool)
                     if may_end_short and page_size and len(page) < page_size and known and listed >= known:
                         ended_short[workspace_id] = listed
                         return
 
             for workspace_id in workspace_ids:
                 read(workspace_id, 0, may_end_short=True)
+            self.write_pending()
             if ended_short and self.unlisted_keys(listed_before).exists():
                 for workspace_id, offset in ended_short.items():
                     read(workspace_id, offset, may_end_short=False)
+                self.write_pending()
 
         def finish():
             # Every listing was read to its end: keys no longer listed were deleted in OpenRouter.
@@ -498,10 +509,10 @@ class _SyncJob:
             last_listed_at__gte=listed_before
         )
 
-    def sync_key_page(self, page: list[KeyRecord], pool: ThreadPoolExecutor) -> None:
-        """Fetch the activity of the page's stale keys, then write the page and that activity in one
-        transaction. If a fetch fails, the page and the keys fetched before it are still written,
-        so the next run fetches only what is left."""
+    def read_key_page(self, page: list[KeyRecord], pool: ThreadPoolExecutor) -> None:
+        """Fetch the activity of the page's stale keys and queue the page and that activity for
+        writing. If a fetch fails, what was read before it is still written, so the next run
+        fetches only what is left."""
         known = {
             row["key_hash"]: row
             for row in ApiKey.objects.filter(
@@ -512,25 +523,42 @@ class _SyncJob:
             k.hash for k in page if k.hash not in known or known[k.hash]["activity_fetched_through"] is None
         )
         stale = [k for k in page if self.is_stale(k, known.get(k.hash))]
-        fetched: list[tuple[KeyRecord, list]] = []
         try:
-            for result in pool.map(lambda k: (k, self.client.get_activity(api_key_hash=k.hash)), stale):
-                fetched.append(result)
-        finally:
-            rows: dict = {}
-            for key, records in fetched:
-                rows.update(
-                    normalize.aggregate_activity(
-                        records, api_key_hash=key.hash, workspace_id=key.workspace_id
-                    )
+            for key, records in pool.map(lambda k: (k, self.client.get_activity(api_key_hash=k.hash)), stale):
+                rows = normalize.aggregate_activity(
+                    records, api_key_hash=key.hash, workspace_id=key.workspace_id
                 )
+                self.pending_activity[key.hash] = (key, rows)
+        except BaseException:
+            self.pending_keys.update((k.hash, k) for k in page)
+            self.write_pending()
+            raise
+        # Keyed by hash: a key that shifts onto the next page while keys are created or deleted
+        # is written once, as last read.
+        self.pending_keys.update((k.hash, k) for k in page)
+        if len(self.pending_keys) >= WRITE_BATCH_KEYS:
+            self.write_pending()
+        else:
+            self.flush_events()
 
-            def write():
-                self.store_keys(page)
-                if fetched:
-                    self.store_activity([key for key, _ in fetched], rows)
+    def write_pending(self) -> None:
+        """Write the queued keys and activity in one transaction (a few statements, not per key)."""
+        if not self.pending_keys and not self.pending_activity:
+            return
+        keys, activity = list(self.pending_keys.values()), list(self.pending_activity.values())
+        self.pending_keys, self.pending_activity = {}, {}
+        rows: dict = {}
+        for _key, key_rows in activity:
+            rows.update(key_rows)
 
-            self.guarded(write)
+        def write():
+            self.store_keys(keys)
+            if activity:
+                self.store_activity([key for key, _rows in activity], rows)
+            self.set_progress("reading keys and their activity", self.run.keys_seen)
+
+        self.flush_events()
+        self.guarded(write)
 
     def store_keys(self, page: list[KeyRecord]) -> None:
         """Upsert the keys' state and today's counter snapshot."""

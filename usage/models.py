@@ -14,7 +14,10 @@ class UsageDaily(models.Model):
     (not NULL) stand for "none" so the natural key's unique constraint holds on every database.
     """
 
-    company = models.ForeignKey(Company, on_delete=models.CASCADE, related_name="+")
+    # A copy of connection.company for tenant-scoped queries. No database constraint: the connection
+    # foreign key already ties every row to a company, and a second check per inserted row cost as
+    # much as writing the row. Deleting a company still deletes its rows (Django cascades).
+    company = models.ForeignKey(Company, on_delete=models.CASCADE, related_name="+", db_constraint=False)
     connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="usage_rows")
     day = models.DateField()
     workspace_id = models.CharField(max_length=100, blank=True, default="")

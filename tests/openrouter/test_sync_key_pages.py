@@ -97,3 +97,55 @@ def test_a_remembered_page_size_larger_than_the_servers_loses_no_key(connection,
     assert stored == {k["hash"] for k in emulator.truth.listed_keys()}
     connection.refresh_from_db()
     assert connection.config[PAGE_SIZE_CONFIG] == PAGE
+
+
+def test_writing_in_small_batches_stores_exactly_what_one_batch_does(
+    connection, emulator, globex, monkeypatch
+):
+    from openrouter import sync as sync_module
+
+    reference_emulator = Emulator(emulator.config)
+    reference = connect(globex, reference_emulator)
+    sync(reference, reference_emulator)
+
+    monkeypatch.setattr(sync_module, "WRITE_BATCH_KEYS", 7)
+    assert sync(connection, emulator).status == "succeeded"
+
+    assert usage_snapshot(connection) == usage_snapshot(reference)
+    assert (
+        ApiKey.objects.filter(connection=connection).count()
+        == ApiKey.objects.filter(connection=reference).count()
+    )
+
+
+def test_a_failure_late_in_the_listing_keeps_earlier_batches_and_the_next_run_completes(
+    connection, emulator, monkeypatch
+):
+    from integrations.models import SyncRun
+    from openrouter import sync as sync_module
+    from openrouter.emulator import Fault
+    from tests.support import stored_total
+
+    monkeypatch.setattr(sync_module, "WRITE_BATCH_KEYS", 7)
+    last_workspace = emulator.truth.workspaces()[-1]["id"]
+    victim = list(emulator.truth.listed_keys(last_workspace))[-1]["hash"]
+    emulator.faults.add(Fault(path="/activity", query={"api_key_hash": victim}, status=500))
+
+    result = sync(connection, emulator)
+
+    assert result.status == "partial"
+    fetched = SyncRun.objects.get(pk=result.run_id).keys_fetched
+    assert 7 <= fetched < sum(1 for _ in emulator.truth.listed_keys())
+    assert (
+        ApiKey.objects.filter(connection=connection, activity_fetched_through__isnull=False).count()
+        == fetched
+    )
+    assert not ApiKey.objects.filter(connection=connection, missing_since__isnull=False).exists()
+
+    emulator.faults.clear()
+    emulator.request_log.clear()
+    assert sync(connection, emulator).status == "succeeded"
+    start, end = emulator.truth.activity_window()
+    assert stored_total(connection) == emulator.truth.activity_total(start, end)
+    per_key = [e for e in emulator.request_log.matching("/activity") if "api_key_hash" in e.query]
+    assert len(per_key) == sum(1 for _ in emulator.truth.listed_keys()) - fetched
