@@ -144,6 +144,17 @@ else:
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# Report results (usage/cache.py). Production: Redis shared by web and workers (workers warm the
+# default views after each sync). Development: files under .local/, shared by `make run`'s processes.
+CACHES = {
+    "default": environ.Env.cache_url_config(
+        env_secret("CACHE_URL") or (f"filecache://{LOCAL_DIR / 'cache'}" if DEBUG else "locmemcache://")
+    )
+}
+REPORT_CACHE_SECONDS = env.int("REPORT_CACHE_SECONDS", default=86400)
+# After a sync, workers pre-compute the detail page of connections with at least this many keys.
+REPORT_WARM_MIN_KEYS = env.int("REPORT_WARM_MIN_KEYS", default=200)
+
 AUTH_USER_MODEL = "doow.User"
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

@@ -40,6 +40,9 @@ class Connection(models.Model):
     secret_last4 = models.CharField(max_length=4, blank=True, editable=False)
     # Bumped on disconnect: a sync that started under an older generation must not write.
     generation = models.PositiveIntegerField(default=0)
+    # Bumped by every transaction that writes the provider's data of this connection (usage rows,
+    # keys): report caches are keyed by it, so a cached figure is never older than the data.
+    data_version = models.PositiveBigIntegerField(default=0)
     attention_reason = models.TextField(blank=True)
     last_synced_at = models.DateTimeField(null=True, blank=True)
     last_sync_attempt_at = models.DateTimeField(null=True, blank=True)

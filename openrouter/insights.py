@@ -12,6 +12,7 @@ from django.utils import timezone
 from doow.models import Membership, User
 from integrations.models import Connection
 from openrouter.models import ApiKey, ApiKeySnapshot, CreditsSnapshot, KeyOwner, Member, Workspace
+from usage.cache import cached
 from usage.forecast import RUN_RATE_DAYS, Forecast, month_end_forecast
 from usage.models import UNATTRIBUTED_LABEL, Budget, BudgetScope, UsageDaily
 
@@ -29,9 +30,14 @@ def daily_spend(
         rows = rows.filter(workspace_id=workspace)
     if key is not None:
         rows = rows.filter(api_key_hash=key)
-    return {
-        row["day"]: row["spend"] for row in rows.values("day").annotate(spend=Sum("spend_usd")).order_by()
-    }
+    return cached(
+        connection,
+        "daily_spend",
+        (start, end, workspace, key),
+        lambda: {
+            row["day"]: row["spend"] for row in rows.values("day").annotate(spend=Sum("spend_usd")).order_by()
+        },
+    )
 
 
 def today_partial(*, connection: Connection, workspace: str | None = None, key: str | None = None) -> Decimal:
@@ -41,7 +47,12 @@ def today_partial(*, connection: Connection, workspace: str | None = None, key: 
         keys = keys.filter(workspace_id=workspace)
     if key is not None:
         keys = keys.filter(key_hash=key)
-    return keys.aggregate(total=Sum("usage_daily"))["total"] or Decimal(0)
+    return cached(
+        connection,
+        "today_total",
+        (workspace, key),
+        lambda: keys.aggregate(total=Sum("usage_daily"))["total"] or Decimal(0),
+    )
 
 
 def forecast(

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from integrations.models import Connection, ConnectionState, CredentialScope, EventKind, SyncRunStatus
 from openrouter.models import ApiKey, CreditsSnapshot, Member, Model, Workspace
+from usage.cache import cached
 from usage.models import UNATTRIBUTED_LABEL, UsageDaily
 from usage.selectors import DIMENSIONS, METRICS, usage_grouped, usage_totals
 
@@ -215,14 +216,25 @@ def _delta(current, previous) -> dict:
 
 def detail_report(*, connection: Connection, query: DetailQuery) -> dict:
     base = {"connection_ids": [connection.pk], "filters": query.filters}
-    totals = usage_totals(start=query.start, end=query.end, **base)
+    filters = tuple(sorted(query.filters.items()))
+    totals = cached(
+        connection,
+        "totals",
+        (query.start, query.end, filters),
+        lambda: usage_totals(start=query.start, end=query.end, **base),
+    )
     totals["total_tokens"] = totals["prompt_tokens"] + totals["completion_tokens"]
     prev_start, prev_end = query.previous
     # The whole range's average, for the model table's footer.
     totals["cost_per_million"] = (
         Decimal(totals["spend_usd"]) * 1_000_000 / totals["total_tokens"] if totals["total_tokens"] else None
     )
-    previous = usage_totals(start=prev_start, end=prev_end, **base)
+    previous = cached(
+        connection,
+        "totals",
+        (prev_start, prev_end, filters),
+        lambda: usage_totals(start=prev_start, end=prev_end, **base),
+    )
     previous["total_tokens"] = previous["prompt_tokens"] + previous["completion_tokens"]
     deltas = {name: _delta(totals[name], previous[name]) for name in (*METRICS, "total_tokens")}
     has_usage = bool(totals["requests"] or totals["spend_usd"] or totals["byok_spend_usd"])
@@ -239,7 +251,7 @@ def detail_report(*, connection: Connection, query: DetailQuery) -> dict:
         "previous_range": query.previous,
         "deltas": deltas,
         "has_any_usage": has_usage,
-        "chart": _chart(query, base) if has_usage else None,
+        "chart": _chart(connection, query, base) if has_usage else None,
         "table": _table(connection, query, base),
         "options": _filter_options(connection, query),
         "today_partial": _today_partial(connection, query),
@@ -374,7 +386,18 @@ def _table(connection: Connection, query: DetailQuery, base: dict) -> dict:
         # Unknown names and never-used keys last, whichever the direction.
         expression = F(order).desc(nulls_last=True) if query.descending else F(order).asc(nulls_last=True)
         ordered = grouped.order_by(expression, *tiebreak)
-    page = Paginator(ordered, PAGE_SIZE).get_page(query.page)
+    params = (
+        query.tab,
+        query.sort,
+        query.descending,
+        query.start,
+        query.end,
+        tuple(sorted(query.filters.items())),
+    )
+    # The whole ordered table is cached (one row per key, model, day...), so every page of it is cheap.
+    page = Paginator(cached(connection, "table", params, lambda: list(ordered)), PAGE_SIZE).get_page(
+        query.page
+    )
     rows = [dict(row) for row in page.object_list]
     _attach_labels(connection, query.tab, rows)
     return {"page": page, "rows": rows, "columns": table_columns(query.tab), "dimension": dimension}
@@ -447,12 +470,17 @@ CHART_FIELDS = {
 }
 
 
-def _chart(query: DetailQuery, base: dict) -> dict:
+def _chart(connection: Connection, query: DetailQuery, base: dict) -> dict:
     """Daily series stacked by the top models of the range; the rest is summed as "other".
 
     One grouped query (day by model); at most days * models rows, whatever the number of usage rows."""
     metric_fields = CHART_FIELDS[query.metric]
-    rows = usage_grouped(start=query.start, end=query.end, group_by=["day", "model"], **base)
+    rows = cached(
+        connection,
+        "day_model",
+        (query.start, query.end, tuple(sorted(query.filters.items()))),
+        lambda: list(usage_grouped(start=query.start, end=query.end, group_by=["day", "model"], **base)),
+    )
     per_model: dict[str, Decimal] = {}
     cells: dict[tuple[date, str], Decimal] = {}
     for row in rows:
@@ -481,8 +509,20 @@ def _chart(query: DetailQuery, base: dict) -> dict:
 def _filter_options(connection: Connection, query: DetailQuery) -> dict:
     """Choices for the filters: models and providers seen in the range, every workspace, keys by name."""
     in_range = {"connection_ids": [connection.pk], "start": query.start, "end": query.end}
-    models = usage_grouped(group_by=["model"], **in_range).values_list("model_permaslug", "model")
-    providers = usage_grouped(group_by=["provider"], **in_range).values_list("provider_name", flat=True)
+    models = cached(
+        connection,
+        "model_choices",
+        (query.start, query.end),
+        lambda: list(usage_grouped(group_by=["model"], **in_range).values_list("model_permaslug", "model")),
+    )
+    providers = cached(
+        connection,
+        "provider_choices",
+        (query.start, query.end),
+        lambda: list(
+            usage_grouped(group_by=["provider"], **in_range).values_list("provider_name", flat=True)
+        ),
+    )
     return {
         "workspaces": list(
             Workspace.objects.filter(connection=connection)
@@ -520,10 +560,16 @@ def _today_partial(connection: Connection, query: DetailQuery) -> dict:
         keys = keys.filter(workspace_id=query.filters["workspace"])
     if "key" in query.filters:
         keys = keys.filter(key_hash=query.filters["key"])
-    total = keys.aggregate(spend=Sum("usage_daily"), byok=Sum("byok_usage_daily"))
-    result |= {
-        "spend": total["spend"] or 0,
-        "byok": total["byok"] or 0,
-        "top": list(keys.filter(usage_daily__gt=0).order_by("-usage_daily", "name")[:10]),
-    }
+
+    def compute():
+        total = keys.aggregate(spend=Sum("usage_daily"), byok=Sum("byok_usage_daily"))
+        return {
+            "spend": total["spend"] or 0,
+            "byok": total["byok"] or 0,
+            "top": list(keys.filter(usage_daily__gt=0).order_by("-usage_daily", "name")[:10]),
+        }
+
+    result |= cached(
+        connection, "today_partial", (query.filters.get("workspace"), query.filters.get("key")), compute
+    )
     return result

@@ -21,7 +21,7 @@ from datetime import date, datetime, timedelta
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count
+from django.db.models import Count, F
 from django.utils import timezone
 
 from doow import bulk
@@ -332,6 +332,7 @@ class _SyncJob:
             ):
                 raise Aborted
             result = write()
+            Connection.objects.filter(pk=self.connection.pk).update(data_version=F("data_version") + 1)
         self.wrote_anything = True
         return result
 

@@ -25,6 +25,8 @@ def sync_connection_task(self, connection_id: int, trigger: str = "scheduled") -
     )
     if result.status != "skipped":
         evaluate_alerts_task.delay(connection_id)
+    if result.status in ("succeeded", "partial") and _worth_warming(connection_id):
+        warm_reports_task.delay(connection_id)
     if result.retry:
         try:
             raise self.retry(
@@ -52,3 +54,27 @@ def evaluate_alerts_task(connection_id: int) -> int:
     if connection is None:
         return 0
     return len(evaluate_alerts(connection=connection))
+
+
+def _worth_warming(connection_id: int) -> bool:
+    """Small organizations' pages are fast cold; warming them would only cost worker time."""
+    from openrouter.models import ApiKey
+
+    return ApiKey.objects.filter(connection_id=connection_id).count() >= settings.REPORT_WARM_MIN_KEYS
+
+
+@shared_task(name="openrouter.warm_reports", ignore_result=True)
+def warm_reports_task(connection_id: int) -> bool:
+    """Compute the detail page's default view after a sync wrote new data, so the first reader
+    does not wait for aggregates over the whole month (usage/cache.py keeps them)."""
+    from integrations.models import Connection
+    from openrouter import insights
+    from openrouter.report import DetailQuery, detail_report
+
+    connection = Connection.objects.filter(pk=connection_id).first()
+    if connection is None:
+        return False
+    detail_report(connection=connection, query=DetailQuery())
+    insights.forecast(connection=connection)
+    insights.budget_statuses(connection=connection)
+    return True

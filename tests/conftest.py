@@ -66,6 +66,16 @@ def as_user():
 
 
 @pytest.fixture(autouse=True)
+def _empty_report_cache(settings):
+    """Every test starts with an empty in-memory cache, so no cached report of an earlier test can
+    answer a later one."""
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    from django.core.cache import cache
+
+    cache.clear()
+
+
+@pytest.fixture(autouse=True)
 def _fast_password_hashing(settings):
     # PBKDF2's deliberate slowness costs a second per persona; tests need no brute-force resistance.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -4,7 +4,7 @@ that it costs a bounded number of queries whatever the data size."""
 
 import csv
 import io
-from datetime import timedelta
+from datetime import date, timedelta
 from decimal import Decimal
 
 import pytest
@@ -17,7 +17,7 @@ from openrouter import report
 from openrouter.emulator import Emulator, EmulatorConfig
 from openrouter.report import DetailQuery
 from tests.conftest import client_for
-from tests.support import TODAY, connect, stored_total, sync
+from tests.support import TODAY, connect, noon, stored_total, sync
 from usage.models import UNATTRIBUTED_LABEL
 
 pytestmark = pytest.mark.django_db
@@ -371,3 +371,53 @@ def test_every_tab_makes_the_same_number_of_queries_for_small_and_large_data(
         with django_assert_max_num_queries(30) as large_queries:
             assert large_client.get(url(large, f"tab={tab}")).status_code == 200
         assert len(large_queries.captured_queries) == len(small_queries.captured_queries), tab
+
+
+# --- Cached figures are never stale
+
+
+def usage_queries(captured) -> list[str]:
+    return [q["sql"] for q in captured if "usage_usagedaily" in q["sql"]]
+
+
+def test_a_repeated_view_reads_no_usage_row_again(synced, alice, emulator, django_assert_max_num_queries):
+    client = client_for(alice)
+    with django_assert_max_num_queries(40) as first:
+        first_page = client.get(url(synced, window_query(emulator)))
+    with django_assert_max_num_queries(40) as second:
+        second_page = client.get(url(synced, window_query(emulator)))
+
+    assert usage_queries(first.captured_queries)
+    # Only the cheap "is there any row at all" check may touch the table when the range is empty.
+    assert usage_queries(second.captured_queries) == []
+    assert second_page.context["totals"] == first_page.context["totals"]
+    assert second_page.context["table"]["rows"] == first_page.context["table"]["rows"]
+
+
+def test_a_sync_that_writes_moves_the_page_to_the_new_figures(synced, alice, emulator, monkeypatch):
+    client = client_for(alice)
+    query = "range=custom&from={}&to={}".format(*(d.isoformat() for d in emulator.truth.activity_window()))
+    before = client.get(url(synced, query)).context["totals"]["spend_usd"]
+    version = synced.data_version
+
+    # The next day completes: OpenRouter's window moves and the sync writes the new day's rows.
+    emulator.set_today(emulator.today + timedelta(days=1))
+    sync(synced, emulator)
+    synced.refresh_from_db()
+    assert synced.data_version > version
+    next_noon = noon(emulator.today)
+    monkeypatch.setattr(report.timezone, "now", lambda: next_noon)
+
+    start, end = emulator.truth.activity_window()
+    after = client.get(url(synced, f"range=custom&from={start}&to={end}")).context["totals"]["spend_usd"]
+    assert (
+        after
+        == stored_total(synced, day__gte=start, day__lte=end)
+        == emulator.truth.activity_total(start, end)
+    )
+    assert after != before
+    # The same view as before the sync, recomputed over the rows the sync rewrote.
+    old_start, old_end = (date.fromisoformat(part.split("=")[1]) for part in query.split("&")[1:])
+    assert client.get(url(synced, query)).context["totals"]["spend_usd"] == stored_total(
+        synced, day__gte=old_start, day__lte=old_end
+    )

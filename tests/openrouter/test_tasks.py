@@ -44,6 +44,7 @@ def test_the_task_retries_only_transient_failures(result, retried):
     with (
         mock.patch("openrouter.tasks.sync_connection", return_value=result),
         mock.patch("openrouter.tasks.evaluate_alerts_task") as evaluate,
+        mock.patch("openrouter.tasks._worth_warming", return_value=False),
         mock.patch.object(sync_connection_task, "retry", side_effect=Retry()) as retry,
     ):
         if retried:
@@ -56,6 +57,42 @@ def test_the_task_retries_only_transient_failures(result, retried):
             retry.assert_not_called()
     # Alerts are evaluated after every sync that ran.
     evaluate.delay.assert_called_once_with(1)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("min_keys", "warmed"), [(1, True), (10_000, False)])
+def test_a_sync_of_a_large_organization_warms_its_detail_page(acme, emulator, settings, min_keys, warmed):
+    settings.REPORT_WARM_MIN_KEYS = min_keys
+    connection = connect(acme, emulator)
+    done = SyncResult(status="succeeded")
+    with (
+        mock.patch("openrouter.tasks.sync_connection", return_value=done),
+        mock.patch("openrouter.tasks.evaluate_alerts_task"),
+        mock.patch("openrouter.tasks.warm_reports_task") as warm,
+    ):
+        sync(connection, emulator)
+        sync_connection_task(connection.pk)
+    assert warm.delay.called is warmed
+
+
+@pytest.mark.django_db
+def test_warming_computes_the_default_view_so_the_first_reader_reads_no_usage_row(
+    acme, alice, emulator, django_assert_max_num_queries
+):
+    from openrouter import report
+    from openrouter.tasks import warm_reports_task
+    from tests.conftest import client_for
+    from tests.support import noon
+
+    connection = connect(acme, emulator)
+    sync(connection, emulator)
+    with mock.patch.object(report.timezone, "now", lambda: noon(emulator.today)):
+        assert warm_reports_task(connection.pk) is True
+        with django_assert_max_num_queries(40) as captured:
+            page = client_for(alice).get(f"/c/acme/integrations/openrouter/{connection.pk}/")
+    assert page.status_code == 200
+    assert page.context["totals"]["spend_usd"] > 0
+    assert not [q for q in captured.captured_queries if "usage_usagedaily" in q["sql"]]
 
 
 @pytest.mark.django_db

@@ -1,0 +1,39 @@
+"""Report results cached per connection data version.
+
+A report over a month of a large organization aggregates hundreds of thousands of rows, yet the
+rows only change when a sync writes. Results are cached under the connection's identity and
+`data_version` (bumped in the same transaction as every write), so a cached figure always equals
+what the database holds now; a write simply moves readers to new keys, and old ones expire.
+"""
+
+import hashlib
+from collections.abc import Callable
+from typing import TypeVar
+
+from django.conf import settings
+from django.core.cache import cache
+
+T = TypeVar("T")
+
+
+def cache_key(connection, name: str, params) -> str:
+    # created_at tells apart connections that reuse an id (a re-created development database).
+    identity = (
+        connection.pk,
+        connection.created_at.isoformat(),
+        connection.generation,
+        connection.data_version,
+    )
+    digest = hashlib.sha256(repr((identity, name, params)).encode()).hexdigest()
+    return f"report:{digest}"
+
+
+def cached(connection, name: str, params, compute: Callable[[], T]) -> T:
+    """compute(), or its result for this connection, data version, name and params if cached.
+    `params` must be a repr-stable value (tuples, strings, dates, numbers)."""
+    key = cache_key(connection, name, params)
+    value = cache.get(key)
+    if value is None:
+        value = compute()
+        cache.set(key, value, settings.REPORT_CACHE_SECONDS)
+    return value
