@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from openrouter.models import ApiKey, Workspace
 from usage.models import UNATTRIBUTED_LABEL
-from usage.selectors import DIMENSIONS, usage_grouped
+from usage.selectors import DIMENSIONS, FILTERS, METRICS, usage_grouped
 
 COLUMNS = [
     ("date", "day"),
@@ -39,9 +39,9 @@ def default_range(today: date | None = None) -> tuple[date, date]:
 
 
 def parse_group_by(value: str | None) -> list[str]:
-    if not value:
+    names = [part.strip() for part in (value or "").split(",") if part.strip()]
+    if not names:
         return ALL_DIMENSIONS
-    names = [part.strip() for part in value.split(",") if part.strip()]
     unknown = [name for name in names if name not in DIMENSIONS]
     if unknown:
         raise ValueError(f"Unknown group-by dimension(s): {', '.join(unknown)}. Use {', '.join(DIMENSIONS)}.")
@@ -96,16 +96,106 @@ def _money(value) -> str:
     return f"{whole}.{(frac + '00')[: max(2, len(frac))]}"
 
 
+def csv_chunks(
+    *, connection_ids: list[int], start: date, end: date, group_by: list[str], filters=None
+) -> Iterator[str]:
+    """The export as CSV text in chunks of many rows. On PostgreSQL the database writes the CSV
+    itself (COPY ... TO STDOUT): formatting a million rows in Python took several times longer
+    than the query. Elsewhere, or to check the two agree, the Python writer does it."""
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        return _copy_csv(connection_ids, start, end, group_by, filters or {})
+    records = export_records(
+        connection_ids=connection_ids, start=start, end=end, group_by=group_by, filters=filters
+    )
+    return write_csv(records, export_columns(group_by))
+
+
 def write_csv(records: Iterator[dict], columns: list[str]) -> Iterator[str]:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
-    yield buffer.getvalue()
+    batch = []
     for record in records:
-        buffer.seek(0)
-        buffer.truncate()
-        writer.writerow(record)
-        yield buffer.getvalue()
+        batch.append(record)
+        if len(batch) == CHUNK_ROWS:
+            writer.writerows(batch)
+            batch = []
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    writer.writerows(batch)
+    yield buffer.getvalue()
+
+
+CHUNK_ROWS = 1000
+CHUNK_BYTES = 256 * 1024
+# SQL for each column of the CSV, over the grouped rows `g` and the name tables `w` and `k`. Empty
+# text becomes NULL, which COPY writes as an empty unquoted field, as Python's csv module does.
+_MONEY_SQL = (
+    "CASE WHEN scale(trim_scale(g.{0})) < 2 THEN round(g.{0}, 2)::text ELSE trim_scale(g.{0})::text END"
+)
+_COLUMN_SQL = {
+    "date": "g.day::text",
+    "workspace_id": "NULLIF(g.workspace_id, '')",
+    "workspace_name": "NULLIF(w.name, '')",
+    "api_key_hash": "NULLIF(g.api_key_hash, '')",
+    "api_key_name": "CASE WHEN g.api_key_hash = '' THEN %(unattributed)s ELSE NULLIF(k.name, '') END",
+    "model": "NULLIF(g.model, '')",
+    "model_permaslug": "NULLIF(g.model_permaslug, '')",
+    "provider_name": "NULLIF(g.provider_name, '')",
+    "requests": "g.requests",
+    "prompt_tokens": "g.prompt_tokens",
+    "completion_tokens": "g.completion_tokens",
+    "reasoning_tokens": "g.reasoning_tokens",
+    "cached_tokens": "g.cached_tokens",
+    "spend_usd": _MONEY_SQL.format("spend_usd"),
+    "byok_spend_usd": _MONEY_SQL.format("byok_spend_usd"),
+}
+
+
+def _copy_csv(connection_ids, start, end, group_by, filters) -> Iterator[str]:
+    from django.db import connection
+
+    fields = [field for dimension in group_by for field in DIMENSIONS[dimension]]
+    params = {"ids": list(connection_ids), "start": start, "end": end, "unattributed": UNATTRIBUTED_LABEL}
+    where = "connection_id = ANY(%(ids)s) AND day >= %(start)s AND day <= %(end)s"
+    for name, value in filters.items():
+        if value is not None and name in FILTERS:
+            where += f" AND {FILTERS[name]} = %(filter_{name})s"
+            params[f"filter_{name}"] = value
+    sums = ", ".join(f"SUM({name}) AS {name}" for name in METRICS)
+    grouped = f"SELECT {', '.join([*fields, sums])} FROM usage_usagedaily WHERE {where}"  # noqa: S608
+    if fields:
+        grouped += f" GROUP BY {', '.join(fields)}"
+    joins = ""
+    if "workspace" in group_by:
+        joins += (
+            " LEFT JOIN (SELECT DISTINCT ON (workspace_id) workspace_id, name FROM openrouter_workspace"
+            " WHERE connection_id = ANY(%(ids)s) ORDER BY workspace_id, id DESC) w"
+            " ON w.workspace_id = g.workspace_id"
+        )
+    if "key" in group_by:
+        joins += (
+            " LEFT JOIN (SELECT DISTINCT ON (key_hash) key_hash, name FROM openrouter_apikey"
+            " WHERE connection_id = ANY(%(ids)s) ORDER BY key_hash, id DESC) k"
+            " ON k.key_hash = g.api_key_hash"
+        )
+    columns = export_columns(group_by)
+    select = ", ".join(f"{_COLUMN_SQL[name]} AS {name}" for name in columns)
+    order = f" ORDER BY {', '.join(f'g.{field}' for field in fields)}" if fields else ""
+    # Every identifier above is a constant of this module; values travel as parameters.
+    sql = f"COPY (SELECT {select} FROM ({grouped}) g{joins}{order}) TO STDOUT (FORMAT csv, HEADER, NULL '')"  # noqa: S608
+    with connection.cursor() as cursor, cursor.cursor.copy(sql, params) as copy:
+        pending, size = [], 0
+        for data in copy:
+            pending.append(bytes(data))
+            size += len(data)
+            if size >= CHUNK_BYTES:
+                yield b"".join(pending).decode()
+                pending, size = [], 0
+        yield b"".join(pending).decode()
 
 
 def write_json(records: Iterator[dict]) -> Iterator[str]:

@@ -79,15 +79,17 @@ def export(request: HttpRequest, connection_id: int, fmt: str) -> StreamingHttpR
         group_by = exports.parse_group_by(request.GET.get("group_by"))
     except ValueError as exc:
         return HttpResponse(str(exc), status=400, content_type="text/plain")
-    records = exports.export_records(
-        connection_ids=[connection.pk],
-        start=query.start,
-        end=query.end,
-        group_by=group_by,
-        filters=query.filters,
-    )
-    columns = exports.export_columns(group_by)
-    body = exports.write_csv(records, columns) if fmt == "csv" else exports.write_json(records)
+    selection = {
+        "connection_ids": [connection.pk],
+        "start": query.start,
+        "end": query.end,
+        "group_by": group_by,
+        "filters": query.filters,
+    }
+    if fmt == "csv":
+        body = exports.csv_chunks(**selection)
+    else:
+        body = exports.write_json(exports.export_records(**selection))
     response = StreamingHttpResponse(body, content_type="text/csv" if fmt == "csv" else "application/json")
     filename = f"openrouter-usage-{connection.pk}-{query.start}-{query.end}.{fmt}"
     response["Content-Disposition"] = f'attachment; filename="{filename}"'

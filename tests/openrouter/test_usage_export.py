@@ -76,3 +76,36 @@ def test_bad_arguments_fail_clearly(synced):
         export("--from", "yesterday")
     with pytest.raises(CommandError, match="must not be after"):
         export("--from", "2026-11-10", "--to", "2026-11-01")
+
+
+EXPORT_SHAPES = [
+    (["day", "workspace", "key", "model", "provider"], {}),
+    (["key"], {}),
+    (["workspace", "model"], {"provider": None}),
+    (["day", "key"], {"key": ""}),
+]
+
+
+@pytest.mark.parametrize(("group_by", "filters"), EXPORT_SHAPES)
+def test_every_csv_writer_writes_the_same_bytes(synced, emulator, group_by, filters):
+    """PostgreSQL writes the CSV itself (COPY); the Python writer is the reference: same bytes."""
+    from openrouter import exports
+    from openrouter.models import ApiKey, Workspace
+
+    # Names that need quoting, and an empty one, so quoting and empty fields are compared too.
+    Workspace.objects.filter(connection=synced).update(name='Team "A", Paris\nOffice')
+    ApiKey.objects.filter(pk=ApiKey.objects.filter(connection=synced).first().pk).update(name="")
+    start, end = emulator.truth.activity_window()
+    if filters.get("provider", "") is None:
+        filters = {"provider": synced.usage_rows.values_list("provider_name", flat=True).first()}
+    selection = {"connection_ids": [synced.pk], "start": start, "end": end, "group_by": group_by}
+
+    written = "".join(exports.csv_chunks(**selection, filters=filters))
+    reference = "".join(
+        exports.write_csv(
+            exports.export_records(**selection, filters=filters), exports.export_columns(group_by)
+        )
+    )
+
+    assert written == reference
+    assert len(written.splitlines()) > 1

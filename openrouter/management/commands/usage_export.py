@@ -35,12 +35,10 @@ class Command(BaseCommand):
         except ValueError as exc:
             raise CommandError(str(exc)) from None
         connection_ids = list(company.connections.filter(provider="openrouter").values_list("pk", flat=True))
-        records = exports.export_records(
-            connection_ids=connection_ids, start=start, end=end, group_by=group_by
-        )
-        columns = exports.export_columns(group_by)
-        chunks = (
-            exports.write_csv(records, columns) if options["format"] == "csv" else exports.write_json(records)
-        )
+        selection = {"connection_ids": connection_ids, "start": start, "end": end, "group_by": group_by}
+        if options["format"] == "csv":
+            chunks = exports.csv_chunks(**selection)
+        else:
+            chunks = exports.write_json(exports.export_records(**selection))
         for chunk in chunks:
             self.stdout.write(chunk, ending="")
