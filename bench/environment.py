@@ -14,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/doow_bench"
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/14"
+DEFAULT_CACHE_URL = "redis://127.0.0.1:6379/13"
 
 
 def configure(database_url: str | None = None) -> dict:
@@ -22,6 +23,8 @@ def configure(database_url: str | None = None) -> dict:
     broker_url = os.environ.get("BENCH_BROKER_URL", DEFAULT_BROKER_URL)
     os.environ["DATABASE_URL"] = database_url
     os.environ["CELERY_BROKER_URL"] = broker_url
+    # Reports cached in Redis, as in production (web and workers share them).
+    os.environ["CACHE_URL"] = os.environ.get("BENCH_CACHE_URL", DEFAULT_CACHE_URL)
     os.environ.setdefault("DEBUG", "true")  # development secrets from .local/, as `make` sets
     os.environ["OPENROUTER_MAX_REQUESTS_PER_SECOND"] = "0"  # no pacing: measure Doow, not the politeness
     os.environ.setdefault("LOG_LEVEL", "WARNING")

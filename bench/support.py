@@ -15,10 +15,13 @@ def noon(day: date) -> datetime:
     return datetime.combine(day, dtime(12, 0), tzinfo=UTC)
 
 
-def median_seconds(fn, repeat: int) -> float:
-    """Median wall time of `repeat` calls (after the caller's warm-up)."""
+def median_seconds(fn, repeat: int, before=None) -> float:
+    """Median wall time of `repeat` calls (after the caller's warm-up); `before()` runs untimed
+    ahead of each call."""
     times = []
     for _ in range(repeat):
+        if before is not None:
+            before()
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
