@@ -1,6 +1,6 @@
 """Batch writes of many rows: an upsert and an update by natural key, a few statements per batch.
 
-On PostgreSQL rows go through COPY (upsert) or one array per column through `unnest` (update), so
+On PostgreSQL rows go through COPY (many rows) or one array per column through `unnest`, so
 Django's compiler never prepares a single value: doing that one value at a time cost most of a
 large sync's write time, several times what PostgreSQL needs to store the same rows. Other
 databases (SQLite in development) go through Django's bulk_create and bulk_update, with the same
@@ -13,6 +13,8 @@ from decimal import Decimal
 from django.db import connection, models, transaction
 
 BATCH_SIZE = 5000
+# From this many rows an upsert goes through COPY and a staging table (PostgreSQL).
+COPY_MIN_ROWS = 500
 
 
 def upsert(
@@ -55,9 +57,19 @@ def upsert(
     table = _quote(meta.db_table)
     staging = _quote(f"bulk_{meta.db_table}")
     fill = [_default(field) for field in defaults]
-    # COPY into a staging table, then one INSERT ... ON CONFLICT: the fastest way PostgreSQL takes
-    # rows that may already exist. Identifiers come from model metadata, quoted; values are never
-    # spliced into the SQL.
+    conflict_clause = f"ON CONFLICT ({conflict}) {action}"
+    if len(rows) < COPY_MIN_ROWS:
+        # A few rows: one INSERT of column arrays; a staging table would cost more than the rows.
+        casts = ", ".join(f"%s::{field.db_type(connection)}[]" for field in columns)
+        sql = f"INSERT INTO {table} ({names}) SELECT * FROM unnest({casts}) {conflict_clause}"  # noqa: S608
+        arrays = [_column(field, [row[i] for row in rows]) for i, field in enumerate(named)]
+        arrays += [[value] * len(rows) for value in fill]
+        with connection.cursor() as cursor:
+            cursor.execute(sql, arrays)
+        return len(rows)
+    # Many rows: COPY into a staging table, then one INSERT ... ON CONFLICT, the fastest way
+    # PostgreSQL takes rows that may already exist. Identifiers come from model metadata, quoted;
+    # values are never spliced into the SQL.
     with transaction.atomic(savepoint=False), connection.cursor() as cursor:
         cursor.execute(
             f"CREATE TEMP TABLE {staging} ON COMMIT DROP AS SELECT {names} FROM {table} WITH NO DATA"  # noqa: S608
@@ -65,10 +77,7 @@ def upsert(
         with cursor.cursor.copy(f"COPY {staging} ({names}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row((*row, *fill))
-        cursor.execute(
-            f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging} "  # noqa: S608
-            f"ON CONFLICT ({conflict}) {action}"
-        )
+        cursor.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging} {conflict_clause}")  # noqa: S608
         cursor.execute(f"DROP TABLE {staging}")
     return len(rows)
 

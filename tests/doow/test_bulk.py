@@ -15,6 +15,12 @@ pytestmark = pytest.mark.django_db
 DAY = date(2026, 11, 1)
 
 
+@pytest.fixture(autouse=True, params=["copy", "arrays"])
+def upsert_path(request, monkeypatch):
+    """Every test runs through both PostgreSQL paths: COPY + staging table, and column arrays."""
+    monkeypatch.setattr(bulk, "COPY_MIN_ROWS", 0 if request.param == "copy" else 10**9)
+
+
 @pytest.fixture
 def connection(acme, emulator):
     return connect(acme, emulator)
