@@ -377,7 +377,10 @@ def _table(connection: Connection, query: DetailQuery, base: dict) -> dict:
     grouped = usage_grouped(start=query.start, end=query.end, group_by=[dimension], **base).annotate(
         total_tokens=F("prompt_tokens") + F("completion_tokens")
     )
-    grouped = grouped.annotate(**_sort_annotations(connection, query.tab))
+    if query.sort in ("name", "last_used"):
+        # Names live beside the usage rows: join them only to sort by them (the page's own rows
+        # get their labels afterwards, 25 at a time).
+        grouped = grouped.annotate(**_sort_annotations(connection, query.tab))
     order = SORT_FIELDS[query.sort]
     direction = "-" if query.descending else ""
     tiebreak = list(DIMENSIONS[dimension])
@@ -428,6 +431,7 @@ def _attach_labels(connection: Connection, tab: str, rows: list[dict]) -> None:
         for row in rows:
             key = keys.get(row["api_key_hash"])
             row["key"] = key
+            row["last_used_at"] = key.last_used_at if key else None
             row["key_name"] = (key.name or key.key_hash) if key else UNATTRIBUTED_LABEL
             row["creator"] = members.get(key.creator_user_id) if key else None
             row["workspace_name"] = workspaces.get(key.workspace_id, key.workspace_id) if key else ""
