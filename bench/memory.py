@@ -86,9 +86,9 @@ def run(sizes) -> Outcome:
         "sync, as a worker does: DEBUG off, OPENROUTER_CONCURRENCY as configured, the emulator "
         f"(seed 505, {sizes.memory_days} days of history) served over HTTP by another process. "
         "“Before” is the same process's RSS after `django.setup()` (Python, Django and the app).",
-        "The sync holds one page of keys (100) and their activity at a time, so what doubles with the "
-        "organization is the number of pages, requests and rows written; few days of history keep keys "
-        "young (little activity each), because the run time of an initial sync of 100k keys with 30 "
-        "days of activity is dominated by the per-page DELETE described in the README (≈ 21 min).",
+        "The sync holds at most one write batch (1,000 keys) and their activity at a time, so what "
+        "doubles with the organization is the number of pages, requests and rows written. Few days of "
+        "history keep keys young (little activity each) only to keep the run short: `--memory-days 30` "
+        "gives every key a month of activity.",
     ]
     return outcome

@@ -62,7 +62,15 @@ def default_rules_ensure(*, connection: Connection) -> None:
         AlertKind.ANOMALY: DEFAULT_Z,
         AlertKind.NEW_SPENDER: Decimal(5),
     }
+    # One read after every sync; writes only the first time (or after an admin deleted a rule).
+    existing = set(
+        AlertRule.objects.filter(connection=connection, budget=None, kind__in=list(defaults)).values_list(
+            "kind", flat=True
+        )
+    )
     for kind, threshold in defaults.items():
+        if kind in existing:
+            continue
         AlertRule.objects.get_or_create(
             connection=connection,
             kind=kind,
@@ -89,6 +97,9 @@ def evaluate_alerts(*, connection: Connection, now: datetime | None = None) -> l
         return []
     default_rules_ensure(connection=connection)
     raised = []
+    open_alerts: dict[int, list[Alert]] = {}
+    for alert in Alert.objects.filter(connection=connection).exclude(state=AlertState.RESOLVED):
+        open_alerts.setdefault(alert.rule_id, []).append(alert)
     for rule in AlertRule.objects.filter(connection=connection, enabled=True).select_related("budget"):
         firings = list(_check(rule, connection, now))
         keep = set()
@@ -98,7 +109,7 @@ def evaluate_alerts(*, connection: Connection, now: datetime | None = None) -> l
             if alert is not None:
                 raised.append(alert)
         # Conditions that stopped holding resolve their open alerts.
-        for alert in Alert.objects.filter(rule=rule).exclude(state=AlertState.RESOLVED):
+        for alert in open_alerts.get(rule.pk, []):
             if (alert.subject, alert.period) not in keep and rule.kind not in (
                 AlertKind.ANOMALY,
                 AlertKind.NEW_SPENDER,
