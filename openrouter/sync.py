@@ -487,12 +487,16 @@ class _SyncJob:
                         ended_short[workspace_id] = listed
                         return
 
-            for workspace_id in workspace_ids:
-                read(workspace_id, 0, may_end_short=True)
-            self.write_pending()
-            if ended_short and self.unlisted_keys(listed_before).exists():
-                for workspace_id, offset in ended_short.items():
-                    read(workspace_id, offset, may_end_short=False)
+            try:
+                for workspace_id in workspace_ids:
+                    read(workspace_id, 0, may_end_short=True)
+                self.write_pending()
+                if ended_short and self.unlisted_keys(listed_before).exists():
+                    for workspace_id, offset in ended_short.items():
+                        read(workspace_id, offset, may_end_short=False)
+            finally:
+                # Also when a request failed: what was read and fetched is kept, so the next run
+                # fetches only what is left.
                 self.write_pending()
 
         def finish():
@@ -512,8 +516,7 @@ class _SyncJob:
 
     def read_key_page(self, page: list[KeyRecord], pool: ThreadPoolExecutor) -> None:
         """Fetch the activity of the page's stale keys and queue the page and that activity for
-        writing. If a fetch fails, what was read before it is still written, so the next run
-        fetches only what is left."""
+        writing, in batches of WRITE_BATCH_KEYS keys."""
         known = {
             row["key_hash"]: row
             for row in ApiKey.objects.filter(
@@ -524,19 +527,13 @@ class _SyncJob:
             k.hash for k in page if k.hash not in known or known[k.hash]["activity_fetched_through"] is None
         )
         stale = [k for k in page if self.is_stale(k, known.get(k.hash))]
-        try:
-            for key, records in pool.map(lambda k: (k, self.client.get_activity(api_key_hash=k.hash)), stale):
-                rows = normalize.aggregate_activity(
-                    records, api_key_hash=key.hash, workspace_id=key.workspace_id
-                )
-                self.pending_activity[key.hash] = (key, rows)
-        except BaseException:
-            self.pending_keys.update((k.hash, k) for k in page)
-            self.write_pending()
-            raise
         # Keyed by hash: a key that shifts onto the next page while keys are created or deleted
-        # is written once, as last read.
+        # is written once, as last read. Queued before the fetches, so a failing fetch still
+        # leaves the page's keys to be written (by sync_keys) with the activity fetched before it.
         self.pending_keys.update((k.hash, k) for k in page)
+        for key, records in pool.map(lambda k: (k, self.client.get_activity(api_key_hash=k.hash)), stale):
+            rows = normalize.aggregate_activity(records, api_key_hash=key.hash, workspace_id=key.workspace_id)
+            self.pending_activity[key.hash] = (key, rows)
         if len(self.pending_keys) >= WRITE_BATCH_KEYS:
             self.write_pending()
         else:

@@ -149,3 +149,29 @@ def test_a_failure_late_in_the_listing_keeps_earlier_batches_and_the_next_run_co
     assert stored_total(connection) == emulator.truth.activity_total(start, end)
     per_key = [e for e in emulator.request_log.matching("/activity") if "api_key_hash" in e.query]
     assert len(per_key) == sum(1 for _ in emulator.truth.listed_keys()) - fetched
+
+
+def test_a_listing_that_fails_part_way_keeps_what_was_fetched(connection, emulator):
+    from openrouter.emulator import Fault
+    from tests.support import stored_total
+
+    listed = listed_per_workspace(emulator)
+    workspace = max(listed, key=listed.get)
+    assert listed[workspace] > PAGE
+    emulator.faults.add(Fault(path="/keys", query={"workspace_id": workspace, "offset": PAGE}, status=500))
+
+    result = sync(connection, emulator)
+
+    assert result.status == "partial"
+    fetched = ApiKey.objects.filter(connection=connection, activity_fetched_through__isnull=False)
+    assert fetched.count() >= PAGE
+    start, end = emulator.truth.activity_window()
+    for key in fetched:
+        assert stored_total(connection, api_key_hash=key.key_hash) == sum(
+            (row["usage"] for row in emulator.truth.activity_rows(start, end, api_key_hash=key.key_hash)), 0
+        )
+    assert not ApiKey.objects.filter(connection=connection, missing_since__isnull=False).exists()
+
+    emulator.faults.clear()
+    assert sync(connection, emulator).status == "succeeded"
+    assert stored_total(connection) == emulator.truth.activity_total(start, end)
