@@ -7,18 +7,10 @@ from django.db import transaction
 
 from doow import bulk
 from usage.models import UsageDaily
+from usage.selectors import METRICS
 
 NATURAL_KEY = ("connection_id", "day", "workspace_id", "api_key_hash", "model_permaslug", "provider_name")
-VALUE_FIELDS = (
-    "model",
-    "requests",
-    "prompt_tokens",
-    "completion_tokens",
-    "reasoning_tokens",
-    "cached_tokens",
-    "spend_usd",
-    "byok_spend_usd",
-)
+VALUE_FIELDS = ("model", *METRICS)
 
 
 def usage_replace(
