@@ -1,6 +1,7 @@
 """Serve the OpenRouter management-API emulator on loopback for local development."""
 
 import datetime
+import signal
 
 from django.core.management.base import BaseCommand, CommandError
 
@@ -51,7 +52,15 @@ class Command(BaseCommand):
         self.stdout.write(f"normal key:     {emulator.normal_key}")
         self.stdout.write("Ctrl-C to stop.")
         self.stdout.flush()
+        # Ctrl-C and a process manager's SIGTERM both stop the server cleanly. Set explicitly: a
+        # process started in the background by a non-interactive shell inherits SIGINT ignored.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _interrupt)
         try:
             server.serve_forever()
         except KeyboardInterrupt:
             self.stdout.write("stopped")
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
