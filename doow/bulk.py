@@ -136,21 +136,6 @@ def update(
             cursor.execute(sql, [*arrays, *(_scope_value(value) for value in scope.values())])
 
 
-def commit_without_waiting_for_disk() -> None:
-    """Let the current transaction's COMMIT return before its WAL reaches the disk (PostgreSQL).
-
-    Waiting for the disk cost ~25 ms per commit, more than the writes of a page of keys. Safe for
-    writes that are idempotent and self-describing, like a sync's: a crash can only lose whole
-    transactions, most recent first (rows and the markers that say they are fresh go together, so
-    the next run fetches them again), and the next ordinary commit on the server, such as the end
-    of the sync run, waits for every earlier transaction to be on disk.
-    """
-    assert transaction.get_connection().in_atomic_block, "only inside a transaction"
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SET LOCAL synchronous_commit TO OFF")
-
-
 def _quote(name: str) -> str:
     return connection.ops.quote_name(name)
 

@@ -318,7 +318,6 @@ class _SyncJob:
     def guarded(self, write: Callable[[], object]):
         """Run `write` in a transaction holding the connection row, only if still connected."""
         with transaction.atomic():
-            bulk.commit_without_waiting_for_disk()
             row = (
                 Connection.objects.select_for_update()
                 .filter(pk=self.connection.pk)
