@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from integrations.models import Connection, ConnectionState, CredentialScope, EventKind, SyncRunStatus
 from openrouter.models import ApiKey, CreditsSnapshot, Member, Model, Workspace
-from usage.cache import cached
+from usage.cache import cache_get, cache_set_many, cached
 from usage.models import UNATTRIBUTED_LABEL, UsageDaily
 from usage.selectors import DIMENSIONS, METRICS, usage_grouped, usage_totals
 
@@ -397,13 +397,48 @@ def _table(connection: Connection, query: DetailQuery, base: dict) -> dict:
         query.end,
         tuple(sorted(query.filters.items())),
     )
-    # The whole ordered table is cached (one row per key, model, day...), so every page of it is cheap.
-    page = Paginator(cached(connection, "table", params, lambda: list(ordered)), PAGE_SIZE).get_page(
-        query.page
-    )
+    rows = CachedTableRows(connection, (*params, PAGE_SIZE), lambda: list(ordered))
+    page = Paginator(rows, PAGE_SIZE).get_page(query.page)
     rows = [dict(row) for row in page.object_list]
     _attach_labels(connection, query.tab, rows)
     return {"page": page, "rows": rows, "columns": table_columns(query.tab), "dimension": dimension}
+
+
+class CachedTableRows:
+    """The ordered rows of one table view (one per key, model, day...) for Paginator, cached page by
+    page: computing them once stores every page, and a repeat view loads only its own page, so it
+    costs the same for 20 keys or 20,000."""
+
+    def __init__(self, connection: Connection, params: tuple, compute):
+        self.connection, self.params, self.compute = connection, params, compute
+        self.rows: list | None = None
+        self.total = cache_get(connection, "table_count", params)
+
+    def fill(self) -> None:
+        self.rows = self.compute()
+        self.total = len(self.rows)
+        pages = {
+            ("table_page", (self.params, start // PAGE_SIZE)): self.rows[start : start + PAGE_SIZE]
+            for start in range(0, max(self.total, 1), PAGE_SIZE)
+        }
+        cache_set_many(self.connection, {**pages, ("table_count", self.params): self.total})
+
+    def count(self) -> int:
+        if self.total is None:
+            self.fill()
+        return self.total
+
+    def __len__(self) -> int:
+        return self.count()
+
+    def __getitem__(self, index: slice) -> list:
+        if self.rows is None and index.start % PAGE_SIZE == 0:
+            chunk = cache_get(self.connection, "table_page", (self.params, index.start // PAGE_SIZE))
+            if chunk is not None:
+                return chunk[: index.stop - index.start]
+        if self.rows is None:
+            self.fill()  # A page expired before the count did: compute them all again.
+        return self.rows[index]
 
 
 def _sort_annotations(connection: Connection, tab: str) -> dict:

@@ -37,3 +37,15 @@ def cached(connection, name: str, params, compute: Callable[[], T]) -> T:
         value = compute()
         cache.set(key, value, settings.REPORT_CACHE_SECONDS)
     return value
+
+
+def cache_get(connection, name: str, params):
+    return cache.get(cache_key(connection, name, params))
+
+
+def cache_set_many(connection, values: dict) -> None:
+    """values: {(name, params): value}."""
+    cache.set_many(
+        {cache_key(connection, name, params): value for (name, params), value in values.items()},
+        settings.REPORT_CACHE_SECONDS,
+    )

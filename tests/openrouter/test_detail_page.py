@@ -421,3 +421,30 @@ def test_a_sync_that_writes_moves_the_page_to_the_new_figures(synced, alice, emu
     assert client.get(url(synced, query)).context["totals"]["spend_usd"] == stored_total(
         synced, day__gte=old_start, day__lte=old_end
     )
+
+
+def test_every_page_of_a_computed_table_is_served_from_the_cache(
+    synced, alice, emulator, monkeypatch, django_assert_max_num_queries
+):
+    monkeypatch.setattr(report, "PAGE_SIZE", 2)
+    client = client_for(alice)
+    first = client.get(url(synced, window_query(emulator)))
+    pages = first.context["table"]["page"].paginator.num_pages
+    assert pages >= 3
+    seen = [row["api_key_hash"] for row in first.context["table"]["rows"]]
+    for number in range(2, pages + 1):
+        with django_assert_max_num_queries(40) as captured:
+            page = client.get(url(synced, window_query(emulator, page=str(number))))
+        assert usage_queries(captured.captured_queries) == []
+        seen += [row["api_key_hash"] for row in page.context["table"]["rows"]]
+    assert len(seen) == len(set(seen)) == synced.usage_rows.values("api_key_hash").distinct().count()
+
+    # A page that left the cache before the count did is computed again, not shown empty.
+    real_get = report.cache_get
+    monkeypatch.setattr(
+        report,
+        "cache_get",
+        lambda conn, name, params: None if name == "table_page" else real_get(conn, name, params),
+    )
+    again = client.get(url(synced, window_query(emulator, page="2")))
+    assert [row["api_key_hash"] for row in again.context["table"]["rows"]] == seen[2:4]
