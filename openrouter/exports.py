@@ -30,6 +30,9 @@ COLUMNS = [
     ("byok_spend_usd", None),
 ]
 ALL_DIMENSIONS = list(DIMENSIONS)
+# Rows (Python writer) or bytes (PostgreSQL's COPY) per chunk of a streamed CSV.
+CHUNK_ROWS = 1000
+CHUNK_BYTES = 256 * 1024
 
 
 def default_range(today: date | None = None) -> tuple[date, date]:
@@ -129,8 +132,6 @@ def write_csv(records: Iterator[dict], columns: list[str]) -> Iterator[str]:
     yield buffer.getvalue()
 
 
-CHUNK_ROWS = 1000
-CHUNK_BYTES = 256 * 1024
 # SQL for each column of the CSV, over the grouped rows `g` and the name tables `w` and `k`. Empty
 # text becomes NULL, which COPY writes as an empty unquoted field, as Python's csv module does.
 _MONEY_SQL = (

@@ -168,6 +168,11 @@ class DetailQuery:
         return self.start - timedelta(days=self.days), self.start - timedelta(days=1)
 
     @property
+    def filter_items(self) -> tuple:
+        """The filters as a stable, hashable value (part of cache keys)."""
+        return tuple(sorted(self.filters.items()))
+
+    @property
     def sort_param(self) -> str:
         return ("-" if self.descending else "") + self.sort
 
@@ -216,7 +221,7 @@ def _delta(current, previous) -> dict:
 
 def detail_report(*, connection: Connection, query: DetailQuery) -> dict:
     base = {"connection_ids": [connection.pk], "filters": query.filters}
-    filters = tuple(sorted(query.filters.items()))
+    filters = query.filter_items
     totals = cached(
         connection,
         "totals",
@@ -395,7 +400,7 @@ def _table(connection: Connection, query: DetailQuery, base: dict) -> dict:
         query.descending,
         query.start,
         query.end,
-        tuple(sorted(query.filters.items())),
+        query.filter_items,
     )
     rows = CachedTableRows(connection, (*params, PAGE_SIZE), lambda: list(ordered))
     page = Paginator(rows, PAGE_SIZE).get_page(query.page)
@@ -517,7 +522,7 @@ def _chart(connection: Connection, query: DetailQuery, base: dict) -> dict:
     rows = cached(
         connection,
         "day_model",
-        (query.start, query.end, tuple(sorted(query.filters.items()))),
+        (query.start, query.end, query.filter_items),
         lambda: list(usage_grouped(start=query.start, end=query.end, group_by=["day", "model"], **base)),
     )
     per_model: dict[str, Decimal] = {}

@@ -54,22 +54,6 @@ from usage.services import usage_replace
 
 logger = logging.getLogger(__name__)
 
-KEY_STATE_FIELDS = (
-    "name",
-    "label",
-    "workspace_id",
-    "creator_user_id",
-    "disabled",
-    "expires_at",
-    "limit",
-    "limit_remaining",
-    "limit_reset",
-    "created_at",
-    "updated_at",
-    "last_used_at",
-    "missing_since",
-    "last_listed_at",
-)
 FETCH_MARKER_FIELDS = (
     "fetched_usage",
     "fetched_byok_usage",
@@ -559,34 +543,18 @@ class _SyncJob:
 
     def store_keys(self, page: list[KeyRecord]) -> None:
         """Upsert the keys' state and today's counter snapshot."""
+        if not page:
+            return
+        states = [self.key_state(k) for k in page]
         bulk.upsert(
             ApiKey,
-            ("company_id", "connection_id", "key_hash", *KEY_STATE_FIELDS, *COUNTER_FIELDS),
+            ("company_id", "connection_id", "key_hash", *states[0]),
             [
-                (
-                    self.connection.company_id,
-                    self.connection.pk,
-                    k.hash,
-                    k.name,
-                    k.label,
-                    k.workspace_id,
-                    k.creator_user_id or "",
-                    k.disabled,
-                    k.expires_at,
-                    k.limit,
-                    k.limit_remaining,
-                    k.limit_reset or "",
-                    k.created_at,
-                    k.updated_at,
-                    k.last_used_at,
-                    None,
-                    self.now,
-                    *(getattr(k.counters, name) for name in COUNTER_FIELDS),
-                )
-                for k in page
+                (self.connection.company_id, self.connection.pk, k.hash, *state.values())
+                for k, state in zip(page, states, strict=True)
             ],
             unique_fields=("connection_id", "key_hash"),
-            update_fields=(*KEY_STATE_FIELDS, *COUNTER_FIELDS),
+            update_fields=tuple(states[0]),
         )
         bulk.upsert(
             ApiKeySnapshot,
@@ -614,6 +582,26 @@ class _SyncJob:
             unique_fields=("connection_id", "key_hash", "day"),
             update_fields=("taken_at", "limit_remaining", *COUNTER_FIELDS),
         )
+
+    def key_state(self, k: KeyRecord) -> dict:
+        """What a listing says of a key: every field an upsert of the key overwrites."""
+        return {
+            "name": k.name,
+            "label": k.label,
+            "workspace_id": k.workspace_id,
+            "creator_user_id": k.creator_user_id or "",
+            "disabled": k.disabled,
+            "expires_at": k.expires_at,
+            "limit": k.limit,
+            "limit_remaining": k.limit_remaining,
+            "limit_reset": k.limit_reset or "",
+            "created_at": k.created_at,
+            "updated_at": k.updated_at,
+            "last_used_at": k.last_used_at,
+            "missing_since": None,
+            "last_listed_at": self.now,
+            **{name: getattr(k.counters, name) for name in COUNTER_FIELDS},
+        }
 
     def is_stale(self, key: KeyRecord, known: dict | None) -> bool:
         """Fetch a key's activity when its counters moved since the last fetch, or once a new UTC day

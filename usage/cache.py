@@ -31,11 +31,10 @@ def cache_key(connection, name: str, params) -> str:
 def cached(connection, name: str, params, compute: Callable[[], T]) -> T:
     """compute(), or its result for this connection, data version, name and params if cached.
     `params` must be a repr-stable value (tuples, strings, dates, numbers)."""
-    key = cache_key(connection, name, params)
-    value = cache.get(key)
+    value = cache_get(connection, name, params)
     if value is None:
         value = compute()
-        cache.set(key, value, settings.REPORT_CACHE_SECONDS)
+        cache.set(cache_key(connection, name, params), value, settings.REPORT_CACHE_SECONDS)
     return value
 
 
