@@ -46,6 +46,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--keep-database", action="store_true", help="do not drop it at the end")
     parser.add_argument("--memory-keys", help="the memory run's two organization sizes, e.g. 50000,100000")
     parser.add_argument("--memory-days", type=int, help="days of history of the memory run's organization")
+    parser.add_argument("--fanout-concurrency", help="the fan-out's worker concurrencies, e.g. 16 or 1,4,16")
     args = parser.parse_args(argv)
     selected = args.benchmarks or list(BENCHMARKS)
     mode = "tiny" if args.tiny else "quick" if args.quick else "full"
@@ -55,6 +56,8 @@ def main(argv: list[str]) -> int:
         sizes = replace(sizes, memory_keys=(small, large))
     if args.memory_days:
         sizes = replace(sizes, memory_days=args.memory_days)
+    if args.fanout_concurrency:
+        sizes = replace(sizes, fanout_concurrency=tuple(int(n) for n in args.fanout_concurrency.split(",")))
 
     config = environment.configure(args.database_url)
     environment.recreate_database(config["database_url"])
@@ -100,15 +103,25 @@ def main(argv: list[str]) -> int:
         connections.close_all()
         if not args.keep_database:
             environment.drop_database(config["database_url"])
-    command = (
-        "python -m bench"
-        + ("" if mode == "full" else f" --{mode}")
-        + (" " + " ".join(args.benchmarks) if args.benchmarks else "")
-    )
+    command = " ".join(["python -m bench", *_without_output(argv)])
     text = render(outcomes, machine, mode, command)
     args.output.write_text(text)
     print(f"\nWrote {args.output} in {time.monotonic() - began:.0f} s.")
     return 0
+
+
+def _without_output(argv: list[str]) -> list[str]:
+    """The command line as it reproduces the figures: where they were written is beside the point."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip or arg.startswith("--output="):
+            skip = False
+            continue
+        if arg == "--output":
+            skip = True
+            continue
+        kept.append(arg)
+    return kept
 
 
 if __name__ == "__main__":

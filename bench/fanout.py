@@ -84,6 +84,7 @@ def run_level(served: ServedEmulator, connections: int, concurrency: int, latenc
     ]
     queue = f"bench-fanout-{tag}"
     cpu_before = _children_cpu()
+    emulator_before, machine_before = process_cpu(served.process.pid), machine_busy_cpu()
     worker = Worker(concurrency=concurrency, queue=queue, base_url=served.base_url)
     try:
         from django.utils import timezone
@@ -101,6 +102,8 @@ def run_level(served: ServedEmulator, connections: int, concurrency: int, latenc
         worker.stop()
         _drop_queue(queue)
     worker_cpu = _children_cpu() - cpu_before  # the worker and its pool, start-up included
+    emulator_cpu = process_cpu(served.process.pid) - emulator_before
+    machine_cpu = machine_busy_cpu() - machine_before  # PostgreSQL and Redis included
     finished = list(runs.values_list("status", "requests_made", "finished_at"))
     requests = sum(made for _, made, _ in finished)
     wall = (max(at for _, _, at in finished) - sent_at).total_seconds()
@@ -113,6 +116,8 @@ def run_level(served: ServedEmulator, connections: int, concurrency: int, latenc
         "failed": sum(status != "succeeded" for status, _, _ in finished),
         "efficiency": ideal / wall,
         "worker_cpu": worker_cpu,
+        "emulator_cpu": emulator_cpu,
+        "machine_cpu": machine_cpu,
     }
 
 
@@ -120,6 +125,24 @@ def _children_cpu() -> float:
     """CPU seconds of every child process reaped so far (a worker's pool is reaped by the worker)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
+
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of one running process (all its threads)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def machine_busy_cpu() -> float:
+    """CPU seconds every process on the machine spent, summed over cores (/proc/stat minus idle)."""
+    with open("/proc/stat") as stat:
+        values = [int(v) for v in stat.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = values
+    return (user + nice + system + irq + softirq + steal) / TICKS
 
 
 def _drop_queue(queue: str) -> None:
@@ -155,13 +178,13 @@ def run(sizes) -> Outcome:
         )
     )
     outcome.details = [
-        "| worker concurrency | requests | ideal s | wall s | efficiency | worker CPU s | CPU floor s "
-        "| failed syncs |",
-        "|---|---|---|---|---|---|---|---|",
+        "| worker concurrency | requests | ideal s | wall s | efficiency | worker CPU s | emulator CPU s "
+        "| machine CPU s | CPU floor s | failed syncs |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         *(
             f"| {lv['concurrency']} | {lv['requests']:,} | {lv['ideal']:.1f} | {lv['wall']:.1f} | "
-            f"{lv['efficiency']:.0%} | {lv['worker_cpu']:.1f} | {lv['worker_cpu'] / CORES:.1f} | "
-            f"{lv['failed']} |"
+            f"{lv['efficiency']:.0%} | {lv['worker_cpu']:.1f} | {lv['emulator_cpu']:.1f} | "
+            f"{lv['machine_cpu']:.1f} | {lv['machine_cpu'] / CORES:.1f} | {lv['failed']} |"
             for lv in levels
         ),
     ]
@@ -174,8 +197,9 @@ def run(sizes) -> Outcome:
         "One `celery -A doow worker --pool prefork --concurrency N` on a private Redis queue, DEBUG off, "
         "OPENROUTER_CONCURRENCY=1; all tasks are sent once the worker is ready. Wall = last run's "
         "`finished_at` − first send; ideal = Σ `requests_made` × latency / N; efficiency = ideal / wall. "
-        f"Worker CPU = user + system seconds of the worker and its pool (start-up included); CPU floor = "
-        f"that / {CORES} cores, the wall time no concurrency can beat on this machine (PostgreSQL's and "
-        "the emulator's CPU come on top).",
+        "Worker CPU = user + system seconds of the worker and its pool (start-up included); emulator CPU = "
+        "the emulator process's; machine CPU = every process's on the machine over the same span "
+        f"(/proc/stat: the worker, the emulator, PostgreSQL, Redis, this bench); CPU floor = machine CPU / "
+        f"{CORES} cores, the wall time no concurrency could beat with that much work on this machine.",
     ]
     return outcome

@@ -249,6 +249,10 @@ OPENROUTER_SYNC_INTERVAL_MINUTES = env.int("OPENROUTER_SYNC_INTERVAL_MINUTES", d
 OPENROUTER_MAX_REQUESTS_PER_SECOND = env.float("OPENROUTER_MAX_REQUESTS_PER_SECOND", default=10.0)
 OPENROUTER_CONCURRENCY = env.int("OPENROUTER_CONCURRENCY", default=4)
 OPENROUTER_MAX_RETRIES = env.int("OPENROUTER_MAX_RETRIES", default=4)
+# Keys (with their activity) a sync writes per transaction: few enough to hold in a worker's memory,
+# many enough that per-transaction costs stay small next to the rows. A smaller organization's
+# whole sync is one write transaction.
+OPENROUTER_WRITE_BATCH_KEYS = env.int("OPENROUTER_WRITE_BATCH_KEYS", default=1000)
 
 LOGGING = {
     "version": 1,

@@ -7,6 +7,7 @@ never raises it twice; an open alert whose condition no longer holds is resolved
 import logging
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import cached_property
 
 from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
@@ -24,6 +25,9 @@ from usage.models import Alert, AlertKind, AlertRule, AlertState, Budget
 logger = logging.getLogger(__name__)
 
 DEFAULT_ROLES = [Role.ADMIN, Role.FINANCE]
+ANOMALY_DAYS = 41  # the day judged and the 40 days before it
+NEW_SPENDER_DAYS = 30  # the day judged and the 29 days before it
+SERIES_DAYS = max(ANOMALY_DAYS, NEW_SPENDER_DAYS)
 
 
 def budget_create(
@@ -68,19 +72,53 @@ def default_rules_ensure(*, connection: Connection) -> None:
             "kind", flat=True
         )
     )
-    for kind, threshold in defaults.items():
-        if kind in existing:
-            continue
-        AlertRule.objects.get_or_create(
-            connection=connection,
-            kind=kind,
-            budget=None,
-            defaults={
-                "company_id": connection.company_id,
-                "threshold": threshold,
-                "notify_roles": DEFAULT_ROLES,
-            },
-        )
+    AlertRule.objects.bulk_create(
+        [
+            AlertRule(
+                company_id=connection.company_id,
+                connection=connection,
+                kind=kind,
+                threshold=threshold,
+                notify_roles=DEFAULT_ROLES,
+            )
+            for kind, threshold in defaults.items()
+            if kind not in existing
+        ]
+    )
+
+
+class _Reads:
+    """What several rules read, read once per evaluation (it runs after every sync)."""
+
+    def __init__(self, connection: Connection, now: datetime):
+        self.connection, self.now = connection, now
+        self.day = connection.complete_through or now.date() - timedelta(days=1)  # last complete day
+        self._series: dict[str, dict[str, dict]] = {}
+
+    @cached_property
+    def credits(self) -> CreditsSnapshot | None:
+        return CreditsSnapshot.objects.filter(connection=self.connection).order_by("-taken_at").first()
+
+    @cached_property
+    def key_names(self) -> dict[str, str]:
+        return dict(ApiKey.objects.filter(connection=self.connection).values_list("key_hash", "name"))
+
+    @cached_property
+    def forecast(self):
+        return insights.forecast(connection=self.connection, now=self.now)
+
+    def series(self, by: str, days: int) -> dict[str, dict]:
+        """Daily spend per key or model (`by`) over the `days` days through self.day."""
+        if by not in self._series:
+            start = self.day - timedelta(days=SERIES_DAYS - 1)
+            self._series[by] = insights.key_series(
+                connection=self.connection, start=start, end=self.day, by=by
+            )
+        start = self.day - timedelta(days=days - 1)
+        trimmed = {
+            subject: {d: v for d, v in s.items() if d >= start} for subject, s in self._series[by].items()
+        }
+        return {subject: s for subject, s in trimmed.items() if s}
 
 
 class _Firing:
@@ -96,12 +134,13 @@ def evaluate_alerts(*, connection: Connection, now: datetime | None = None) -> l
     if connection.state == ConnectionState.DISCONNECTED:
         return []
     default_rules_ensure(connection=connection)
+    reads = _Reads(connection, now)
     raised = []
     open_alerts: dict[int, list[Alert]] = {}
     for alert in Alert.objects.filter(connection=connection).exclude(state=AlertState.RESOLVED):
         open_alerts.setdefault(alert.rule_id, []).append(alert)
     for rule in AlertRule.objects.filter(connection=connection, enabled=True).select_related("budget"):
-        firings = list(_check(rule, connection, now))
+        firings = list(_check(rule, reads))
         keep = set()
         for firing in firings:
             keep.add((firing.subject, firing.period))
@@ -166,7 +205,7 @@ def _month(now: datetime) -> str:
     return now.strftime("%Y-%m")
 
 
-def _check(rule: AlertRule, connection: Connection, now: datetime):
+def _check(rule: AlertRule, reads: _Reads):
     checks = {
         AlertKind.BUDGET_80: _budget_check,
         AlertKind.BUDGET_100: _budget_check,
@@ -178,10 +217,11 @@ def _check(rule: AlertRule, connection: Connection, now: datetime):
         AlertKind.ANOMALY: _anomalies,
         AlertKind.NEW_SPENDER: _new_spenders,
     }
-    return checks[rule.kind](rule, connection, now)
+    return checks[rule.kind](rule, reads)
 
 
-def _budget_check(rule: AlertRule, connection: Connection, now: datetime):
+def _budget_check(rule: AlertRule, reads: _Reads):
+    connection, now = reads.connection, reads.now
     budget = rule.budget
     if budget is None:
         return
@@ -217,12 +257,8 @@ def _budget_check(rule: AlertRule, connection: Connection, now: datetime):
         )
 
 
-def _latest_credits(connection: Connection) -> CreditsSnapshot | None:
-    return CreditsSnapshot.objects.filter(connection=connection).order_by("-taken_at").first()
-
-
-def _credit_low(rule: AlertRule, connection: Connection, now: datetime):
-    credits = _latest_credits(connection)
+def _credit_low(rule: AlertRule, reads: _Reads):
+    credits, now = reads.credits, reads.now
     if credits is not None and rule.threshold is not None and credits.balance < rule.threshold:
         yield _Firing(
             "",
@@ -233,11 +269,11 @@ def _credit_low(rule: AlertRule, connection: Connection, now: datetime):
         )
 
 
-def _credit_runway(rule: AlertRule, connection: Connection, now: datetime):
-    credits = _latest_credits(connection)
+def _credit_runway(rule: AlertRule, reads: _Reads):
+    credits, now = reads.credits, reads.now
     if credits is None or rule.threshold is None:
         return
-    forecast = insights.forecast(connection=connection, now=now)
+    forecast = reads.forecast
     days = runway_days(balance=credits.balance, daily_rate=forecast.daily_rate)
     if days is not None and days < float(rule.threshold):
         yield _Firing(
@@ -249,7 +285,8 @@ def _credit_runway(rule: AlertRule, connection: Connection, now: datetime):
         )
 
 
-def _key_limit(rule: AlertRule, connection: Connection, now: datetime):
+def _key_limit(rule: AlertRule, reads: _Reads):
+    connection, now = reads.connection, reads.now
     fraction = rule.threshold if rule.threshold is not None else Decimal("0.1")
     keys = ApiKey.objects.filter(
         connection=connection,
@@ -269,7 +306,8 @@ def _key_limit(rule: AlertRule, connection: Connection, now: datetime):
             )
 
 
-def _sync_failing(rule: AlertRule, connection: Connection, now: datetime):
+def _sync_failing(rule: AlertRule, reads: _Reads):
+    connection, now = reads.connection, reads.now
     hours = float(rule.threshold or 6)
     last_ok = connection.last_synced_at or connection.created_at
     failing_since = (
@@ -288,15 +326,11 @@ def _sync_failing(rule: AlertRule, connection: Connection, now: datetime):
         )
 
 
-def _anomalies(rule: AlertRule, connection: Connection, now: datetime):
-    day = connection.complete_through or now.date() - timedelta(days=1)
-    start = day - timedelta(days=40)
+def _anomalies(rule: AlertRule, reads: _Reads):
+    day, names = reads.day, reads.key_names
     z = rule.threshold or DEFAULT_Z
-    names = dict(ApiKey.objects.filter(connection=connection).values_list("key_hash", "name"))
     for by, noun in (("api_key_hash", "key"), ("model_permaslug", "model")):
-        for subject, series in insights.key_series(
-            connection=connection, start=start, end=day, by=by
-        ).items():
+        for subject, series in reads.series(by, ANOMALY_DAYS).items():
             spike = detect_spike(subject=subject, series=series, day=day, z_threshold=z)
             if spike is None:
                 continue
@@ -319,16 +353,15 @@ def _anomalies(rule: AlertRule, connection: Connection, now: datetime):
             )
 
 
-def _new_spenders(rule: AlertRule, connection: Connection, now: datetime):
-    day = connection.complete_through or now.date() - timedelta(days=1)
-    start = day - timedelta(days=29)
+def _new_spenders(rule: AlertRule, reads: _Reads):
+    day, names = reads.day, reads.key_names
     minimum = rule.threshold or Decimal(5)
-    names = dict(ApiKey.objects.filter(connection=connection).values_list("key_hash", "name"))
     # Only judge once there is history before the day, or the first sync would flag everything.
-    if not insights.daily_spend(connection=connection, start=start, end=day - timedelta(days=7)):
+    history_end = day - timedelta(days=7)
+    if not any(d <= history_end for s in reads.series("api_key_hash", NEW_SPENDER_DAYS).values() for d in s):
         return
     for by, noun in (("api_key_hash", "key"), ("model_permaslug", "model")):
-        series = insights.key_series(connection=connection, start=start, end=day, by=by)
+        series = reads.series(by, NEW_SPENDER_DAYS)
         for subject, amount in new_spenders(series_by_subject=series, day=day, minimum=minimum):
             label = names.get(subject) or subject if noun == "key" else subject
             yield _Firing(

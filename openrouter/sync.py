@@ -8,6 +8,10 @@ Writes happen in short transactions that first lock the connection row and re-ch
 still connected under the same generation, so a disconnect during a sync stops all further writes.
 Each key's rows are replaced atomically together with the marker that says they are fresh, so a
 failure part-way leaves consistent data and the next run fetches only what is still stale.
+
+What is read is queued and written every OPENROUTER_WRITE_BATCH_KEYS keys, so a small organization's
+whole sync is one write transaction: at thousands of connections, per-transaction costs are what the workers
+spend most of their time on.
 """
 
 import logging
@@ -61,11 +65,11 @@ FETCH_MARKER_FIELDS = (
     "activity_fetched_at",
     "activity_fetched_through",
 )
-# Keys written per transaction: few enough to hold in memory (their activity included), many
-# enough that per-transaction costs (lock, statements, commit) stay small next to the rows.
-WRITE_BATCH_KEYS = 1000
 PAGE_SIZE_CONFIG = "keys_page_size"  # the /keys page size last seen (Connection.config)
 ACTIVITY_DAYS = 30  # OpenRouter's /activity covers the last 30 completed UTC days.
+# A phase shown less than this long after the previous one waits for the next write transaction:
+# a small sync's phases pass in milliseconds, and one UPDATE each would double its statements.
+PROGRESS_INTERVAL_SECONDS = 1.0
 
 PERMANENT_HINTS = {
     "http_401": "OpenRouter refused the stored key (401): it was probably revoked or expired. Reconnect with a valid management key.",
@@ -85,6 +89,7 @@ class SyncResult:
     retry: bool = False
     retry_after: float | None = None
     run_id: int | None = None
+    keys_seen: int = 0
 
 
 def activity_window(today: date) -> tuple[date, date]:
@@ -190,7 +195,7 @@ def _run_claimed(connection, trigger, attempt, transport, sleep, now, base_url) 
         f"{run.rows_written} rows written, {run.requests_made} requests.",
         complete_through=job.complete_through,
     )
-    return SyncResult(status=SyncRunStatus.SUCCEEDED, run_id=run.pk)
+    return SyncResult(status=SyncRunStatus.SUCCEEDED, run_id=run.pk, keys_seen=run.keys_seen)
 
 
 def _finish_provider_error(connection, run, job, exc: ProviderError) -> SyncResult:
@@ -235,7 +240,9 @@ def _finish_provider_error(connection, run, job, exc: ProviderError) -> SyncResu
         error_summary=exc.code,
         detail={"retry_after": exc.retry_after} if exc.retry_after is not None else None,
     )
-    return SyncResult(status=status, retry=True, retry_after=exc.retry_after, run_id=run.pk)
+    return SyncResult(
+        status=status, retry=True, retry_after=exc.retry_after, run_id=run.pk, keys_seen=run.keys_seen
+    )
 
 
 class _SyncJob:
@@ -254,9 +261,13 @@ class _SyncJob:
         self.complete_through: date | None = None
         # Hashes of listed keys whose activity was never stored (no usage rows exist for them yet).
         self.never_fetched: set[str] = set()
-        # Keys read and activity fetched but not written yet: written every WRITE_BATCH_KEYS keys.
+        # Keys read and activity fetched but not written yet: written every OPENROUTER_WRITE_BATCH_KEYS keys.
         self.pending_keys: dict[str, KeyRecord] = {}
         self.pending_activity: dict[str, tuple[KeyRecord, dict]] = {}
+        # Organization-level records read (credits, workspaces, members), written with the next batch.
+        self.pending_writes: list[Callable[[], object]] = []
+        self.unshown_progress: dict | None = None
+        self.progress_shown_at = time.monotonic()  # sync_run_start showed "starting"
 
     # --- bookkeeping
 
@@ -295,27 +306,35 @@ class _SyncJob:
         self.set_progress(phase, done, total)
 
     def set_progress(self, phase: str, done: int = 0, total: int = 0) -> None:
-        Connection.objects.filter(pk=self.connection.pk, generation=self.generation).exclude(
+        """Show the phase now if the last one has been up a while, else with the next write."""
+        self.unshown_progress = {"phase": phase, "done": done, "total": total}
+        if time.monotonic() - self.progress_shown_at >= PROGRESS_INTERVAL_SECONDS:
+            self.live_connection().update(sync_progress=self.take_unshown_progress())
+
+    def take_unshown_progress(self) -> dict:
+        progress, self.unshown_progress = self.unshown_progress, None
+        self.progress_shown_at = time.monotonic()
+        return progress
+
+    def live_connection(self):
+        """The connection row, only while it is connected under this sync's generation."""
+        return Connection.objects.filter(pk=self.connection.pk, generation=self.generation).exclude(
             state=ConnectionState.DISCONNECTED
-        ).update(sync_progress={"phase": phase, "done": done, "total": total})
+        )
 
     def guarded(self, write: Callable[[], object]):
-        """Run `write` in a transaction holding the connection row, only if still connected."""
+        """Run `write` in a transaction holding the connection row, only if still connected.
+
+        One UPDATE locks the row, re-checks it (PostgreSQL re-evaluates the WHERE clause against a
+        concurrent disconnect's committed row), moves the data version that cached reports are keyed
+        by, and shows any waiting progress."""
         with transaction.atomic():
-            row = (
-                Connection.objects.select_for_update()
-                .filter(pk=self.connection.pk)
-                .values("state", "generation")
-                .first()
-            )
-            if (
-                row is None
-                or row["state"] == ConnectionState.DISCONNECTED
-                or row["generation"] != self.generation
-            ):
+            changes = {"data_version": F("data_version") + 1}
+            if self.unshown_progress is not None:
+                changes["sync_progress"] = self.take_unshown_progress()
+            if not self.live_connection().update(**changes):
                 raise Aborted
             result = write()
-            Connection.objects.filter(pk=self.connection.pk).update(data_version=F("data_version") + 1)
         self.wrote_anything = True
         return result
 
@@ -356,21 +375,30 @@ class _SyncJob:
         self.run.keys_seen = 1
 
     def sync_organization(self) -> None:
-        self.progress("reading credits")
-        credits = self.client.get_credits()
-        self.guarded(
-            lambda: CreditsSnapshot.objects.create(
-                **self.ids(),
-                taken_at=self.now,
-                total_credits=credits.total_credits,
-                total_usage=credits.total_usage,
-            )
+        try:
+            self.progress("reading credits")
+            credits = self.client.get_credits()
+            self.pending_writes.append(lambda: self.store_credits(credits))
+            self.refresh_models_if_stale()
+            workspace_ids = self.read_workspaces()
+            self.read_members()
+            finish_keys = self.sync_keys(workspace_ids)
+            self.progress("reconciling account-wide activity")
+            account = normalize.aggregate_activity(self.client.get_activity(group_by_workspace=True))
+        except BaseException:
+            # What was read and fetched is kept, so the next run fetches only what is left.
+            self.write_pending()
+            raise
+        self.write_pending(finish_keys, lambda: self.reconcile_account(account))
+        self.complete_through = self.window_end
+
+    def store_credits(self, credits) -> None:
+        CreditsSnapshot.objects.create(
+            **self.ids(),
+            taken_at=self.now,
+            total_credits=credits.total_credits,
+            total_usage=credits.total_usage,
         )
-        self.refresh_models_if_stale()
-        workspace_ids = self.sync_workspaces()
-        self.sync_members()
-        self.sync_keys(workspace_ids)
-        self.sync_account_activity()
 
     def refresh_models_if_stale(self) -> None:
         newest = Model.objects.order_by("-refreshed_at").values_list("refreshed_at", flat=True).first()
@@ -379,7 +407,7 @@ class _SyncJob:
         self.progress("reading the model catalog")
         models_upsert(self.client.get_models(), now=self.now)
 
-    def sync_workspaces(self) -> list[str]:
+    def read_workspaces(self) -> list[str]:
         self.progress("reading workspaces")
         try:
             records = list(self.client.iter_workspaces())
@@ -401,10 +429,10 @@ class _SyncJob:
                 update_fields=["name", "slug", "created_at"],
             )
 
-        self.guarded(write)
+        self.pending_writes.append(write)
         return [w.id for w in records] or [""]
 
-    def sync_members(self) -> None:
+    def read_members(self) -> None:
         self.progress("reading organization members")
         try:
             records = list(self.client.iter_members())
@@ -414,7 +442,7 @@ class _SyncJob:
             return  # A personal account has no organization members.
         if not records:
             return
-        self.guarded(
+        self.pending_writes.append(
             lambda: Member.objects.bulk_create(
                 [
                     Member(
@@ -433,8 +461,10 @@ class _SyncJob:
             )
         )
 
-    def sync_keys(self, workspace_ids: list[str]) -> None:
-        """Every key page of every workspace, each page written with its stale keys' activity.
+    def sync_keys(self, workspace_ids: list[str]) -> Callable[[], None]:
+        """Every key page of every workspace, queued for writing with its stale keys' activity;
+        returns the write that closes the listing (marking unlisted keys deleted), for the caller
+        to run with the last batch once nothing else can fail.
 
         OpenRouter documents no page size and says to read until an empty page. The size a listing
         uses is remembered, so a later sync can take a short page as the end (one request fewer per
@@ -442,6 +472,7 @@ class _SyncJob:
         went unlisted, the listings that ended short are read on to the empty page before any key
         is marked deleted. A first sync always reads to the empty page.
         """
+        self.progress("reading keys and their activity")
         listed_before = self.now
         known_counts = dict(
             ApiKey.objects.filter(connection_id=self.connection.pk, missing_since__isnull=True)
@@ -470,17 +501,13 @@ class _SyncJob:
                         ended_short[workspace_id] = listed
                         return
 
-            try:
-                for workspace_id in workspace_ids:
-                    read(workspace_id, 0, may_end_short=True)
-                self.write_pending()
-                if ended_short and self.unlisted_keys(listed_before).exists():
+            for workspace_id in workspace_ids:
+                read(workspace_id, 0, may_end_short=True)
+            if ended_short:
+                self.write_pending()  # the listed keys' marks, which the check below reads
+                if self.unlisted_keys(listed_before).exists():
                     for workspace_id, offset in ended_short.items():
                         read(workspace_id, offset, may_end_short=False)
-            finally:
-                # Also when a request failed: what was read and fetched is kept, so the next run
-                # fetches only what is left.
-                self.write_pending()
 
         def finish():
             # Every listing was read to its end: keys no longer listed were deleted in OpenRouter.
@@ -490,7 +517,7 @@ class _SyncJob:
                 config[PAGE_SIZE_CONFIG] = seen_page_size
                 Connection.objects.filter(pk=self.connection.pk).update(config=config)
 
-        self.guarded(finish)
+        return finish
 
     def unlisted_keys(self, listed_before: datetime):
         return ApiKey.objects.filter(connection_id=self.connection.pk, missing_since__isnull=True).exclude(
@@ -499,7 +526,7 @@ class _SyncJob:
 
     def read_key_page(self, page: list[KeyRecord], pool: ThreadPoolExecutor) -> None:
         """Fetch the activity of the page's stale keys and queue the page and that activity for
-        writing, in batches of WRITE_BATCH_KEYS keys."""
+        writing, in batches of OPENROUTER_WRITE_BATCH_KEYS keys."""
         known = {
             row["key_hash"]: row
             for row in ApiKey.objects.filter(
@@ -517,15 +544,17 @@ class _SyncJob:
         for key, records in pool.map(lambda k: (k, self.client.get_activity(api_key_hash=k.hash)), stale):
             rows = normalize.aggregate_activity(records, api_key_hash=key.hash, workspace_id=key.workspace_id)
             self.pending_activity[key.hash] = (key, rows)
-        if len(self.pending_keys) >= WRITE_BATCH_KEYS:
+        if len(self.pending_keys) >= settings.OPENROUTER_WRITE_BATCH_KEYS:
             self.write_pending()
         else:
             self.flush_events()
 
-    def write_pending(self) -> None:
-        """Write the queued keys and activity in one transaction (a few statements, not per key)."""
-        if not self.pending_keys and not self.pending_activity:
+    def write_pending(self, *then: Callable[[], object]) -> None:
+        """Write what is queued (organization records, keys, their activity) and then `then`, in one
+        transaction of a few statements, not one per key."""
+        if not (self.pending_writes or self.pending_keys or self.pending_activity or then):
             return
+        writes, self.pending_writes = self.pending_writes, []
         keys, activity = list(self.pending_keys.values()), list(self.pending_activity.values())
         self.pending_keys, self.pending_activity = {}, {}
         rows: dict = {}
@@ -533,12 +562,21 @@ class _SyncJob:
             rows.update(key_rows)
 
         def write():
+            for each in writes:
+                each()
             self.store_keys(keys)
             if activity:
                 self.store_activity([key for key, _rows in activity], rows)
-            self.set_progress("reading keys and their activity", self.run.keys_seen)
+            for each in then:
+                each()
 
         self.flush_events()
+        if keys:
+            self.unshown_progress = {
+                "phase": "reading keys and their activity",
+                "done": self.run.keys_seen,
+                "total": 0,
+            }
         self.guarded(write)
 
     def store_keys(self, page: list[KeyRecord]) -> None:
@@ -650,48 +688,41 @@ class _SyncJob:
         self.never_fetched.difference_update(hashes)
         self.run.keys_fetched += len(keys)
 
-    def sync_account_activity(self) -> None:
-        """Account-wide activity minus listed keys' rows = usage of deleted or unlisted keys."""
-        self.progress("reconciling account-wide activity")
-        records = self.client.get_activity(group_by_workspace=True)
-        account = normalize.aggregate_activity(records)
-
-        def write():
-            attributed = {}
-            for row in usage_attributed_sums(
-                connection_id=self.connection.pk, start=self.window_start, end=self.window_end
-            ):
-                values = normalize.UsageValues(model="")
-                for name in METRICS:
-                    setattr(values, name, row[f"{name}_sum"] or 0)
-                attributed[
-                    (row["day"], row["workspace_id"], row["model_permaslug"], row["provider_name"])
-                ] = values
-            rest = normalize.unattributed(account, attributed)
-            for (_day, _ws, _hash, permaslug, _provider), values in rest.items():
-                if not values.model:
-                    values.model = permaslug
-            negative = [k for k, v in rest.items() if v.spend_usd < 0 or v.requests < 0]
-            if negative:
-                sync_event_add(
-                    connection=self.connection,
-                    run=self.run,
-                    kind=EventKind.SYNC,
-                    code="reconciliation_mismatch",
-                    level=EventLevel.WARNING,
-                    message=f"Listed keys account for more than OpenRouter's account-wide activity on "
-                    f"{len(negative)} day/model rows; the difference is recorded so totals match OpenRouter.",
-                )
-            self.run.rows_written += usage_replace(
-                **self.ids(),
-                rows=rest.items(),
-                start=self.window_start,
-                end=self.window_end,
-                api_key_hashes=[""],
+    def reconcile_account(self, account: dict) -> None:
+        """Account-wide activity minus listed keys' rows = usage of deleted or unlisted keys. Runs
+        after the keys' rows are written, in the same transaction as the last of them."""
+        attributed = {}
+        for row in usage_attributed_sums(
+            connection_id=self.connection.pk, start=self.window_start, end=self.window_end
+        ):
+            values = normalize.UsageValues(model="")
+            for name in METRICS:
+                setattr(values, name, row[f"{name}_sum"] or 0)
+            attributed[(row["day"], row["workspace_id"], row["model_permaslug"], row["provider_name"])] = (
+                values
             )
-
-        self.guarded(write)
-        self.complete_through = self.window_end
+        rest = normalize.unattributed(account, attributed)
+        for (_day, _ws, _hash, permaslug, _provider), values in rest.items():
+            if not values.model:
+                values.model = permaslug
+        negative = [k for k, v in rest.items() if v.spend_usd < 0 or v.requests < 0]
+        if negative:
+            sync_event_add(
+                connection=self.connection,
+                run=self.run,
+                kind=EventKind.SYNC,
+                code="reconciliation_mismatch",
+                level=EventLevel.WARNING,
+                message=f"Listed keys account for more than OpenRouter's account-wide activity on "
+                f"{len(negative)} day/model rows; the difference is recorded so totals match OpenRouter.",
+            )
+        self.run.rows_written += usage_replace(
+            **self.ids(),
+            rows=rest.items(),
+            start=self.window_start,
+            end=self.window_end,
+            api_key_hashes=[""],
+        )
 
 
 def models_upsert(records, *, now) -> int:

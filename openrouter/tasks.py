@@ -25,7 +25,8 @@ def sync_connection_task(self, connection_id: int, trigger: str = "scheduled") -
     )
     if result.status != "skipped":
         evaluate_alerts_task.delay(connection_id)
-    if result.status in ("succeeded", "partial") and _worth_warming(connection_id):
+    if result.status in ("succeeded", "partial") and result.keys_seen >= settings.REPORT_WARM_MIN_KEYS:
+        # Small organizations' pages are fast cold; warming them would only cost worker time.
         warm_reports_task.delay(connection_id)
     if result.retry:
         try:
@@ -54,13 +55,6 @@ def evaluate_alerts_task(connection_id: int) -> int:
     if connection is None:
         return 0
     return len(evaluate_alerts(connection=connection))
-
-
-def _worth_warming(connection_id: int) -> bool:
-    """Small organizations' pages are fast cold; warming them would only cost worker time."""
-    from openrouter.models import ApiKey
-
-    return ApiKey.objects.filter(connection_id=connection_id).count() >= settings.REPORT_WARM_MIN_KEYS
 
 
 @shared_task(name="openrouter.warm_reports", ignore_result=True)

@@ -99,16 +99,12 @@ def test_a_remembered_page_size_larger_than_the_servers_loses_no_key(connection,
     assert connection.config[PAGE_SIZE_CONFIG] == PAGE
 
 
-def test_writing_in_small_batches_stores_exactly_what_one_batch_does(
-    connection, emulator, globex, monkeypatch
-):
-    from openrouter import sync as sync_module
-
+def test_writing_in_small_batches_stores_exactly_what_one_batch_does(connection, emulator, globex, settings):
     reference_emulator = Emulator(emulator.config)
     reference = connect(globex, reference_emulator)
     sync(reference, reference_emulator)
 
-    monkeypatch.setattr(sync_module, "WRITE_BATCH_KEYS", 7)
+    settings.OPENROUTER_WRITE_BATCH_KEYS = 7
     assert sync(connection, emulator).status == "succeeded"
 
     assert usage_snapshot(connection) == usage_snapshot(reference)
@@ -119,14 +115,13 @@ def test_writing_in_small_batches_stores_exactly_what_one_batch_does(
 
 
 def test_a_failure_late_in_the_listing_keeps_earlier_batches_and_the_next_run_completes(
-    connection, emulator, monkeypatch
+    connection, emulator, settings
 ):
     from integrations.models import SyncRun
-    from openrouter import sync as sync_module
     from openrouter.emulator import Fault
     from tests.support import stored_total
 
-    monkeypatch.setattr(sync_module, "WRITE_BATCH_KEYS", 7)
+    settings.OPENROUTER_WRITE_BATCH_KEYS = 7
     last_workspace = emulator.truth.workspaces()[-1]["id"]
     victim = list(emulator.truth.listed_keys(last_workspace))[-1]["hash"]
     emulator.faults.add(Fault(path="/activity", query={"api_key_hash": victim}, status=500))

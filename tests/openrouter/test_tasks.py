@@ -14,6 +14,7 @@ from integrations.models import Connection, SyncRun
 from integrations.services import connection_disconnect
 from integrations.tasks import enqueue_due_syncs
 from openrouter.emulator import Fault
+from openrouter.models import ApiKey
 from openrouter.sync import SyncResult
 from openrouter.tasks import retry_countdown, sync_connection_task
 from tests.support import connect, stored_total, sync
@@ -44,7 +45,6 @@ def test_the_task_retries_only_transient_failures(result, retried):
     with (
         mock.patch("openrouter.tasks.sync_connection", return_value=result),
         mock.patch("openrouter.tasks.evaluate_alerts_task") as evaluate,
-        mock.patch("openrouter.tasks._worth_warming", return_value=False),
         mock.patch.object(sync_connection_task, "retry", side_effect=Retry()) as retry,
     ):
         if retried:
@@ -64,13 +64,13 @@ def test_the_task_retries_only_transient_failures(result, retried):
 def test_a_sync_of_a_large_organization_warms_its_detail_page(acme, emulator, settings, min_keys, warmed):
     settings.REPORT_WARM_MIN_KEYS = min_keys
     connection = connect(acme, emulator)
-    done = SyncResult(status="succeeded")
+    done = sync(connection, emulator)  # the task runs this sync (the emulator is in-process here)
+    assert done.keys_seen == ApiKey.objects.filter(connection=connection).count() > 1
     with (
         mock.patch("openrouter.tasks.sync_connection", return_value=done),
         mock.patch("openrouter.tasks.evaluate_alerts_task"),
         mock.patch("openrouter.tasks.warm_reports_task") as warm,
     ):
-        sync(connection, emulator)
         sync_connection_task(connection.pk)
     assert warm.delay.called is warmed
 

@@ -42,6 +42,8 @@ def start_worker(queue: str, base_url: str) -> subprocess.Popen:
         "OPENROUTER_BASE_URL": base_url,
         "OPENROUTER_MAX_REQUESTS_PER_SECOND": "0",
         "OPENROUTER_CONCURRENCY": "1",
+        # A few keys per write transaction, so the kill lands between two of them.
+        "OPENROUTER_WRITE_BATCH_KEYS": "3",
     }
     command = [sys.executable, "-m", "celery", "-A", "doow", "worker", "--pool", "solo", "-Q", queue]
     command += ["--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "WARNING"]
