@@ -1,3 +1,5 @@
+from datetime import date
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -16,6 +18,9 @@ class ConnectionState(models.TextChoices):
 class CredentialScope(models.TextChoices):
     ORGANIZATION = "organization", "Organization"
     SINGLE_KEY = "single_key", "Single key"
+
+
+SUMMARIES_NEVER_BUILT = date(1, 1, 1)
 
 
 class Connection(models.Model):
@@ -43,6 +48,10 @@ class Connection(models.Model):
     # Bumped by every transaction that writes the provider's data of this connection (usage rows,
     # keys): report caches are keyed by it, so a cached figure is never older than the data.
     data_version = models.PositiveBigIntegerField(default=0)
+    # The first day whose usage summaries (usage.UsageDailyByModel/ByKey) may differ from the usage
+    # rows; None = all current, so reports may read them. Moved back by every usage write, cleared
+    # when a sync rebuilds the summaries from that day. The default (year 1) means never built.
+    usage_summaries_stale_from = models.DateField(null=True, blank=True, default=SUMMARIES_NEVER_BUILT)
     attention_reason = models.TextField(blank=True)
     last_synced_at = models.DateTimeField(null=True, blank=True)
     last_sync_attempt_at = models.DateTimeField(null=True, blank=True)

@@ -15,6 +15,7 @@ from openrouter.models import ApiKey, ApiKeySnapshot, CreditsSnapshot, KeyOwner,
 from usage.cache import cached
 from usage.forecast import RUN_RATE_DAYS, Forecast, month_end_forecast
 from usage.models import UNATTRIBUTED_LABEL, Budget, BudgetScope, UsageDaily
+from usage.selectors import summaries_current, usage_rows
 
 
 def _day_fraction(now: datetime) -> float:
@@ -25,11 +26,14 @@ def _day_fraction(now: datetime) -> float:
 def daily_spend(
     *, connection: Connection, start: date, end: date, workspace: str | None = None, key: str | None = None
 ) -> dict[date, Decimal]:
-    rows = UsageDaily.objects.filter(connection=connection, day__gte=start, day__lte=end)
-    if workspace is not None:
-        rows = rows.filter(workspace_id=workspace)
-    if key is not None:
-        rows = rows.filter(api_key_hash=key)
+    rows = usage_rows(
+        connection_ids=[connection.pk],
+        start=start,
+        end=end,
+        filters={"workspace": workspace, "key": key},
+        dimensions=["day"],
+        summarized=summaries_current(connection),
+    )
     return cached(
         connection,
         "daily_spend",
@@ -302,8 +306,15 @@ def workspace_names(*, connection: Connection) -> dict[str, str]:
 def key_series(*, connection: Connection, start: date, end: date, by: str) -> dict[str, dict[date, Decimal]]:
     """Daily spend per key (by="api_key_hash") or per model (by="model_permaslug")."""
     series: dict[str, dict[date, Decimal]] = defaultdict(dict)
+    dimension = {"api_key_hash": "key", "model_permaslug": "model"}[by]
     rows = (
-        UsageDaily.objects.filter(connection=connection, day__gte=start, day__lte=end)
+        usage_rows(
+            connection_ids=[connection.pk],
+            start=start,
+            end=end,
+            dimensions=["day", dimension],
+            summarized=summaries_current(connection),
+        )
         .values(by, "day")
         .annotate(spend=Sum("spend_usd"))
         .order_by()

@@ -15,7 +15,7 @@ from integrations.models import Connection, ConnectionState, CredentialScope, Ev
 from openrouter.models import ApiKey, CreditsSnapshot, Member, Model, Workspace
 from usage.cache import cache_get, cache_set_many, cached
 from usage.models import UNATTRIBUTED_LABEL, UsageDaily
-from usage.selectors import DIMENSIONS, METRICS, usage_grouped, usage_totals
+from usage.selectors import DIMENSIONS, METRICS, summaries_current, usage_grouped, usage_totals
 
 PRESETS = {
     "7d": "Last 7 days",
@@ -220,7 +220,11 @@ def _delta(current, previous) -> dict:
 
 
 def detail_report(*, connection: Connection, query: DetailQuery) -> dict:
-    base = {"connection_ids": [connection.pk], "filters": query.filters}
+    base = {
+        "connection_ids": [connection.pk],
+        "filters": query.filters,
+        "summarized": summaries_current(connection),
+    }
     filters = query.filter_items
     totals = cached(
         connection,
@@ -552,7 +556,12 @@ def _chart(connection: Connection, query: DetailQuery, base: dict) -> dict:
 
 def _filter_options(connection: Connection, query: DetailQuery) -> dict:
     """Choices for the filters: models and providers seen in the range, every workspace, keys by name."""
-    in_range = {"connection_ids": [connection.pk], "start": query.start, "end": query.end}
+    in_range = {
+        "connection_ids": [connection.pk],
+        "start": query.start,
+        "end": query.end,
+        "summarized": summaries_current(connection),
+    }
     models = cached(
         connection,
         "model_choices",

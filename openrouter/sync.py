@@ -54,7 +54,7 @@ from openrouter.client import OpenRouterClient, RateLimited
 from openrouter.models import ApiKey, ApiKeySnapshot, CreditsSnapshot, Member, Model, Workspace
 from openrouter.schemas import COUNTER_FIELDS, KeyRecord
 from usage.selectors import METRICS, usage_attributed_sums
-from usage.services import usage_replace
+from usage.services import usage_replace, usage_summaries_rebuild
 
 logger = logging.getLogger(__name__)
 
@@ -389,7 +389,11 @@ class _SyncJob:
             # What was read and fetched is kept, so the next run fetches only what is left.
             self.write_pending()
             raise
-        self.write_pending(finish_keys, lambda: self.reconcile_account(account))
+        self.write_pending(
+            finish_keys,
+            lambda: self.reconcile_account(account),
+            lambda: usage_summaries_rebuild(connection_id=self.connection.pk),
+        )
         self.complete_through = self.window_end
 
     def store_credits(self, credits) -> None:

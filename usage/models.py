@@ -7,7 +7,22 @@ UNATTRIBUTED_KEY = ""  # api_key_hash of usage no listed key accounts for (delet
 UNATTRIBUTED_LABEL = "(deleted or unlisted keys)"
 
 
-class UsageDaily(models.Model):
+class UsageMetrics(models.Model):
+    """The figures every usage table carries; sums of them are what reports show."""
+
+    requests = models.BigIntegerField(default=0)
+    prompt_tokens = models.BigIntegerField(default=0)
+    completion_tokens = models.BigIntegerField(default=0)
+    reasoning_tokens = models.BigIntegerField(default=0)
+    cached_tokens = models.BigIntegerField(default=0)
+    spend_usd = models.DecimalField(max_digits=24, decimal_places=12, default=0)
+    byok_spend_usd = models.DecimalField(max_digits=24, decimal_places=12, default=0)
+
+    class Meta:
+        abstract = True
+
+
+class UsageDaily(UsageMetrics):
     """Usage of one UTC day, aggregated per (workspace, API key, model, provider).
 
     Values are absolute: a re-fetched day overwrites its rows, never adds to them. Empty strings
@@ -25,13 +40,6 @@ class UsageDaily(models.Model):
     model = models.CharField(max_length=200)
     model_permaslug = models.CharField(max_length=200)
     provider_name = models.CharField(max_length=100)
-    requests = models.BigIntegerField(default=0)
-    prompt_tokens = models.BigIntegerField(default=0)
-    completion_tokens = models.BigIntegerField(default=0)
-    reasoning_tokens = models.BigIntegerField(default=0)
-    cached_tokens = models.BigIntegerField(default=0)
-    spend_usd = models.DecimalField(max_digits=24, decimal_places=12, default=0)
-    byok_spend_usd = models.DecimalField(max_digits=24, decimal_places=12, default=0)
 
     class Meta:
         constraints = [
@@ -54,6 +62,47 @@ class UsageDaily(models.Model):
 
     def __str__(self) -> str:
         return f"{self.day} {self.api_key_hash or UNATTRIBUTED_LABEL} {self.model_permaslug} {self.spend_usd}"
+
+
+class UsageDailyByModel(UsageMetrics):
+    """UsageDaily summed over API keys: what the totals, the chart, the filter choices and the
+    model, provider, workspace and day tables read, in rows per day × model × provider × workspace
+    however many keys an organization has. Rebuilt from UsageDaily by the sync that wrote it, in the
+    same transaction (usage.services.usage_summaries_rebuild); read only while the connection's
+    `usage_summaries_stale_from` is None."""
+
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="+")
+    day = models.DateField()
+    workspace_id = models.CharField(max_length=100, blank=True, default="")
+    model = models.CharField(max_length=200)
+    model_permaslug = models.CharField(max_length=200)
+    provider_name = models.CharField(max_length=100)
+
+    class Meta:
+        indexes = [models.Index(fields=["connection", "day"], name="usage_by_model_conn_day_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.model_permaslug} {self.provider_name} {self.spend_usd}"
+
+
+class UsageDailyByKey(UsageMetrics):
+    """UsageDaily summed over models and providers: what the key table and per-key figures read,
+    one row per key and day instead of one per key, day, model and provider. Kept as
+    UsageDailyByModel is."""
+
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="+")
+    day = models.DateField()
+    workspace_id = models.CharField(max_length=100, blank=True, default="")
+    api_key_hash = models.CharField(max_length=100, blank=True, default="")
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["connection", "day"], name="usage_by_key_conn_day_idx"),
+            models.Index(fields=["connection", "api_key_hash", "day"], name="usage_by_key_conn_key_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.api_key_hash or UNATTRIBUTED_LABEL} {self.spend_usd}"
 
 
 class BudgetScope(models.TextChoices):

@@ -4,7 +4,7 @@ from datetime import date
 
 from django.db.models import Sum
 
-from usage.models import UsageDaily
+from usage.models import UsageDaily, UsageDailyByKey, UsageDailyByModel
 
 METRICS = (
     "requests",
@@ -43,13 +43,56 @@ FILTERS = {
 }
 
 
-def usage_rows(*, connection_ids, start: date, end: date, filters: dict | None = None):
+# Usage rows summed over the dimensions a summary leaves out (usage.models), by the dimensions it
+# keeps: the same sums for any query that groups and filters by those alone, from far fewer rows.
+SUMMARIES = {
+    UsageDailyByModel: ("day", "workspace", "model", "provider"),
+    UsageDailyByKey: ("day", "workspace", "key"),
+}
+SUMMARY_DIMENSIONS = {
+    summary: tuple(field for dimension in dimensions for field in DIMENSIONS[dimension])
+    for summary, dimensions in SUMMARIES.items()
+}
+
+
+def summaries_current(connection) -> bool:
+    """Whether reports may read the connection's usage summaries, as of the connection row the
+    caller loaded (which also names the data version its cached figures are keyed by)."""
+    return connection.usage_summaries_stale_from is None
+
+
+def usage_source(dimensions, *, summarized: bool):
+    """The smallest table that answers a query using these dimensions (grouped or filtered by).
+    `summarized`: the caller checked that the connection's summaries are current."""
+    if summarized:
+        for summary, covered in SUMMARIES.items():
+            if set(dimensions) <= set(covered):
+                return summary
+    return UsageDaily
+
+
+def usage_rows(
+    *,
+    connection_ids,
+    start: date,
+    end: date,
+    filters: dict | None = None,
+    dimensions=(),
+    summarized: bool = False,
+):
     """Usage rows of the connections for days start..end (inclusive), narrowed by dimension filters
-    (`{"key": hash, "model": permaslug, ...}`; an empty key hash means the unattributed rows)."""
-    rows = UsageDaily.objects.filter(connection_id__in=list(connection_ids), day__gte=start, day__lte=end)
-    for name, value in (filters or {}).items():
-        if value is not None and name in FILTERS:
-            rows = rows.filter(**{FILTERS[name]: value})
+    (`{"key": hash, "model": permaslug, ...}`; an empty key hash means the unattributed rows).
+
+    With `summarized` (one connection whose summaries are current), rows of a summary when it keeps
+    every dimension filtered by or named in `dimensions`: sums over them equal sums over the rows."""
+    filters = {
+        name: value for name, value in (filters or {}).items() if value is not None and name in FILTERS
+    }
+    ids = list(connection_ids)
+    source = usage_source([*dimensions, *filters], summarized=summarized and len(ids) == 1)
+    rows = source.objects.filter(connection_id__in=ids, day__gte=start, day__lte=end)
+    for name, value in filters.items():
+        rows = rows.filter(**{FILTERS[name]: value})
     return rows
 
 
@@ -61,5 +104,6 @@ def usage_totals(**query) -> dict:
 def usage_grouped(*, group_by: list[str], order_by: list[str] | None = None, **query):
     """Sums per combination of the named dimensions (see DIMENSIONS), computed in the database."""
     fields = [field for dimension in group_by for field in DIMENSIONS[dimension]]
-    grouped = usage_rows(**query).values(*fields).annotate(**{name: Sum(name) for name in METRICS})
+    rows = usage_rows(dimensions=group_by, **query)
+    grouped = rows.values(*fields).annotate(**{name: Sum(name) for name in METRICS})
     return grouped.order_by(*(order_by or fields))

@@ -3,11 +3,14 @@
 from collections.abc import Collection, Iterable
 from datetime import date
 
+from django.db import connection as db
 from django.db import transaction
+from django.db.models import Case, F, Value, When
 
 from doow import bulk
-from usage.models import UsageDaily
-from usage.selectors import METRICS
+from integrations.models import Connection
+from usage.models import UsageDaily, UsageDailyByKey, UsageDailyByModel
+from usage.selectors import METRICS, SUMMARY_DIMENSIONS
 
 NATURAL_KEY = ("connection_id", "day", "workspace_id", "api_key_hash", "model_permaslug", "provider_name")
 VALUE_FIELDS = ("model", *METRICS)
@@ -32,6 +35,7 @@ def usage_replace(
     called inside a transaction (the caller holds the connection lock).
     """
     assert transaction.get_connection().in_atomic_block, "usage_replace must run inside a transaction"
+    usage_summaries_mark_stale(connection_id=connection_id, start=start)
     stale = [key_hash for key_hash in api_key_hashes if key_hash not in new_key_hashes]
     for i in range(0, len(stale), 500):
         UsageDaily.objects.filter(
@@ -71,4 +75,51 @@ def usage_replace(
 
 def usage_delete_for_connection(*, connection_id: int) -> int:
     deleted, _ = UsageDaily.objects.filter(connection_id=connection_id).delete()
+    for summary in (UsageDailyByModel, UsageDailyByKey):
+        summary.objects.filter(connection_id=connection_id).delete()
     return deleted
+
+
+def usage_summaries_mark_stale(*, connection_id: int, start: date) -> None:
+    """Usage rows from `start` on are about to change: reports stop reading the summaries until
+    usage_summaries_rebuild has caught up. Call it in the transaction that writes the rows."""
+    Connection.objects.filter(pk=connection_id).update(
+        usage_summaries_stale_from=Case(
+            When(usage_summaries_stale_from__lte=start, then=F("usage_summaries_stale_from")),
+            default=Value(start),
+        )
+    )
+
+
+def usage_summaries_rebuild(*, connection_id: int) -> None:
+    """Recompute the connection's summaries from its usage rows, from the first stale day on, and
+    let reports read them again. In the transaction that wrote the rows (the caller holds the
+    connection lock), so a reader sees the rows and their summaries change together."""
+    assert transaction.get_connection().in_atomic_block, "rebuild summaries inside the writing transaction"
+    stale_from = (
+        Connection.objects.filter(pk=connection_id).values_list("usage_summaries_stale_from", flat=True).get()
+    )
+    if stale_from is None:
+        return
+    for summary in (UsageDailyByModel, UsageDailyByKey):
+        summary.objects.filter(connection_id=connection_id, day__gte=stale_from).delete()
+        _summarize(summary, connection_id=connection_id, start=stale_from)
+    Connection.objects.filter(pk=connection_id).update(usage_summaries_stale_from=None)
+
+
+def _summarize(summary, *, connection_id: int, start: date) -> None:
+    """INSERT … SELECT … GROUP BY: the sums never leave the database. Identifiers come from model
+    metadata, quoted; values are parameters."""
+    quote = db.ops.quote_name
+    dimensions = [quote(UsageDaily._meta.get_field(name).column) for name in SUMMARY_DIMENSIONS[summary]]
+    metrics = [quote(name) for name in METRICS]
+    columns = ", ".join([quote("connection_id"), *dimensions, *metrics])
+    sums = ", ".join(f"SUM({metric})" for metric in metrics)
+    grouped = ", ".join([quote("connection_id"), *dimensions])
+    with db.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {quote(summary._meta.db_table)} ({columns}) "  # noqa: S608
+            f"SELECT {grouped}, {sums} FROM {quote(UsageDaily._meta.db_table)} "
+            f"WHERE {quote('connection_id')} = %s AND {quote('day')} >= %s GROUP BY {grouped}",
+            [connection_id, start],
+        )

@@ -11,7 +11,7 @@ from integrations.models import SyncEvent, SyncRun
 from openrouter import insights
 from openrouter.alerts import budget_create, evaluate_alerts
 from openrouter.models import ApiKey, CreditsSnapshot, KeyOwner, Member
-from tests.support import connect, noon, sync
+from tests.support import connect, noon, sync, usage_rows_edited
 from usage.backtest import backtest_month
 from usage.models import Alert, AlertKind, AlertRule, AlertState, UsageDaily
 
@@ -127,6 +127,7 @@ def test_a_spend_spike_raises_an_anomaly_naming_key_model_day_and_size(synced, e
         row = UsageDaily.objects.filter(connection=synced, api_key_hash=key.key_hash).latest("day")
         UsageDaily.objects.filter(pk=row.pk).update(day=day)
     UsageDaily.objects.filter(pk=row.pk).update(spend_usd=Decimal(5000))
+    usage_rows_edited(synced)
 
     anomalies = [
         a for a in evaluate_alerts(connection=synced, now=now_for(emulator)) if a.kind == AlertKind.ANOMALY

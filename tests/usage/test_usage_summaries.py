@@ -1,0 +1,139 @@
+"""Usage summaries (rows summed over keys, and over models and providers) answer exactly what the
+usage rows answer, are rebuilt by the sync that changed the rows, and are not read while stale."""
+
+from datetime import timedelta
+from itertools import combinations
+
+import pytest
+from django.db import connection as db
+from django.test.utils import CaptureQueriesContext
+
+from openrouter.emulator import Fault
+from openrouter.report import DetailQuery, detail_report
+from tests.support import TODAY, connect, sync, usage_rows_edited
+from usage.models import UsageDaily, UsageDailyByKey, UsageDailyByModel
+from usage.selectors import SUMMARIES, summaries_current, usage_grouped, usage_totals
+
+pytestmark = pytest.mark.django_db
+EVERYTHING = {"start": TODAY - timedelta(days=400), "end": TODAY}
+
+
+def answers(connection, *, summarized: bool) -> dict:
+    """Every grouping and total a summary can serve, as the report asks for them."""
+    ids = {"connection_ids": [connection.pk], "summarized": summarized, **EVERYTHING}
+    results = {}
+    for covered in SUMMARIES.values():
+        for size in range(len(covered) + 1):
+            for group_by in combinations(covered, size):
+                if group_by:
+                    results[group_by] = list(usage_grouped(group_by=list(group_by), **ids))
+                else:
+                    results[group_by] = usage_totals(**ids)
+    first = UsageDaily.objects.filter(connection=connection).exclude(api_key_hash="").first()
+    for name, value in (("key", first.api_key_hash), ("key", ""), ("model", first.model_permaslug)):
+        results[name, value] = usage_totals(filters={name: value}, **ids)
+        results[name, value, "by day"] = list(usage_grouped(group_by=["day"], filters={name: value}, **ids))
+    return results
+
+
+def assert_summaries_match_rows(connection) -> None:
+    connection.refresh_from_db()
+    assert summaries_current(connection)
+    assert answers(connection, summarized=True) == answers(connection, summarized=False)
+
+
+def test_a_sync_leaves_summaries_that_answer_exactly_what_the_rows_answer(acme, emulator):
+    connection = connect(acme, emulator)
+    assert not summaries_current(connection)  # never built: reports read the rows
+    assert sync(connection, emulator).status == "succeeded"
+
+    assert_summaries_match_rows(connection)
+    # Far fewer rows: what makes the page's first view independent of the number of keys.
+    assert UsageDailyByModel.objects.filter(connection=connection).count() < UsageDaily.objects.count()
+    assert UsageDailyByKey.objects.filter(connection=connection).count() < UsageDaily.objects.count()
+
+
+def test_later_syncs_rebuild_the_days_they_rewrote_and_keep_the_older_ones(acme, emulator):
+    connection = connect(acme, emulator)
+    sync(connection, emulator)
+    for days in (1, 3, 40):  # the last moves the window past every day first synced
+        emulator.set_today(TODAY + timedelta(days=days))
+        assert sync(connection, emulator).status == "succeeded"
+        assert_summaries_match_rows(connection)
+
+
+def test_summaries_are_not_read_after_a_sync_that_failed_part_way_and_are_rebuilt_by_the_next(
+    acme, emulator, settings
+):
+    connection = connect(acme, emulator)
+    sync(connection, emulator)
+    settings.OPENROUTER_WRITE_BATCH_KEYS = 5
+    emulator.set_today(TODAY + timedelta(days=2))
+    victim = list(emulator.truth.listed_keys())[-1]["hash"]
+    emulator.faults.add(Fault(path="/activity", query={"api_key_hash": victim}, status=500))
+
+    result = sync(connection, emulator)
+
+    assert result.status == "partial"  # some batches were written, the rows changed
+    connection.refresh_from_db()
+    assert not summaries_current(connection)
+    query = DetailQuery(start=TODAY - timedelta(days=40), end=emulator.today)
+    in_range = {"connection_ids": [connection.pk], "start": query.start, "end": query.end}
+    rows = usage_totals(**in_range)["spend_usd"]
+    # The summaries still describe the first sync's rows: read now, they would be wrong.
+    assert usage_totals(summarized=True, **in_range)["spend_usd"] != rows
+    assert detail_report(connection=connection, query=query)["totals"]["spend_usd"] == rows
+
+    emulator.faults.clear()
+    assert sync(connection, emulator).status == "succeeded"
+    assert_summaries_match_rows(connection)
+
+
+def test_the_detail_page_shows_the_same_figures_from_summaries_as_from_rows(acme, emulator):
+    connection = connect(acme, emulator)
+    sync(connection, emulator)
+    connection.refresh_from_db()
+    views = [DetailQuery(start=TODAY - timedelta(days=30), end=TODAY - timedelta(days=1), tab=tab) for tab in
+             ("keys", "models", "workspaces", "providers", "days")]  # fmt: skip
+
+    def figures(query):
+        report = detail_report(connection=connection, query=query)
+        rows = [
+            {k: v for k, v in row.items() if k not in ("key", "catalog", "creator")}
+            for row in report["table"]["rows"]
+        ]
+        return report["totals"], report["chart"], report["options"]["models"], rows  # fmt: skip
+
+    with CaptureQueriesContext(db) as captured:
+        from_summaries = [figures(query) for query in views]
+    read = " ".join(q["sql"] for q in captured.captured_queries)
+    assert "usage_usagedailybymodel" in read and "usage_usagedailybykey" in read
+    connection.usage_summaries_stale_from = TODAY  # as a sync writing rows leaves it
+    connection.data_version += 1  # and a new data version: no cached figure applies
+    from_rows = [figures(query) for query in views]
+
+    assert from_summaries == from_rows
+
+
+def test_rows_edited_outside_a_sync_are_summarized_once_marked(acme, emulator):
+    from decimal import Decimal
+
+    connection = connect(acme, emulator)
+    sync(connection, emulator)
+    row = UsageDaily.objects.filter(connection=connection).first()
+    UsageDaily.objects.filter(pk=row.pk).update(spend_usd=row.spend_usd + Decimal("1.25"))
+
+    usage_rows_edited(connection)
+
+    assert_summaries_match_rows(connection)
+
+
+def test_deleting_a_connections_usage_deletes_its_summaries(acme, emulator):
+    from usage.services import usage_delete_for_connection
+
+    connection = connect(acme, emulator)
+    sync(connection, emulator)
+    usage_delete_for_connection(connection_id=connection.pk)
+
+    assert not UsageDailyByModel.objects.filter(connection=connection).exists()
+    assert not UsageDailyByKey.objects.filter(connection=connection).exists()
