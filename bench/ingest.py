@@ -8,7 +8,7 @@ shape with the same unique index. Incremental counts requests against the least 
 import math
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
 from unittest import mock
@@ -43,6 +43,7 @@ class Org:
     emulator: object
     connection: object
     now: object
+    resync_clocks: list = field(default_factory=list)
 
 
 class WriteClock:
@@ -52,12 +53,14 @@ class WriteClock:
     def __init__(self):
         self.guarded = 0.0
         self.usage_replace = 0.0
+        self.summaries = 0.0
 
     @contextmanager
     def installed(self):
         from openrouter import sync
 
         original_guarded, original_replace = sync._SyncJob.guarded, sync.usage_replace
+        original_rebuild = sync.usage_summaries_rebuild
 
         def guarded(job, write):
             start = time.perf_counter()
@@ -73,9 +76,17 @@ class WriteClock:
             finally:
                 self.usage_replace += time.perf_counter() - start
 
+        def usage_summaries_rebuild(**kwargs):
+            start = time.perf_counter()
+            try:
+                return original_rebuild(**kwargs)
+            finally:
+                self.summaries += time.perf_counter() - start
+
         with (
             mock.patch.object(sync._SyncJob, "guarded", guarded),
             mock.patch.object(sync, "usage_replace", usage_replace),
+            mock.patch.object(sync, "usage_summaries_rebuild", usage_summaries_rebuild),
         ):
             yield self
 
@@ -129,7 +140,8 @@ def initial_sync(sizes, outcome: Outcome | None = None) -> Org:
         f"{_concurrency()}): {wall:.1f} s, {rows / wall:,.0f} rows/s, {_requests(connection):,} requests.",
         f"Write path = wall time inside `_SyncJob.guarded`, i.e. every write transaction of the sync (row "
         f"lock + generation check, keys and snapshots upsert, `usage_replace`, per-key fetch markers, "
-        f"reconciliation): {clock.guarded:.1f} s, of which `usage_replace` {clock.usage_replace:.1f} s. "
+        f"reconciliation, usage summaries): {clock.guarded:.1f} s, of which `usage_replace` "
+        f"{clock.usage_replace:.1f} s and the summaries' rebuild {clock.summaries:.1f} s. "
         f"The other {wall - clock.guarded:.1f} s are HTTP, JSON parsing, normalisation and the emulator.",
         "Baseline = raw psycopg: COPY the same final rows (read back from the sync's table beforehand) "
         "into a temporary staging table, then INSERT … ON CONFLICT (natural key) DO UPDATE into an empty "
@@ -198,13 +210,16 @@ def resync(org: Org, *, after: timedelta) -> tuple[int, float, dict]:
 
     org.emulator.request_log.clear()
     began = time.perf_counter()
-    result = sync_connection(
-        org.connection.pk,
-        transport=org.emulator.transport(),
-        base_url="http://emulator/api/v1",
-        now=org.now + after,
-    )
+    clock = WriteClock()
+    with clock.installed():
+        result = sync_connection(
+            org.connection.pk,
+            transport=org.emulator.transport(),
+            base_url="http://emulator/api/v1",
+            now=org.now + after,
+        )
     seconds = time.perf_counter() - began
+    org.resync_clocks.append(clock)
     assert result.status == "succeeded", result
     by_path: dict[str, int] = {}
     for entry in org.emulator.request_log:
@@ -264,6 +279,12 @@ def run_incremental(sizes, org: Org | None) -> Outcome:
         )
         breakdown = ", ".join(f"{path} {count}" for path, count in sorted(by_path.items()))
         outcome.notes.append(f"{label} ({changed_keys} keys): {breakdown}.")
+    for (label, *_), clock in zip(cases, org.resync_clocks, strict=True):
+        outcome.notes.append(
+            f"{label}: write transactions {clock.guarded:.2f} s, of which `usage_replace` "
+            f"{clock.usage_replace:.2f} s and the usage summaries' rebuild (the 30-day window) "
+            f"{clock.summaries:.2f} s; the rest is reading (HTTP, parsing, the emulator)."
+        )
     outcome.notes.insert(
         0,
         f"Re-syncs of the ingest organization ({sizes.ingest_keys:,} keys) one and two hours after the "

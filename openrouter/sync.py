@@ -507,11 +507,9 @@ class _SyncJob:
 
             for workspace_id in workspace_ids:
                 read(workspace_id, 0, may_end_short=True)
-            if ended_short:
-                self.write_pending()  # the listed keys' marks, which the check below reads
-                if self.unlisted_keys(listed_before).exists():
-                    for workspace_id, offset in ended_short.items():
-                        read(workspace_id, offset, may_end_short=False)
+            if ended_short and self.unlisted_keys(listed_before).exists():
+                for workspace_id, offset in ended_short.items():
+                    read(workspace_id, offset, may_end_short=False)
 
         def finish():
             # Every listing was read to its end: keys no longer listed were deleted in OpenRouter.
@@ -524,8 +522,12 @@ class _SyncJob:
         return finish
 
     def unlisted_keys(self, listed_before: datetime):
-        return ApiKey.objects.filter(connection_id=self.connection.pk, missing_since__isnull=True).exclude(
-            last_listed_at__gte=listed_before
+        """Known keys no listing of this sync has shown (queued keys were listed, though their
+        marks are not written yet)."""
+        return (
+            ApiKey.objects.filter(connection_id=self.connection.pk, missing_since__isnull=True)
+            .exclude(last_listed_at__gte=listed_before)
+            .exclude(key_hash__in=list(self.pending_keys))
         )
 
     def read_key_page(self, page: list[KeyRecord], pool: ThreadPoolExecutor) -> None:

@@ -87,8 +87,8 @@ class UsageDailyByModel(UsageMetrics):
 
 class UsageDailyByKey(UsageMetrics):
     """UsageDaily summed over models and providers: what the key table and per-key figures read,
-    one row per key and day instead of one per key, day, model and provider. Kept as
-    UsageDailyByModel is."""
+    one row per key and day instead of one per key, day, model and provider. Replaced by
+    usage_replace with the rows it writes, from memory; read only while UsageDailyByModel may be."""
 
     connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="+")
     day = models.DateField()
@@ -96,9 +96,14 @@ class UsageDailyByKey(UsageMetrics):
     api_key_hash = models.CharField(max_length=100, blank=True, default="")
 
     class Meta:
+        # The unique index also serves reads by day range; usage_replace upserts on it.
+        constraints = [
+            models.UniqueConstraint(
+                fields=["connection", "day", "workspace_id", "api_key_hash"], name="usage_by_key_natural_key"
+            )
+        ]
         indexes = [
-            models.Index(fields=["connection", "day"], name="usage_by_key_conn_day_idx"),
-            models.Index(fields=["connection", "api_key_hash", "day"], name="usage_by_key_conn_key_idx"),
+            models.Index(fields=["connection", "api_key_hash", "day"], name="usage_by_key_conn_key_idx")
         ]
 
     def __str__(self) -> str:
