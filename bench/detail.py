@@ -116,22 +116,17 @@ class Dataset:
         self.summaries_seconds = self.rebuild_summaries()
 
     def rebuild_summaries(self) -> float:
-        """What the sync that wrote these rows would do in its last transaction; returns seconds."""
+        """Summaries of every row of the connection, as `manage.py usage_summaries_rebuild` builds
+        them (a sync keeps them as it writes); returns seconds."""
         from django.db import connection as django_connection
-        from django.db import transaction
 
-        from integrations.models import SUMMARIES_NEVER_BUILT
-        from usage.services import usage_summaries_mark_stale, usage_summaries_rebuild
+        from usage.services import usage_summaries_recompute
 
         started = time.perf_counter()
-        with transaction.atomic():
-            # The rows came in by COPY, not through usage_replace, which would have marked this.
-            usage_summaries_mark_stale(connection_id=self.connection.pk, start=SUMMARIES_NEVER_BUILT)
-            usage_summaries_rebuild(connection_id=self.connection.pk)
+        usage_summaries_recompute(connection_id=self.connection.pk)  # the rows came in by COPY
         seconds = time.perf_counter() - started
         with django_connection.cursor() as cursor:
             cursor.execute("ANALYZE usage_usagedailybymodel")
-            cursor.execute("ANALYZE usage_usagedailybykey")
         return seconds
 
     def new_data_version(self) -> None:
@@ -354,10 +349,11 @@ def run(sizes) -> Outcome:
         "model and provider filter choices) and the export's grouped query read through a server-side "
         "cursor.",
         "The baseline answers the page's questions from the usage rows themselves. The page reads the "
-        "summaries a sync keeps in its last write transaction (usage rows summed over keys, and over "
-        "models and providers: `usage.UsageDailyByModel`, `usage.UsageDailyByKey`), falling back to the "
-        "rows while they are stale; their cost is paid by the sync (the ingest benchmark's write path "
-        "includes it) and shown here as the time to rebuild them for all of a connection's rows.",
+        "summary a sync keeps in its last write transaction (usage rows summed over keys, "
+        "`usage.UsageDailyByModel`) for totals, chart, filter choices and the model, provider, "
+        "workspace and day tables, and the rows for anything by key or while the summary is stale; "
+        "its cost is paid by the sync (the ingest benchmark's write path includes it) and shown here "
+        "as the time to rebuild it for all of a connection's rows.",
     ]
     return outcome
 

@@ -78,14 +78,9 @@ def stored_total(connection, field="spend_usd", **filters):
 
 
 def usage_rows_edited(connection) -> None:
-    """After a test edits usage rows directly: what the sync that writes rows does, so reports that
-    read the usage summaries see the edit."""
-    from django.db import transaction
+    """After a test edits usage rows directly: what an operator runs after changing rows by other
+    means than a sync (manage.py usage_summaries_rebuild), so reports see the edit."""
+    from usage.services import usage_summaries_recompute
 
-    from integrations.models import SUMMARIES_NEVER_BUILT
-    from usage.services import usage_summaries_mark_stale, usage_summaries_rebuild
-
-    with transaction.atomic():
-        usage_summaries_mark_stale(connection_id=connection.pk, start=SUMMARIES_NEVER_BUILT)
-        usage_summaries_rebuild(connection_id=connection.pk)
+    usage_summaries_recompute(connection_id=connection.pk)
     connection.refresh_from_db()

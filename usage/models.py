@@ -67,9 +67,10 @@ class UsageDaily(UsageMetrics):
 class UsageDailyByModel(UsageMetrics):
     """UsageDaily summed over API keys: what the totals, the chart, the filter choices and the
     model, provider, workspace and day tables read, in rows per day × model × provider × workspace
-    however many keys an organization has. Rebuilt from UsageDaily by the sync that wrote it, in the
-    same transaction (usage.services.usage_summaries_rebuild); read only while the connection's
-    `usage_summaries_stale_from` is None."""
+    however many keys an organization has. Rebuilt from UsageDaily by the sync that wrote the rows,
+    in its last transaction (usage.services.usage_summaries_rebuild); read only while the
+    connection's `usage_summaries_stale_from` is None. Views by key read the usage rows: one key's
+    rows are one index range, and all keys' are as many rows as a per-key summary would hold."""
 
     connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="+")
     day = models.DateField()
@@ -83,31 +84,6 @@ class UsageDailyByModel(UsageMetrics):
 
     def __str__(self) -> str:
         return f"{self.day} {self.model_permaslug} {self.provider_name} {self.spend_usd}"
-
-
-class UsageDailyByKey(UsageMetrics):
-    """UsageDaily summed over models and providers: what the key table and per-key figures read,
-    one row per key and day instead of one per key, day, model and provider. Replaced by
-    usage_replace with the rows it writes, from memory; read only while UsageDailyByModel may be."""
-
-    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="+")
-    day = models.DateField()
-    workspace_id = models.CharField(max_length=100, blank=True, default="")
-    api_key_hash = models.CharField(max_length=100, blank=True, default="")
-
-    class Meta:
-        # The unique index also serves reads by day range; usage_replace upserts on it.
-        constraints = [
-            models.UniqueConstraint(
-                fields=["connection", "day", "workspace_id", "api_key_hash"], name="usage_by_key_natural_key"
-            )
-        ]
-        indexes = [
-            models.Index(fields=["connection", "api_key_hash", "day"], name="usage_by_key_conn_key_idx")
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.day} {self.api_key_hash or UNATTRIBUTED_LABEL} {self.spend_usd}"
 
 
 class BudgetScope(models.TextChoices):

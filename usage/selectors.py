@@ -4,7 +4,7 @@ from datetime import date
 
 from django.db.models import Sum
 
-from usage.models import UsageDaily, UsageDailyByKey, UsageDailyByModel
+from usage.models import UsageDaily, UsageDailyByModel
 
 METRICS = (
     "requests",
@@ -47,7 +47,6 @@ FILTERS = {
 # keeps: the same sums for any query that groups and filters by those alone, from far fewer rows.
 SUMMARIES = {
     UsageDailyByModel: ("day", "workspace", "model", "provider"),
-    UsageDailyByKey: ("day", "workspace", "key"),
 }
 SUMMARY_DIMENSIONS = {
     summary: tuple(field for dimension in dimensions for field in DIMENSIONS[dimension])

@@ -9,12 +9,11 @@ from django.db.models import Case, F, Value, When
 
 from doow import bulk
 from integrations.models import SUMMARIES_NEVER_BUILT, Connection
-from usage.models import UsageDaily, UsageDailyByKey, UsageDailyByModel
+from usage.models import UsageDaily, UsageDailyByModel
 from usage.selectors import METRICS, SUMMARY_DIMENSIONS
 
 NATURAL_KEY = ("connection_id", "day", "workspace_id", "api_key_hash", "model_permaslug", "provider_name")
 VALUE_FIELDS = ("model", *METRICS)
-KEY_SUMMARY_KEY = ("connection_id", "day", "workspace_id", "api_key_hash")
 
 
 def usage_replace(
@@ -65,46 +64,18 @@ def usage_replace(
     ]
     # An upsert, not a plain insert: a row left behind by anything unforeseen is overwritten with
     # the fetched value, never added to.
-    written = bulk.upsert(
+    return bulk.upsert(
         UsageDaily,
         ("company_id", *NATURAL_KEY, *VALUE_FIELDS),
         records,
         unique_fields=NATURAL_KEY,
         update_fields=("company_id", *VALUE_FIELDS),
     )
-    _replace_key_summaries(connection_id, records, start=start, end=end, stale_keys=stale)
-    return written
-
-
-def _replace_key_summaries(connection_id: int, records: list, *, start: date, end: date, stale_keys) -> None:
-    """The keys' rows for start..end are exactly `records` now, so their per-key summary is these
-    records summed by day: replaced here, from memory, instead of re-reading the rows."""
-    for i in range(0, len(stale_keys), 500):
-        UsageDailyByKey.objects.filter(
-            connection_id=connection_id,
-            api_key_hash__in=stale_keys[i : i + 500],
-            day__gte=start,
-            day__lte=end,
-        ).delete()
-    sums: dict[tuple, list] = {}
-    for record in records:
-        day, workspace_id, api_key_hash = record[2:5]
-        total = sums.setdefault((day, workspace_id, api_key_hash), [0] * len(METRICS))
-        for i, value in enumerate(record[-len(METRICS) :]):
-            total[i] += value
-    bulk.upsert(
-        UsageDailyByKey,
-        ("connection_id", *KEY_SUMMARY_KEY[1:], *METRICS),
-        [(connection_id, *group, *total) for group, total in sums.items()],
-        unique_fields=KEY_SUMMARY_KEY,
-        update_fields=METRICS,
-    )
 
 
 def usage_delete_for_connection(*, connection_id: int) -> int:
     deleted, _ = UsageDaily.objects.filter(connection_id=connection_id).delete()
-    for summary in (UsageDailyByModel, UsageDailyByKey):
-        summary.objects.filter(connection_id=connection_id).delete()
+    UsageDailyByModel.objects.filter(connection_id=connection_id).delete()
     return deleted
 
 
@@ -120,23 +91,28 @@ def usage_summaries_mark_stale(*, connection_id: int, start: date) -> None:
 
 
 def usage_summaries_rebuild(*, connection_id: int) -> None:
-    """Recompute the connection's summaries by model from its usage rows, from the first stale day
-    on (both summaries, from the first day, if they were never built: usage_replace keeps the
-    per-key one as it writes), and let reports read them again. In the transaction that wrote the
-    rows (the caller holds the connection lock), so a reader sees rows and summaries change together."""
+    """Recompute the connection's usage summary from its usage rows, from the first stale day on,
+    and let reports read it again. In the transaction that wrote the rows (the caller holds the
+    connection lock), so a reader sees rows and summary change together."""
     assert transaction.get_connection().in_atomic_block, "rebuild summaries inside the writing transaction"
     stale_from = (
         Connection.objects.filter(pk=connection_id).values_list("usage_summaries_stale_from", flat=True).get()
     )
     if stale_from is None:
         return
-    rebuilt = (
-        (UsageDailyByModel, UsageDailyByKey) if stale_from == SUMMARIES_NEVER_BUILT else (UsageDailyByModel,)
-    )
-    for summary in rebuilt:
-        summary.objects.filter(connection_id=connection_id, day__gte=stale_from).delete()
-        _summarize(summary, connection_id=connection_id, start=stale_from)
+    UsageDailyByModel.objects.filter(connection_id=connection_id, day__gte=stale_from).delete()
+    _summarize(UsageDailyByModel, connection_id=connection_id, start=stale_from)
     Connection.objects.filter(pk=connection_id).update(usage_summaries_stale_from=None)
+
+
+def usage_summaries_recompute(*, connection_id: int) -> None:
+    """Rebuild the connection's usage summary from all its usage rows, as after rows were written
+    without usage_replace (by hand, a restore, a bulk load). Locks the connection row, so it waits
+    for a running sync's write and moves the data version: cached reports are recomputed."""
+    with transaction.atomic():
+        Connection.objects.filter(pk=connection_id).update(data_version=F("data_version") + 1)
+        usage_summaries_mark_stale(connection_id=connection_id, start=SUMMARIES_NEVER_BUILT)
+        usage_summaries_rebuild(connection_id=connection_id)
 
 
 def _summarize(summary, *, connection_id: int, start: date) -> None:

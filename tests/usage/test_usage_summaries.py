@@ -1,7 +1,8 @@
-"""Usage summaries (rows summed over keys, and over models and providers) answer exactly what the
-usage rows answer, are rebuilt by the sync that changed the rows, and are not read while stale."""
+"""The usage summary (rows summed over keys) answers exactly what the usage rows answer, is rebuilt
+by the sync that changed the rows, and is not read while stale."""
 
 from datetime import timedelta
+from io import StringIO
 from itertools import combinations
 
 import pytest
@@ -11,7 +12,7 @@ from django.test.utils import CaptureQueriesContext
 from openrouter.emulator import Fault
 from openrouter.report import DetailQuery, detail_report
 from tests.support import TODAY, connect, sync, usage_rows_edited
-from usage.models import UsageDaily, UsageDailyByKey, UsageDailyByModel
+from usage.models import UsageDaily, UsageDailyByModel
 from usage.selectors import SUMMARIES, summaries_current, usage_grouped, usage_totals
 
 pytestmark = pytest.mark.django_db
@@ -42,15 +43,14 @@ def assert_summaries_match_rows(connection) -> None:
     assert answers(connection, summarized=True) == answers(connection, summarized=False)
 
 
-def test_a_sync_leaves_summaries_that_answer_exactly_what_the_rows_answer(acme, emulator):
+def test_a_sync_leaves_a_summary_that_answers_exactly_what_the_rows_answer(acme, emulator):
     connection = connect(acme, emulator)
     assert not summaries_current(connection)  # never built: reports read the rows
     assert sync(connection, emulator).status == "succeeded"
 
     assert_summaries_match_rows(connection)
-    # Far fewer rows: what makes the page's first view independent of the number of keys.
+    # Far fewer rows: what makes the page's totals, chart and choices independent of the number of keys.
     assert UsageDailyByModel.objects.filter(connection=connection).count() < UsageDaily.objects.count()
-    assert UsageDailyByKey.objects.filter(connection=connection).count() < UsageDaily.objects.count()
 
 
 def test_later_syncs_rebuild_the_days_they_rewrote_and_keep_the_older_ones(acme, emulator):
@@ -107,7 +107,7 @@ def test_the_detail_page_shows_the_same_figures_from_summaries_as_from_rows(acme
     with CaptureQueriesContext(db) as captured:
         from_summaries = [figures(query) for query in views]
     read = " ".join(q["sql"] for q in captured.captured_queries)
-    assert "usage_usagedailybymodel" in read and "usage_usagedailybykey" in read
+    assert "usage_usagedailybymodel" in read
     connection.usage_summaries_stale_from = TODAY  # as a sync writing rows leaves it
     connection.data_version += 1  # and a new data version: no cached figure applies
     from_rows = [figures(query) for query in views]
@@ -128,7 +128,7 @@ def test_rows_edited_outside_a_sync_are_summarized_once_marked(acme, emulator):
     assert_summaries_match_rows(connection)
 
 
-def test_deleting_a_connections_usage_deletes_its_summaries(acme, emulator):
+def test_deleting_a_connections_usage_deletes_its_summary(acme, emulator):
     from usage.services import usage_delete_for_connection
 
     connection = connect(acme, emulator)
@@ -136,4 +136,28 @@ def test_deleting_a_connections_usage_deletes_its_summaries(acme, emulator):
     usage_delete_for_connection(connection_id=connection.pk)
 
     assert not UsageDailyByModel.objects.filter(connection=connection).exists()
-    assert not UsageDailyByKey.objects.filter(connection=connection).exists()
+
+
+def test_the_rebuild_command_summarizes_rows_changed_by_other_means(acme, emulator):
+    from decimal import Decimal
+
+    from django.core.management import call_command
+
+    connection = connect(acme, emulator)
+    sync(connection, emulator)
+    version = connection.data_version
+    row = UsageDaily.objects.filter(connection=connection).first()
+    UsageDaily.objects.filter(pk=row.pk).update(spend_usd=row.spend_usd + Decimal("2.50"))
+
+    call_command("usage_summaries_rebuild", "--connection", str(connection.pk), stdout=StringIO())
+
+    assert_summaries_match_rows(connection)
+    assert connection.data_version > version  # cached reports of the old figures no longer apply
+
+
+@pytest.mark.parametrize("args", [[], ["--connection", "999999"], ["--all", "--connection", "1"]])
+def test_the_rebuild_command_names_what_is_wrong(args):
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(CommandError):
+        call_command("usage_summaries_rebuild", *args, stdout=StringIO())
