@@ -5,7 +5,7 @@ from datetime import date
 
 from django.db import connection as db
 from django.db import transaction
-from django.db.models import Case, F, Value, When
+from django.db.models import F, Q
 
 from doow import bulk
 from integrations.models import SUMMARIES_NEVER_BUILT, Connection
@@ -82,12 +82,10 @@ def usage_delete_for_connection(*, connection_id: int) -> int:
 def usage_summaries_mark_stale(*, connection_id: int, start: date) -> None:
     """Usage rows from `start` on are about to change: reports stop reading the summaries until
     usage_summaries_rebuild has caught up. Call it in the transaction that writes the rows."""
-    Connection.objects.filter(pk=connection_id).update(
-        usage_summaries_stale_from=Case(
-            When(usage_summaries_stale_from__lte=start, then=F("usage_summaries_stale_from")),
-            default=Value(start),
-        )
-    )
+    # Only ever moved back: a sync's second write in the same window changes nothing.
+    Connection.objects.filter(
+        Q(usage_summaries_stale_from__isnull=True) | Q(usage_summaries_stale_from__gt=start), pk=connection_id
+    ).update(usage_summaries_stale_from=start)
 
 
 def usage_summaries_rebuild(*, connection_id: int) -> None:
