@@ -15,7 +15,7 @@ from openrouter.models import ApiKey, ApiKeySnapshot, CreditsSnapshot, KeyOwner,
 from usage.cache import cached
 from usage.forecast import RUN_RATE_DAYS, Forecast, month_end_forecast
 from usage.models import UNATTRIBUTED_LABEL, Budget, BudgetScope, UsageDaily
-from usage.selectors import summaries_current, usage_rows
+from usage.selectors import FILTERS, summaries_current, usage_rows
 
 
 def _day_fraction(now: datetime) -> float:
@@ -306,7 +306,7 @@ def workspace_names(*, connection: Connection) -> dict[str, str]:
 def key_series(*, connection: Connection, start: date, end: date, by: str) -> dict[str, dict[date, Decimal]]:
     """Daily spend per key (by="api_key_hash") or per model (by="model_permaslug")."""
     series: dict[str, dict[date, Decimal]] = defaultdict(dict)
-    dimension = {"api_key_hash": "key", "model_permaslug": "model"}[by]
+    dimension = next(name for name, field in FILTERS.items() if field == by)
     rows = (
         usage_rows(
             connection_ids=[connection.pk],

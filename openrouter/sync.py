@@ -307,9 +307,13 @@ class _SyncJob:
 
     def set_progress(self, phase: str, done: int = 0, total: int = 0) -> None:
         """Show the phase now if the last one has been up a while, else with the next write."""
-        self.unshown_progress = {"phase": phase, "done": done, "total": total}
+        self.queue_progress(phase, done, total)
         if time.monotonic() - self.progress_shown_at >= PROGRESS_INTERVAL_SECONDS:
             self.live_connection().update(sync_progress=self.take_unshown_progress())
+
+    def queue_progress(self, phase: str, done: int = 0, total: int = 0) -> None:
+        """Show the phase with the next write transaction (guarded)."""
+        self.unshown_progress = {"phase": phase, "done": done, "total": total}
 
     def take_unshown_progress(self) -> dict:
         progress, self.unshown_progress = self.unshown_progress, None
@@ -578,11 +582,7 @@ class _SyncJob:
 
         self.flush_events()
         if keys:
-            self.unshown_progress = {
-                "phase": "reading keys and their activity",
-                "done": self.run.keys_seen,
-                "total": 0,
-            }
+            self.queue_progress("reading keys and their activity", self.run.keys_seen)
         self.guarded(write)
 
     def store_keys(self, page: list[KeyRecord]) -> None:

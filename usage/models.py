@@ -69,8 +69,9 @@ class UsageDailyByModel(UsageMetrics):
     model, provider, workspace and day tables read, in rows per day × model × provider × workspace
     however many keys an organization has. Rebuilt from UsageDaily by the sync that wrote the rows,
     in its last transaction (usage.services.usage_summaries_rebuild); read only while the
-    connection's `usage_summaries_stale_from` is None. Views by key read the usage rows: one key's
-    rows are one index range, and all keys' are as many rows as a per-key summary would hold."""
+    connection's `usage_summaries_stale_from` is None. Views by key read the usage rows (one key's
+    rows are one index range); a per-key summary was measured to cost the sync more than it saved
+    the page (bench/results.md, README "Performance")."""
 
     connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="+")
     day = models.DateField()
