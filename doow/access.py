@@ -47,7 +47,9 @@ def company_view(roles: Iterable[str] = ALL_ROLES) -> Callable:
             membership = membership_for(request.user, company_slug, allowed)
             request.membership = membership
             request.company = membership.company
-            request.session["company_slug"] = membership.company.slug
+            if request.session.get("company_slug") != membership.company.slug:
+                # Written only when it changes: a modified session is saved (an UPDATE) per request.
+                request.session["company_slug"] = membership.company.slug
             return view(request, *args, **kwargs)
 
         wrapper.allowed_roles = allowed

@@ -172,15 +172,19 @@ def _copy_csv(connection_ids, start, end, group_by, filters) -> Iterator[str]:
         grouped += f" GROUP BY {', '.join(fields)}"
     joins = ""
     if "workspace" in group_by:
+        # Names of the filtered workspace or key only, when there is one: a key's export read and
+        # sorted every key's name of the organization (5 ms of its 7 at 2,000 keys).
+        named = " AND workspace_id = %(filter_workspace)s" if "filter_workspace" in params else ""
         joins += (
-            " LEFT JOIN (SELECT DISTINCT ON (workspace_id) workspace_id, name FROM openrouter_workspace"
-            " WHERE connection_id = ANY(%(ids)s) ORDER BY workspace_id, id DESC) w"
+            " LEFT JOIN (SELECT DISTINCT ON (workspace_id) workspace_id, name FROM openrouter_workspace"  # noqa: S608
+            f" WHERE connection_id = ANY(%(ids)s){named} ORDER BY workspace_id, id DESC) w"
             " ON w.workspace_id = g.workspace_id"
         )
     if "key" in group_by:
+        named = " AND key_hash = %(filter_key)s" if "filter_key" in params else ""
         joins += (
-            " LEFT JOIN (SELECT DISTINCT ON (key_hash) key_hash, name FROM openrouter_apikey"
-            " WHERE connection_id = ANY(%(ids)s) ORDER BY key_hash, id DESC) k"
+            " LEFT JOIN (SELECT DISTINCT ON (key_hash) key_hash, name FROM openrouter_apikey"  # noqa: S608
+            f" WHERE connection_id = ANY(%(ids)s){named} ORDER BY key_hash, id DESC) k"
             " ON k.key_hash = g.api_key_hash"
         )
     columns = export_columns(group_by)

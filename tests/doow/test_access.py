@@ -94,6 +94,18 @@ def test_company_view_remembers_the_company_for_home(alice, globex):
     assert client.session["company_slug"] == "globex"
 
 
+def test_company_view_saves_the_session_only_when_the_company_changes(alice):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client = client_for(alice)
+    client.get("/c/acme/settings/")
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get("/c/acme/settings/").status_code == 200
+    assert not [query for query in queries if "django_session" in query["sql"] and "UPDATE" in query["sql"]]
+    assert client.session["company_slug"] == "acme"
+
+
 # --- Every route under /c/<company_slug>/, found by walking the URL resolver
 
 

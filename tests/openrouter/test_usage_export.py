@@ -83,6 +83,9 @@ EXPORT_SHAPES = [
     (["key"], {}),
     (["workspace", "model"], {"provider": None}),
     (["day", "key"], {"key": ""}),
+    # One key's or one workspace's export joins that name only (the others must not leak in).
+    (["day", "workspace", "key", "model", "provider"], {"key": None}),
+    (["workspace", "key"], {"workspace": None}),
 ]
 
 
@@ -91,13 +94,18 @@ def test_every_csv_writer_writes_the_same_bytes(synced, emulator, group_by, filt
     """PostgreSQL writes the CSV itself (COPY); the Python writer is the reference: same bytes."""
     from openrouter import exports
     from openrouter.models import ApiKey, Workspace
+    from usage.selectors import FILTERS
 
     # Names that need quoting, and an empty one, so quoting and empty fields are compared too.
     Workspace.objects.filter(connection=synced).update(name='Team "A", Paris\nOffice')
     ApiKey.objects.filter(pk=ApiKey.objects.filter(connection=synced).first().pk).update(name="")
     start, end = emulator.truth.activity_window()
-    if filters.get("provider", "") is None:
-        filters = {"provider": synced.usage_rows.values_list("provider_name", flat=True).first()}
+    # None stands for "a value the synced rows have" (the emulator's names are not known here).
+    rows = synced.usage_rows.exclude(api_key_hash="").order_by("-day", "api_key_hash")
+    filters = {
+        name: rows.values_list(FILTERS[name], flat=True).first() if value is None else value
+        for name, value in filters.items()
+    }
     selection = {"connection_ids": [synced.pk], "start": start, "end": end, "group_by": group_by}
 
     written = "".join(exports.csv_chunks(**selection, filters=filters))
