@@ -44,13 +44,20 @@ def daily_spend(
     )
 
 
-def today_partial(*, connection: Connection, workspace: str | None = None, key: str | None = None) -> Decimal:
-    """Spend so far today (UTC) from the keys' counters, as of the last sync."""
+def listed_keys(*, connection: Connection, workspace: str | None = None, key: str | None = None):
+    """The keys OpenRouter still lists, in one workspace or just one key: their own counters
+    (`usage_daily`...) are the only source of today's spend before the UTC day ends."""
     keys = ApiKey.objects.filter(connection=connection, missing_since__isnull=True)
     if workspace is not None:
         keys = keys.filter(workspace_id=workspace)
     if key is not None:
         keys = keys.filter(key_hash=key)
+    return keys
+
+
+def today_partial(*, connection: Connection, workspace: str | None = None, key: str | None = None) -> Decimal:
+    """Spend so far today (UTC) from the keys' counters, as of the last sync."""
+    keys = listed_keys(connection=connection, workspace=workspace, key=key)
     return cached(
         connection,
         "today_total",

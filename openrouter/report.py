@@ -12,6 +12,7 @@ from django.db.models import F, OuterRef, Subquery, Sum
 from django.utils import timezone
 
 from integrations.models import Connection, ConnectionState, CredentialScope, EventKind, SyncRunStatus
+from openrouter.insights import listed_keys
 from openrouter.models import ApiKey, CreditsSnapshot, Member, Model, Workspace
 from usage.cache import cache_get, cache_set_many, cached
 from usage.models import UNATTRIBUTED_LABEL, UsageDaily
@@ -608,11 +609,8 @@ def _today_partial(connection: Connection, query: DetailQuery) -> dict:
     }
     if not synced_today:
         return result
-    keys = ApiKey.objects.filter(connection=connection, missing_since__isnull=True)
-    if query.filters.get("workspace"):
-        keys = keys.filter(workspace_id=query.filters["workspace"])
-    if "key" in query.filters:
-        keys = keys.filter(key_hash=query.filters["key"])
+    workspace, key = query.filters.get("workspace"), query.filters.get("key")
+    keys = listed_keys(connection=connection, workspace=workspace, key=key)
 
     def compute():
         total = keys.aggregate(spend=Sum("usage_daily"), byok=Sum("byok_usage_daily"))
@@ -622,7 +620,5 @@ def _today_partial(connection: Connection, query: DetailQuery) -> dict:
             "top": list(keys.filter(usage_daily__gt=0).order_by("-usage_daily", "name")[:10]),
         }
 
-    result |= cached(
-        connection, "today_partial", (query.filters.get("workspace"), query.filters.get("key")), compute
-    )
+    result |= cached(connection, "today_partial", (workspace, key), compute)
     return result
