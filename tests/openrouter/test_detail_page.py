@@ -340,6 +340,27 @@ def test_todays_partial_spend_comes_from_the_key_counters(synced, alice, emulato
     assert response.context["totals"]["spend_usd"] == stored_total(synced)
 
 
+def test_todays_partial_spend_of_a_workspace_or_a_key_is_theirs_alone(synced, alice, emulator):
+    from openrouter.insights import today_partial
+
+    keys = [k for k in emulator.truth.listed_keys() if Decimal(str(k["usage_daily"])) > 0]
+    workspace, key = keys[0]["workspace_id"], keys[-1]["hash"]
+    slices = {
+        f"workspace={workspace}": (
+            {"workspace": workspace},
+            [k for k in keys if k["workspace_id"] == workspace],
+        ),
+        f"key={key}": ({"key": key}, [k for k in keys if k["hash"] == key]),
+    }
+    for params, (narrowed, expected_keys) in slices.items():
+        expected = sum((Decimal(str(k["usage_daily"])) for k in expected_keys), Decimal(0))
+        partial = client_for(alice).get(url(synced, params)).context["today_partial"]
+        # The page and the month-end forecast read the same counters for the same slice.
+        assert partial["spend"] == today_partial(connection=synced, **narrowed) == expected > 0, params
+        top = {k.key_hash for k in partial["top"]}
+        assert top <= {k["hash"] for k in expected_keys} and len(top) == min(10, len(expected_keys)), params
+
+
 def test_todays_partial_spend_is_unknown_without_a_sync_today(synced, alice):
     Connection.objects.filter(pk=synced.pk).update(last_synced_at=timezone.now() - timedelta(days=1))
     response = client_for(alice).get(url(synced))
