@@ -348,9 +348,9 @@ def run(sizes) -> Outcome:
         "client as a finance user, after one warm-up. First view = the connection's data version moved "
         "before each GET, as every sync write transaction does, so no cached report applies (the page "
         "computes every aggregate and caches it); cached = the same view again, which reads only the "
-        "header, labels and cache. CSV = the whole streamed body of `export.csv` "
-        "(all dimensions), timed like the page except every row of 1M (once, no warm-up). Baselines with raw psycopg on the same data: the 7 aggregate "
-        "queries the page needs (totals now and before, day × model chart, key-table count and page, "
+        "header, labels and cache. CSV = the whole streamed body of `export.csv` (all dimensions), timed "
+        "like the page except every row of 1M (once, no warm-up). Baselines with raw psycopg on the "
+        "same data: the 7 aggregate queries the page needs (totals now and before, day × model chart, key-table count and page, "
         "model and provider filter choices) and the export's grouped query read through a server-side "
         "cursor.",
         "The baseline answers the page's questions from the usage rows themselves. The page reads the "
