@@ -1,7 +1,9 @@
 """Helpers shared by tests: connect and sync against the in-process emulator at a fixed 'today'."""
 
+import threading
 from datetime import UTC, date, datetime, time
 
+from django.db import connections
 from django.db.models import Sum
 
 from openrouter.services import openrouter_connect
@@ -84,3 +86,17 @@ def usage_rows_edited(connection) -> None:
 
     usage_summaries_recompute(connection_id=connection.pk)
     connection.refresh_from_db()
+
+
+def thread_with_own_connection(target) -> threading.Thread:
+    """A thread running `target` that closes its database connection when done, as a Celery worker
+    does after a task. Otherwise the connection stays open after the test (seen in
+    pg_stat_activity), and PostgreSQL cannot drop a test database a session is still connected to."""
+
+    def run():
+        try:
+            target()
+        finally:
+            connections.close_all()
+
+    return threading.Thread(target=run)

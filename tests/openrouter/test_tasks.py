@@ -1,6 +1,5 @@
 """Scheduling, retries, single flight and disconnect-during-sync, with real threads where it matters."""
 
-import threading
 import time
 from datetime import timedelta
 from unittest import mock
@@ -17,7 +16,7 @@ from openrouter.emulator import Fault
 from openrouter.models import ApiKey
 from openrouter.sync import SyncResult
 from openrouter.tasks import retry_countdown, sync_connection_task
-from tests.support import connect, stored_total, sync
+from tests.support import connect, stored_total, sync, thread_with_own_connection
 from usage.models import UsageDaily
 
 
@@ -141,7 +140,9 @@ def test_two_concurrent_syncs_make_one_set_of_requests(acme, emulator):
     emulator.faults.add(Fault(path="/credits", latency=0.5))
     emulator.request_log.clear()
     results = []
-    threads = [threading.Thread(target=lambda: results.append(sync(connection, emulator))) for _ in range(2)]
+    threads = [
+        thread_with_own_connection(lambda: results.append(sync(connection, emulator))) for _ in range(2)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -164,7 +165,7 @@ def test_disconnect_during_a_sync_stops_all_further_writes(acme, emulator):
     connection = connect(acme, emulator)
     emulator.faults.add(Fault(path="/activity", latency=0.2))
     outcome = {}
-    worker = threading.Thread(target=lambda: outcome.setdefault("result", sync(connection, emulator)))
+    worker = thread_with_own_connection(lambda: outcome.setdefault("result", sync(connection, emulator)))
     worker.start()
     deadline = time.monotonic() + 30
     while not emulator.request_log.matching("/activity") and time.monotonic() < deadline:
