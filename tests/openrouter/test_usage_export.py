@@ -83,7 +83,7 @@ EXPORT_SHAPES = [
     (["key"], {}),
     (["workspace", "model"], {"provider": None}),
     (["day", "key"], {"key": ""}),
-    # One key's or one workspace's export joins that name only (the others must not leak in).
+    # A key or workspace filter narrows the COPY name joins to that name: still the same bytes.
     (["day", "workspace", "key", "model", "provider"], {"key": None}),
     (["workspace", "key"], {"workspace": None}),
 ]
