@@ -9,8 +9,8 @@ from django.db.models import F, Q
 
 from doow import bulk
 from integrations.models import SUMMARIES_NEVER_BUILT, Connection
-from usage.models import UsageDaily, UsageDailyByModel
-from usage.selectors import METRICS, SUMMARY_DIMENSIONS
+from usage.models import UsageDaily
+from usage.selectors import METRICS, SUMMARIES, SUMMARY_DIMENSIONS
 
 NATURAL_KEY = ("connection_id", "day", "workspace_id", "api_key_hash", "model_permaslug", "provider_name")
 VALUE_FIELDS = ("model", *METRICS)
@@ -75,7 +75,8 @@ def usage_replace(
 
 def usage_delete_for_connection(*, connection_id: int) -> int:
     deleted, _ = UsageDaily.objects.filter(connection_id=connection_id).delete()
-    UsageDailyByModel.objects.filter(connection_id=connection_id).delete()
+    for summary in SUMMARIES:
+        summary.objects.filter(connection_id=connection_id).delete()
     return deleted
 
 
@@ -98,8 +99,9 @@ def usage_summaries_rebuild(*, connection_id: int) -> None:
     )
     if stale_from is None:
         return
-    UsageDailyByModel.objects.filter(connection_id=connection_id, day__gte=stale_from).delete()
-    _summarize(UsageDailyByModel, connection_id=connection_id, start=stale_from)
+    for summary in SUMMARIES:
+        summary.objects.filter(connection_id=connection_id, day__gte=stale_from).delete()
+        _summarize(summary, connection_id=connection_id, start=stale_from)
     Connection.objects.filter(pk=connection_id).update(usage_summaries_stale_from=None)
 
 
