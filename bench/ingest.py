@@ -55,38 +55,28 @@ class WriteClock:
         self.usage_replace = 0.0
         self.summaries = 0.0
 
+    def timed(self, figure: str, function):
+        """`function`, adding the wall time of each call to this clock's `figure`."""
+
+        def call(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                setattr(self, figure, getattr(self, figure) + time.perf_counter() - start)
+
+        return call
+
     @contextmanager
     def installed(self):
         from openrouter import sync
 
-        original_guarded, original_replace = sync._SyncJob.guarded, sync.usage_replace
-        original_rebuild = sync.usage_summaries_rebuild
-
-        def guarded(job, write):
-            start = time.perf_counter()
-            try:
-                return original_guarded(job, write)
-            finally:
-                self.guarded += time.perf_counter() - start
-
-        def usage_replace(**kwargs):
-            start = time.perf_counter()
-            try:
-                return original_replace(**kwargs)
-            finally:
-                self.usage_replace += time.perf_counter() - start
-
-        def usage_summaries_rebuild(**kwargs):
-            start = time.perf_counter()
-            try:
-                return original_rebuild(**kwargs)
-            finally:
-                self.summaries += time.perf_counter() - start
-
         with (
-            mock.patch.object(sync._SyncJob, "guarded", guarded),
-            mock.patch.object(sync, "usage_replace", usage_replace),
-            mock.patch.object(sync, "usage_summaries_rebuild", usage_summaries_rebuild),
+            mock.patch.object(sync._SyncJob, "guarded", self.timed("guarded", sync._SyncJob.guarded)),
+            mock.patch.object(sync, "usage_replace", self.timed("usage_replace", sync.usage_replace)),
+            mock.patch.object(
+                sync, "usage_summaries_rebuild", self.timed("summaries", sync.usage_summaries_rebuild)
+            ),
         ):
             yield self
 
