@@ -131,7 +131,8 @@ def initial_sync(sizes, outcome: Outcome | None = None) -> Org:
         f"Write path = wall time inside `_SyncJob.guarded`, i.e. every write transaction of the sync (row "
         f"lock + generation check, keys and snapshots upsert, `usage_replace`, per-key fetch markers, "
         f"reconciliation, usage summaries): {clock.guarded:.1f} s, of which `usage_replace` "
-        f"{clock.usage_replace:.1f} s and the summaries' rebuild {clock.summaries:.1f} s. "
+        f"{clock.usage_replace:.1f} s (the per-key summary of the keys it writes included) and the "
+        f"by-model summary's rebuild {clock.summaries:.1f} s. "
         f"The other {wall - clock.guarded:.1f} s are HTTP, JSON parsing, normalisation and the emulator.",
         "Baseline = raw psycopg: COPY the same final rows (read back from the sync's table beforehand) "
         "into a temporary staging table, then INSERT … ON CONFLICT (natural key) DO UPDATE into an empty "
@@ -272,7 +273,8 @@ def run_incremental(sizes, org: Org | None) -> Outcome:
     for (label, *_), clock in zip(cases, org.resync_clocks, strict=True):
         outcome.notes.append(
             f"{label}: write transactions {clock.guarded:.2f} s, of which `usage_replace` "
-            f"{clock.usage_replace:.2f} s and the usage summaries' rebuild (the 30-day window) "
+            f"{clock.usage_replace:.2f} s (the per-key summary included) and the by-model summary's "
+            f"rebuild (the 30-day window) "
             f"{clock.summaries:.2f} s; the rest is reading (HTTP, parsing, the emulator)."
         )
     outcome.notes.insert(

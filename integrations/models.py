@@ -48,7 +48,7 @@ class Connection(models.Model):
     # Bumped by every transaction that writes the provider's data of this connection (usage rows,
     # keys): report caches are keyed by it, so a cached figure is never older than the data.
     data_version = models.PositiveBigIntegerField(default=0)
-    # The first day whose usage summaries (usage.UsageDailyByModel) may differ from the usage
+    # The first day whose usage summaries (usage.selectors.SUMMARIES) may differ from the usage
     # rows; None = all current, so reports may read them. Moved back by every usage write, cleared
     # when a sync rebuilds the summaries from that day. The default (year 1) means never built.
     usage_summaries_stale_from = models.DateField(null=True, blank=True, default=SUMMARIES_NEVER_BUILT)

@@ -29,11 +29,17 @@ class UsageDaily(UsageMetrics):
     (not NULL) stand for "none" so the natural key's unique constraint holds on every database.
     """
 
-    # A copy of connection.company for tenant-scoped queries. No database constraint: the connection
-    # foreign key already ties every row to a company, and a second check per inserted row cost as
-    # much as writing the row. Deleting a company still deletes its rows (Django cascades).
+    # Neither foreign key is a database constraint. PostgreSQL checks one per inserted row when the
+    # transaction commits, and that check cost a large write batch as much again as its rows
+    # (bench/results.md). Rows are written only by usage_replace, in a transaction that holds the
+    # connection's row and has checked it is still connected; connections are never deleted (a
+    # disconnect keeps the row, and purges usage under the same lock); deleting a company still
+    # deletes its rows (Django cascades). `company` is a copy of connection.company for
+    # tenant-scoped queries. No index on `connection` alone: every index below starts with it.
     company = models.ForeignKey(Company, on_delete=models.CASCADE, related_name="+", db_constraint=False)
-    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="usage_rows")
+    connection = models.ForeignKey(
+        Connection, on_delete=models.CASCADE, related_name="usage_rows", db_constraint=False, db_index=False
+    )
     day = models.DateField()
     workspace_id = models.CharField(max_length=100, blank=True, default="")
     api_key_hash = models.CharField(max_length=100, blank=True, default="")
@@ -69,11 +75,12 @@ class UsageDailyByModel(UsageMetrics):
     model, provider, workspace and day tables read, in rows per day × model × provider × workspace
     however many keys an organization has. Rebuilt from UsageDaily by the sync that wrote the rows,
     in its last transaction (usage.services.usage_summaries_rebuild); read only while the
-    connection's `usage_summaries_stale_from` is None. Views by key read the usage rows (one key's
-    rows are one index range); a per-key summary was measured to cost the sync more than it saved
-    the page (bench/results.md, README "Performance")."""
+    connection's `usage_summaries_stale_from` is None."""
 
-    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="+")
+    # Not a database constraint, and not indexed alone, for the reasons UsageDaily gives.
+    connection = models.ForeignKey(
+        Connection, on_delete=models.CASCADE, related_name="+", db_constraint=False, db_index=False
+    )
     day = models.DateField()
     workspace_id = models.CharField(max_length=100, blank=True, default="")
     model = models.CharField(max_length=200)
@@ -85,6 +92,35 @@ class UsageDailyByModel(UsageMetrics):
 
     def __str__(self) -> str:
         return f"{self.day} {self.model_permaslug} {self.provider_name} {self.spend_usd}"
+
+
+class UsageDailyByKey(UsageMetrics):
+    """UsageDaily summed over models and providers: what the key table (and anything else by key,
+    workspace and day alone) reads, in one row per key and day instead of one per model and provider.
+    Unlike UsageDailyByModel it is not rebuilt at the end of a sync: usage_replace keeps it, for the
+    keys and days whose rows it replaces, in the same statement batch. A sync re-writes every key's
+    window only on its first run, so a rebuild from the first stale day would redo the whole window
+    (every key) on every sync; keeping the replaced slice costs in proportion to what was written.
+    Read, like every summary, only while the connection's `usage_summaries_stale_from` is None."""
+
+    # Not a database constraint, and not indexed alone, for the reasons UsageDaily gives.
+    connection = models.ForeignKey(
+        Connection, on_delete=models.CASCADE, related_name="+", db_constraint=False, db_index=False
+    )
+    day = models.DateField()
+    workspace_id = models.CharField(max_length=100, blank=True, default="")
+    api_key_hash = models.CharField(max_length=100, blank=True, default="")
+
+    class Meta:
+        constraints = [
+            # Also the index a replaced slice (keys × days) is deleted by.
+            models.UniqueConstraint(
+                fields=["connection", "api_key_hash", "day", "workspace_id"], name="usage_by_key_natural_key"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.api_key_hash or UNATTRIBUTED_LABEL} {self.spend_usd}"
 
 
 class BudgetScope(models.TextChoices):

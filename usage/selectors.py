@@ -4,7 +4,7 @@ from datetime import date
 
 from django.db.models import Sum
 
-from usage.models import UsageDaily, UsageDailyByModel
+from usage.models import UsageDaily, UsageDailyByKey, UsageDailyByModel
 
 METRICS = (
     "requests",
@@ -45,8 +45,10 @@ FILTERS = {
 
 # Usage rows summed over the dimensions a summary leaves out (usage.models), by the dimensions it
 # keeps: the same sums for any query that groups and filters by those alone, from far fewer rows.
+# The first that covers a query answers it.
 SUMMARIES = {
     UsageDailyByModel: ("day", "workspace", "model", "provider"),
+    UsageDailyByKey: ("day", "workspace", "key"),
 }
 SUMMARY_DIMENSIONS = {
     summary: tuple(field for dimension in dimensions for field in DIMENSIONS[dimension])

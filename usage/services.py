@@ -2,6 +2,7 @@
 
 from collections.abc import Collection, Iterable
 from datetime import date
+from decimal import ROUND_HALF_UP, Decimal
 
 from django.db import connection as db
 from django.db import transaction
@@ -9,11 +10,22 @@ from django.db.models import F, Q
 
 from doow import bulk
 from integrations.models import SUMMARIES_NEVER_BUILT, Connection
-from usage.models import UsageDaily
+from usage.models import UsageDaily, UsageDailyByKey
 from usage.selectors import METRICS, SUMMARIES, SUMMARY_DIMENSIONS
+
+# Kept by usage_replace for each slice it writes; the others are rebuilt from the first stale day.
+KEPT_BY_REPLACE = (UsageDailyByKey,)
+REBUILT_FROM_STALE = tuple(summary for summary in SUMMARIES if summary not in KEPT_BY_REPLACE)
+IN_BATCH = 500  # values per IN (...) list: well under every database's parameter limit
 
 NATURAL_KEY = ("connection_id", "day", "workspace_id", "api_key_hash", "model_permaslug", "provider_name")
 VALUE_FIELDS = ("model", *METRICS)
+ROW_FIELDS = ("company_id", *NATURAL_KEY, *VALUE_FIELDS)
+BY_KEY_NATURAL_KEY = ("connection_id", "day", "workspace_id", "api_key_hash")
+BY_KEY_FIELDS = (*BY_KEY_NATURAL_KEY, *METRICS)
+# The money columns' scale: values are rounded to it (half away from zero, as PostgreSQL rounds a
+# numeric on input) before they are stored or summed, so a sum in Python equals the database's.
+MONEY_STEP = Decimal(1).scaleb(-UsageDaily._meta.get_field("spend_usd").decimal_places)
 
 
 def usage_replace(
@@ -26,21 +38,19 @@ def usage_replace(
     api_key_hashes: Iterable[str],
     new_key_hashes: Collection[str] = (),
 ) -> int:
-    """Replace the rows of the given keys ('' = unattributed) for days start..end with `rows`.
+    """Replace the rows of the given keys ('' = unattributed) for days start..end with `rows`, and
+    their per-key summary (UsageDailyByKey) with the rows' sums.
 
     `rows` yields ((day, workspace_id, api_key_hash, model_permaslug, provider_name), values). A
     re-fetched day overwrites what was there, so a sync run twice writes the same rows. Keys in
-    `new_key_hashes` have never had rows written (their fetch marker is empty): deleting their slice
-    would only cost an index scan per batch, which made a large initial sync quadratic. Must be
-    called inside a transaction (the caller holds the connection lock).
+    `new_key_hashes` have never had rows written (their fetch marker is empty): their rows go in
+    by one plain insert (COPY on PostgreSQL), with no slice to delete first and no conflict to
+    check, which is most of a large initial sync. Should any of them exist after all, that insert
+    is undone and they are replaced like the others. Must be called inside a transaction (the
+    caller holds the connection lock).
     """
     assert transaction.get_connection().in_atomic_block, "usage_replace must run inside a transaction"
     usage_summaries_mark_stale(connection_id=connection_id, start=start)
-    stale = [key_hash for key_hash in api_key_hashes if key_hash not in new_key_hashes]
-    for i in range(0, len(stale), 500):
-        UsageDaily.objects.filter(
-            connection_id=connection_id, api_key_hash__in=stale[i : i + 500], day__gte=start, day__lte=end
-        ).delete()
     records = [
         (
             company_id,
@@ -56,21 +66,79 @@ def usage_replace(
             values.completion_tokens,
             values.reasoning_tokens,
             values.cached_tokens,
-            values.spend_usd,
-            values.byok_spend_usd,
+            values.spend_usd.quantize(MONEY_STEP, ROUND_HALF_UP),
+            values.byok_spend_usd.quantize(MONEY_STEP, ROUND_HALF_UP),
         )
         for (day, workspace_id, api_key_hash, permaslug, provider_name), values in rows
         if start <= day <= end
     ]
+    # The slice's keys as written (a row of a key not named still replaces what it overwrites).
+    slice_keys = set(api_key_hashes) | {record[4] for record in records}
+    new_keys = slice_keys & set(new_key_hashes)
+    fresh = [record for record in records if record[4] in new_keys]
+    if fresh and not _insert_fresh(fresh):
+        new_keys = set()  # some existed after all: replace them like the others
+    refetched = [record for record in records if record[4] not in new_keys]
+    _delete_slice(connection_id, sorted(slice_keys - new_keys), start, end)
     # An upsert, not a plain insert: a row left behind by anything unforeseen is overwritten with
     # the fetched value, never added to.
-    return bulk.upsert(
+    bulk.upsert(
         UsageDaily,
-        ("company_id", *NATURAL_KEY, *VALUE_FIELDS),
-        records,
+        ROW_FIELDS,
+        refetched,
         unique_fields=NATURAL_KEY,
         update_fields=("company_id", *VALUE_FIELDS),
     )
+    bulk.upsert(
+        UsageDailyByKey,
+        BY_KEY_FIELDS,
+        _sums_by_key(refetched),
+        unique_fields=BY_KEY_NATURAL_KEY,
+        update_fields=METRICS,
+    )
+    return len(records)
+
+
+def _sums_by_key(records: list[tuple]) -> list[tuple]:
+    """Usage row records summed over models and providers: UsageDailyByKey rows (BY_KEY_FIELDS)."""
+    groups: dict[tuple, list[tuple]] = {}
+    for record in records:
+        dimensions = record[1:5]  # connection, day, workspace, key
+        group = groups.get(dimensions)
+        if group is None:
+            groups[dimensions] = [record]
+        else:
+            group.append(record)
+    return [
+        (*dimensions, *group[0][8:])
+        if len(group) == 1
+        else (*dimensions, *(sum(column) for column in zip(*(record[8:] for record in group), strict=True)))
+        for dimensions, group in groups.items()
+    ]
+
+
+def _insert_fresh(records: list[tuple]) -> bool:
+    """Insert rows of never-fetched keys and their per-key sums; all or nothing: False (nothing
+    written) if any of them exists already."""
+    try:
+        with transaction.atomic():
+            bulk.insert(UsageDaily, ROW_FIELDS, records)
+            bulk.insert(UsageDailyByKey, BY_KEY_FIELDS, _sums_by_key(records))
+    except bulk.AlreadyExists:
+        return False
+    return True
+
+
+def _delete_slice(connection_id: int, keys: list[str], start: date, end: date) -> None:
+    """The usage rows and per-key sums of `keys` for days start..end."""
+    for model in (UsageDaily, *KEPT_BY_REPLACE):
+        for i in range(0, len(keys), IN_BATCH):
+            model.objects.filter(
+                connection_id=connection_id,
+                api_key_hash__in=keys[i : i + IN_BATCH],
+                day__gte=start,
+                day__lte=end,
+            ).delete()
 
 
 def usage_delete_for_connection(*, connection_id: int) -> int:
@@ -99,7 +167,7 @@ def usage_summaries_rebuild(*, connection_id: int) -> None:
     )
     if stale_from is None:
         return
-    for summary in SUMMARIES:
+    for summary in REBUILT_FROM_STALE:
         summary.objects.filter(connection_id=connection_id, day__gte=stale_from).delete()
         _summarize(summary, connection_id=connection_id, start=stale_from)
     Connection.objects.filter(pk=connection_id).update(usage_summaries_stale_from=None)
@@ -111,6 +179,9 @@ def usage_summaries_recompute(*, connection_id: int) -> None:
     for a running sync's write and moves the data version: cached reports are recomputed."""
     with transaction.atomic():
         Connection.objects.filter(pk=connection_id).update(data_version=F("data_version") + 1)
+        for summary in KEPT_BY_REPLACE:
+            summary.objects.filter(connection_id=connection_id).delete()
+            _summarize(summary, connection_id=connection_id, start=SUMMARIES_NEVER_BUILT)
         usage_summaries_mark_stale(connection_id=connection_id, start=SUMMARIES_NEVER_BUILT)
         usage_summaries_rebuild(connection_id=connection_id)
 

@@ -107,6 +107,49 @@ def test_upsert_is_all_or_nothing_inside_a_failed_transaction(connection):
     assert not UsageDaily.objects.filter(connection=connection).exists()
 
 
+def insert_usage(connection, rows):
+    return bulk.insert(UsageDaily, ("company_id", *NATURAL_KEY, *VALUE_FIELDS), rows)
+
+
+def test_insert_writes_new_rows_with_model_defaults(connection):
+    assert insert_usage(connection, [usage_row(connection, "a", "1.5"), usage_row(connection, "b", "2")]) == 2
+    bulk.insert(
+        ApiKey,
+        ("company_id", "connection_id", "key_hash", "name"),
+        [(connection.company_id, connection.pk, "k1", "k")],
+    )
+
+    spend = dict(UsageDaily.objects.filter(connection=connection).values_list("api_key_hash", "spend_usd"))
+    assert spend == {"a": Decimal("1.5"), "b": Decimal("2")}
+    key = ApiKey.objects.get(connection=connection, key_hash="k1")
+    assert (key.label, key.disabled, key.usage, key.limit) == ("", False, 0, None)
+
+
+def test_insert_of_a_taken_natural_key_raises_already_exists_and_the_savepoint_undoes_it(connection):
+    from django.db import transaction
+
+    insert_usage(connection, [usage_row(connection, "a", "1")])
+
+    with pytest.raises(bulk.AlreadyExists), transaction.atomic():
+        insert_usage(connection, [usage_row(connection, "b", "2"), usage_row(connection, "a", "9")])
+
+    # Nothing of the failed call, the earlier row unchanged, and the transaction still usable.
+    spend = dict(UsageDaily.objects.filter(connection=connection).values_list("api_key_hash", "spend_usd"))
+    assert spend == {"a": Decimal("1")}
+
+
+def test_insert_lets_other_integrity_errors_through(connection):
+    from django.db import IntegrityError, transaction
+
+    with pytest.raises(IntegrityError) as raised, transaction.atomic():
+        bulk.insert(
+            ApiKey,
+            ("company_id", "connection_id", "key_hash", "name"),
+            [(connection.company_id, None, "k", "k")],
+        )
+    assert not isinstance(raised.value, bulk.AlreadyExists)
+
+
 def test_update_sets_fields_by_natural_key_within_the_scope_only(connection, acme, emulator):
     from doow.models import Company
 

@@ -5,10 +5,11 @@ from decimal import Decimal
 
 import pytest
 from django.db import transaction
+from django.db.models import Sum
 
 from openrouter.normalize import UsageValues
 from tests.support import connect, stored_total
-from usage.models import UsageDaily
+from usage.models import UsageDaily, UsageDailyByKey
 from usage.services import usage_replace
 
 pytestmark = pytest.mark.django_db
@@ -84,3 +85,48 @@ def test_a_key_declared_new_is_still_overwritten_never_double_counted(connection
 
     assert stored_total(connection, api_key_hash="a") == Decimal("1")
     assert UsageDaily.objects.filter(connection=connection).count() == 1
+
+
+def by_key(connection, model, **filters) -> dict:
+    """{(day, workspace, key): (requests, spend)} summed from `model`'s rows of the connection."""
+    grouped = (
+        model.objects.filter(connection=connection, **filters)
+        .values_list("day", "workspace_id", "api_key_hash")
+        .annotate(Sum("requests"), Sum("spend_usd"))
+        .order_by()
+    )
+    return {(day, ws, key): (requests, spend) for day, ws, key, requests, spend in grouped}
+
+
+def test_the_per_key_summary_follows_every_replaced_slice_without_a_rebuild(connection):
+    """usage_replace keeps UsageDailyByKey itself: after each write it equals the rows summed over
+    models and providers, for replaced, untouched, vanished and newly declared keys alike."""
+    two_models = rows("a", (date(2026, 11, 2), "1")) + [
+        (
+            (date(2026, 11, 2), "ws", "a", "perma-2", "prov"),
+            UsageValues(model="m2", requests=3, spend_usd=Decimal("0.5")),
+        )
+    ]
+    replace(
+        connection, two_models + rows("b", (date(2026, 11, 2), "5"), (date(2026, 11, 4), "6")), ["a", "b"]
+    )
+    assert by_key(connection, UsageDailyByKey) == by_key(connection, UsageDaily)
+    assert by_key(connection, UsageDailyByKey)[date(2026, 11, 2), "ws", "a"] == (4, Decimal("1.5"))
+
+    replace(connection, rows("b", (date(2026, 11, 4), "6.25")), ["b"])  # b's 2 Nov vanished
+    replace(connection, rows("c", (date(2026, 11, 9), "2")), ["c"], new_key_hashes={"c"})
+    replace(connection, [], [""])  # an empty unattributed slice
+
+    assert by_key(connection, UsageDailyByKey) == by_key(connection, UsageDaily)
+    assert (date(2026, 11, 2), "ws", "b") not in by_key(connection, UsageDailyByKey)
+    assert UsageDailyByKey.objects.filter(connection=connection).count() == 3
+
+
+def test_a_per_key_summary_row_left_behind_is_overwritten_never_added_to(connection):
+    replace(connection, rows("a", (date(2026, 11, 2), "1")), ["a"])
+    UsageDailyByKey.objects.filter(connection=connection).update(spend_usd=Decimal("99"))
+
+    # Declared new, so nothing is deleted first: the summary's upsert still writes the true sum.
+    replace(connection, rows("a", (date(2026, 11, 2), "1")), ["a"], new_key_hashes={"a"})
+
+    assert by_key(connection, UsageDailyByKey) == {(date(2026, 11, 2), "ws", "a"): (1, Decimal("1"))}
