@@ -158,9 +158,10 @@ def usage_summaries_mark_stale(*, connection_id: int, start: date) -> None:
 
 
 def usage_summaries_rebuild(*, connection_id: int) -> None:
-    """Recompute the connection's usage summary from its usage rows, from the first stale day on,
-    and let reports read it again. In the transaction that wrote the rows (the caller holds the
-    connection lock), so a reader sees rows and summary change together."""
+    """Recompute the summaries usage_replace does not keep (REBUILT_FROM_STALE) from the usage
+    rows, from the first stale day on, and let reports read every summary again. In the transaction
+    that wrote the rows (the caller holds the connection lock), so a reader sees rows and summaries
+    change together."""
     assert transaction.get_connection().in_atomic_block, "rebuild summaries inside the writing transaction"
     stale_from = (
         Connection.objects.filter(pk=connection_id).values_list("usage_summaries_stale_from", flat=True).get()
@@ -174,8 +175,8 @@ def usage_summaries_rebuild(*, connection_id: int) -> None:
 
 
 def usage_summaries_recompute(*, connection_id: int) -> None:
-    """Rebuild the connection's usage summary from all its usage rows, as after rows were written
-    without usage_replace (by hand, a restore, a bulk load). Locks the connection row, so it waits
+    """Rebuild every usage summary of the connection from all its usage rows, as after rows were
+    written without usage_replace (by hand, a restore, a bulk load). Locks the connection row, so it waits
     for a running sync's write and moves the data version: cached reports are recomputed."""
     with transaction.atomic():
         Connection.objects.filter(pk=connection_id).update(data_version=F("data_version") + 1)

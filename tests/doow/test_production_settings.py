@@ -32,10 +32,12 @@ INHERITED_SETTINGS = (
 def run_django(tmp_path: Path, args: list[str], **settings_env: str) -> subprocess.CompletedProcess:
     env = {name: value for name, value in os.environ.items() if name not in INHERITED_SETTINGS}
     env.update(
-        DJANGO_SETTINGS_MODULE="doow.settings",
-        DOOW_LOCAL_DIR=str(tmp_path / "local"),
-        DATABASE_URL=f"sqlite:///{tmp_path / 'doow.sqlite3'}",
-        **settings_env,
+        {
+            "DJANGO_SETTINGS_MODULE": "doow.settings",
+            "DOOW_LOCAL_DIR": str(tmp_path / "local"),
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'doow.sqlite3'}",
+            **settings_env,
+        }
     )
     return subprocess.run(
         [sys.executable, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
@@ -128,3 +130,20 @@ def test_development_generates_its_secrets_once(tmp_path):
     assert first.stdout == second.stdout
     assert len(first.stdout.strip()) >= 50
     assert (tmp_path / "local" / "dev-encryption-keys").read_text().strip()
+
+
+@pytest.mark.parametrize(("configured", "expected"), [({}, "32MB"), ({"DATABASE_WORK_MEM": "64MB"}, "64MB")])
+def test_postgresql_connections_get_the_configured_work_mem(tmp_path, configured, expected):
+    """Reports group thousands of keys: PostgreSQL's default work_mem made it sort them on disk."""
+    printed = run_django(
+        tmp_path,
+        [
+            *SETUP[:1],
+            SETUP[1] + "; from django.conf import settings; print(settings.DATABASES['default']['OPTIONS'])",
+        ],
+        DEBUG="true",
+        DATABASE_URL="postgres://postgres@127.0.0.1:5432/doow",
+        **configured,
+    )
+    assert printed.returncode == 0, printed.stderr
+    assert f"'options': '-c work_mem={expected}'" in printed.stdout
