@@ -54,6 +54,7 @@ class WriteClock:
         self.guarded = 0.0
         self.usage_replace = 0.0
         self.summaries = 0.0
+        self.prepare = 0.0  # usage_prepare, before each transaction (outside the write path)
 
     def timed(self, figure: str, function):
         """`function`, adding the wall time of each call to this clock's `figure`."""
@@ -74,6 +75,7 @@ class WriteClock:
         with (
             mock.patch.object(sync._SyncJob, "guarded", self.timed("guarded", sync._SyncJob.guarded)),
             mock.patch.object(sync, "usage_replace", self.timed("usage_replace", sync.usage_replace)),
+            mock.patch.object(sync, "usage_prepare", self.timed("prepare", sync.usage_prepare)),
             mock.patch.object(
                 sync, "usage_summaries_rebuild", self.timed("summaries", sync.usage_summaries_rebuild)
             ),
@@ -131,9 +133,11 @@ def initial_sync(sizes, outcome: Outcome | None = None) -> Org:
         f"Write path = wall time inside `_SyncJob.guarded`, i.e. every write transaction of the sync (row "
         f"lock + generation check, keys and snapshots upsert, `usage_replace`, per-key fetch markers, "
         f"reconciliation, usage summaries): {clock.guarded:.1f} s, of which `usage_replace` "
-        f"{clock.usage_replace:.1f} s (the per-key summary of the keys it writes included) and the "
-        f"by-model summary's rebuild {clock.summaries:.1f} s. "
-        f"The other {wall - clock.guarded:.1f} s are HTTP, JSON parsing, normalisation and the emulator.",
+        f"{clock.usage_replace:.1f} s (the per-key summary of the keys it writes included) "
+        f"and the by-model summary's rebuild {clock.summaries:.1f} s. Before each transaction, with no "
+        f"lock held, `usage_prepare` rounds the rows' money and sums them per key and day: "
+        f"{clock.prepare:.1f} s in all. The other {wall - clock.guarded - clock.prepare:.1f} s are HTTP, "
+        "JSON parsing, normalisation and the emulator.",
         "Baseline = raw psycopg: COPY the same final rows (read back from the sync's table beforehand) "
         "into a temporary staging table, then INSERT … ON CONFLICT (natural key) DO UPDATE into an empty "
         "table created `LIKE usage_usagedaily INCLUDING ALL` (same columns, unique index and indexes), "
@@ -273,7 +277,7 @@ def run_incremental(sizes, org: Org | None) -> Outcome:
     for (label, *_), clock in zip(cases, org.resync_clocks, strict=True):
         outcome.notes.append(
             f"{label}: write transactions {clock.guarded:.2f} s, of which `usage_replace` "
-            f"{clock.usage_replace:.2f} s (the per-key summary included) and the by-model summary's "
+            f"{clock.usage_replace:.2f} s (the per-key sums included) and the by-model summary's "
             f"rebuild (the 30-day window) "
             f"{clock.summaries:.2f} s; the rest is reading (HTTP, parsing, the emulator)."
         )

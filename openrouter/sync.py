@@ -54,7 +54,7 @@ from openrouter.client import OpenRouterClient, RateLimited
 from openrouter.models import ApiKey, ApiKeySnapshot, CreditsSnapshot, Member, Model, Workspace
 from openrouter.schemas import COUNTER_FIELDS, KeyRecord
 from usage.selectors import METRICS, usage_attributed_sums
-from usage.services import usage_replace, usage_summaries_rebuild
+from usage.services import PreparedUsage, usage_prepare, usage_replace, usage_summaries_rebuild
 
 logger = logging.getLogger(__name__)
 
@@ -570,13 +570,15 @@ class _SyncJob:
         rows: dict = {}
         for _key, key_rows in activity:
             rows.update(key_rows)
+        # Rows are made ready (rounded and summed) before the transaction, which then only writes.
+        usage = usage_prepare(**self.ids(), rows=rows.items(), start=self.window_start, end=self.window_end)
 
         def write():
             for each in writes:
                 each()
             self.store_keys(keys)
             if activity:
-                self.store_activity([key for key, _rows in activity], rows)
+                self.store_activity([key for key, _rows in activity], usage)
             for each in then:
                 each()
 
@@ -662,16 +664,11 @@ class _SyncJob:
             or known["fetched_last_used_at"] != key.last_used_at
         )
 
-    def store_activity(self, keys: list[KeyRecord], rows: dict) -> None:
+    def store_activity(self, keys: list[KeyRecord], usage: PreparedUsage) -> None:
         """Replace the keys' usage rows and mark them fresh, in the caller's transaction."""
         hashes = [key.hash for key in keys]
         self.run.rows_written += usage_replace(
-            **self.ids(),
-            rows=rows.items(),
-            start=self.window_start,
-            end=self.window_end,
-            api_key_hashes=hashes,
-            new_key_hashes=self.never_fetched,
+            usage, api_key_hashes=hashes, new_key_hashes=self.never_fetched
         )
         # Mark the keys fresh in the same transaction as their rows: one statement per batch.
         bulk.update(
@@ -722,13 +719,8 @@ class _SyncJob:
                 message=f"Listed keys account for more than OpenRouter's account-wide activity on "
                 f"{len(negative)} day/model rows; the difference is recorded so totals match OpenRouter.",
             )
-        self.run.rows_written += usage_replace(
-            **self.ids(),
-            rows=rest.items(),
-            start=self.window_start,
-            end=self.window_end,
-            api_key_hashes=[""],
-        )
+        usage = usage_prepare(**self.ids(), rows=rest.items(), start=self.window_start, end=self.window_end)
+        self.run.rows_written += usage_replace(usage, api_key_hashes=[""])
 
 
 def models_upsert(records, *, now) -> int:

@@ -1,6 +1,7 @@
 """Writing usage rows: replace a slice of rows atomically, in batches, never one query per row."""
 
 from collections.abc import Collection, Iterable
+from dataclasses import dataclass
 from datetime import date
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -28,29 +29,25 @@ BY_KEY_FIELDS = (*BY_KEY_NATURAL_KEY, *METRICS)
 MONEY_STEP = Decimal(1).scaleb(-UsageDaily._meta.get_field("spend_usd").decimal_places)
 
 
-def usage_replace(
-    *,
-    company_id: int,
-    connection_id: int,
-    rows: Iterable[tuple[tuple, object]],
-    start: date,
-    end: date,
-    api_key_hashes: Iterable[str],
-    new_key_hashes: Collection[str] = (),
-) -> int:
-    """Replace the rows of the given keys ('' = unattributed) for days start..end with `rows`, and
-    their per-key summary (UsageDailyByKey) with the rows' sums.
+@dataclass(frozen=True)
+class PreparedUsage:
+    """Usage rows of one window (start..end) as written, with their per-key daily sums: built by
+    usage_prepare before the writing transaction, so the connection's row is held only while they
+    are written."""
 
-    `rows` yields ((day, workspace_id, api_key_hash, model_permaslug, provider_name), values). A
-    re-fetched day overwrites what was there, so a sync run twice writes the same rows. Keys in
-    `new_key_hashes` have never had rows written (their fetch marker is empty): their rows go in
-    by one plain insert (COPY on PostgreSQL), with no slice to delete first and no conflict to
-    check, which is most of a large initial sync. Should any of them exist after all, that insert
-    is undone and they are replaced like the others. Must be called inside a transaction (the
-    caller holds the connection lock).
-    """
-    assert transaction.get_connection().in_atomic_block, "usage_replace must run inside a transaction"
-    usage_summaries_mark_stale(connection_id=connection_id, start=start)
+    connection_id: int
+    start: date
+    end: date
+    records: list[tuple]  # ROW_FIELDS
+    daily: list[tuple]  # BY_KEY_FIELDS
+
+
+def usage_prepare(
+    *, company_id: int, connection_id: int, rows: Iterable[tuple[tuple, object]], start: date, end: date
+) -> PreparedUsage:
+    """`rows` yields ((day, workspace_id, api_key_hash, model_permaslug, provider_name), values);
+    rows outside start..end are left out. Money is rounded to the columns' scale first, so the sums
+    equal what the database would add up."""
     records = [
         (
             company_id,
@@ -72,31 +69,49 @@ def usage_replace(
         for (day, workspace_id, api_key_hash, permaslug, provider_name), values in rows
         if start <= day <= end
     ]
+    return PreparedUsage(connection_id, start, end, records, _sums_by_key(records))
+
+
+def usage_replace(
+    usage: PreparedUsage, *, api_key_hashes: Iterable[str], new_key_hashes: Collection[str] = ()
+) -> int:
+    """Replace the rows of the given keys ('' = unattributed) for days usage.start..usage.end with
+    `usage`, and their per-key summary (UsageDailyByKey) with the rows' sums.
+
+    A re-fetched day overwrites what was there, so a sync run twice writes the same rows. Keys in
+    `new_key_hashes` have never had rows written (their fetch marker is empty): their rows go in
+    by one plain insert (COPY on PostgreSQL), with no slice to delete first and no conflict to
+    check, which is most of a large initial sync. Should any of them exist after all, that insert
+    is undone and they are replaced like the others. Must be called inside a transaction (the
+    caller holds the connection lock).
+    """
+    assert transaction.get_connection().in_atomic_block, "usage_replace must run inside a transaction"
+    connection_id, start, end = usage.connection_id, usage.start, usage.end
+    usage_summaries_mark_stale(connection_id=connection_id, start=start)
     # The slice's keys as written (a row of a key not named still replaces what it overwrites).
-    slice_keys = set(api_key_hashes) | {record[4] for record in records}
+    slice_keys = set(api_key_hashes) | {record[4] for record in usage.records}
     new_keys = slice_keys & set(new_key_hashes)
-    fresh = [record for record in records if record[4] in new_keys]
-    if fresh and not _insert_fresh(fresh):
+    if new_keys and not _insert_fresh(usage, new_keys):
         new_keys = set()  # some existed after all: replace them like the others
-    refetched = [record for record in records if record[4] not in new_keys]
-    _delete_slice(connection_id, sorted(slice_keys - new_keys), start, end)
+    kept_keys = sorted(slice_keys - new_keys)
+    _delete_slice(connection_id, kept_keys, start, end)
     # An upsert, not a plain insert: a row left behind by anything unforeseen is overwritten with
     # the fetched value, never added to.
     bulk.upsert(
         UsageDaily,
         ROW_FIELDS,
-        refetched,
+        [record for record in usage.records if record[4] not in new_keys],
         unique_fields=NATURAL_KEY,
         update_fields=("company_id", *VALUE_FIELDS),
     )
     bulk.upsert(
         UsageDailyByKey,
         BY_KEY_FIELDS,
-        _sums_by_key(refetched),
+        [row for row in usage.daily if row[3] not in new_keys],
         unique_fields=BY_KEY_NATURAL_KEY,
         update_fields=METRICS,
     )
-    return len(records)
+    return len(usage.records)
 
 
 def _sums_by_key(records: list[tuple]) -> list[tuple]:
@@ -112,18 +127,18 @@ def _sums_by_key(records: list[tuple]) -> list[tuple]:
     return [
         (*dimensions, *group[0][8:])
         if len(group) == 1
-        else (*dimensions, *(sum(column) for column in zip(*(record[8:] for record in group), strict=True)))
+        else (*dimensions, *map(sum, zip(*[record[8:] for record in group], strict=True)))
         for dimensions, group in groups.items()
     ]
 
 
-def _insert_fresh(records: list[tuple]) -> bool:
-    """Insert rows of never-fetched keys and their per-key sums; all or nothing: False (nothing
-    written) if any of them exists already."""
+def _insert_fresh(usage: PreparedUsage, keys: set[str]) -> bool:
+    """Insert the rows of never-fetched `keys` and their per-key sums; all or nothing: False
+    (nothing written) if any of them exists already."""
     try:
         with transaction.atomic():
-            bulk.insert(UsageDaily, ROW_FIELDS, records)
-            bulk.insert(UsageDailyByKey, BY_KEY_FIELDS, _sums_by_key(records))
+            bulk.insert(UsageDaily, ROW_FIELDS, [record for record in usage.records if record[4] in keys])
+            bulk.insert(UsageDailyByKey, BY_KEY_FIELDS, [row for row in usage.daily if row[3] in keys])
     except bulk.AlreadyExists:
         return False
     return True

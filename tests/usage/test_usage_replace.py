@@ -10,7 +10,7 @@ from django.db.models import Sum
 from openrouter.normalize import UsageValues
 from tests.support import connect, stored_total
 from usage.models import UsageDaily, UsageDailyByKey
-from usage.services import usage_replace
+from usage.services import usage_prepare, usage_replace
 
 pytestmark = pytest.mark.django_db
 START, END = date(2026, 11, 1), date(2026, 11, 30)
@@ -29,16 +29,11 @@ def rows(key_hash, *days_and_spend):
 
 
 def replace(connection, key_rows, hashes, **kwargs):
+    usage = usage_prepare(
+        company_id=connection.company_id, connection_id=connection.pk, rows=key_rows, start=START, end=END
+    )
     with transaction.atomic():
-        return usage_replace(
-            company_id=connection.company_id,
-            connection_id=connection.pk,
-            rows=key_rows,
-            start=START,
-            end=END,
-            api_key_hashes=hashes,
-            **kwargs,
-        )
+        return usage_replace(usage, api_key_hashes=hashes, **kwargs)
 
 
 def test_a_refetched_slice_replaces_the_old_one_and_drops_vanished_rows(connection):
