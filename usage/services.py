@@ -79,11 +79,11 @@ def usage_replace(
     `usage`, and their per-key summary (UsageDailyByKey) with the rows' sums.
 
     A re-fetched day overwrites what was there, so a sync run twice writes the same rows. Keys in
-    `new_key_hashes` have never had rows written (their fetch marker is empty): their rows go in
-    by one plain insert (COPY on PostgreSQL), with no slice to delete first and no conflict to
-    check, which is most of a large initial sync. Should any of them exist after all, that insert
-    is undone and they are replaced like the others. Must be called inside a transaction (the
-    caller holds the connection lock).
+    `new_key_hashes` have never had rows written (their fetch marker is empty): their slices are
+    not deleted first, and many of their rows go in by one plain insert (COPY on PostgreSQL) with no
+    conflict to check, which is most of a large initial sync. Should any of them exist after all,
+    that insert is undone and they are replaced like the others. Must be called inside a
+    transaction (the caller holds the connection lock).
     """
     assert transaction.get_connection().in_atomic_block, "usage_replace must run inside a transaction"
     connection_id, start, end = usage.connection_id, usage.start, usage.end
@@ -91,23 +91,28 @@ def usage_replace(
     # The slice's keys as written (a row of a key not named still replaces what it overwrites).
     slice_keys = set(api_key_hashes) | {record[4] for record in usage.records}
     new_keys = slice_keys & set(new_key_hashes)
-    if new_keys and not _insert_fresh(usage, new_keys):
-        new_keys = set()  # some existed after all: replace them like the others
-    kept_keys = sorted(slice_keys - new_keys)
-    _delete_slice(connection_id, kept_keys, start, end)
+    inserted: set[str] = set()
+    if sum(record[4] in new_keys for record in usage.records) >= bulk.COPY_MIN_ROWS:
+        if _insert_fresh(usage, new_keys):
+            inserted = new_keys
+        else:
+            new_keys = set()  # some existed after all: replace them like the others
+    # A few new keys' rows go in with the others' upsert, which costs fewer statements than the
+    # insert's savepoint; their slices are not deleted first either way.
+    _delete_slice(connection_id, sorted(slice_keys - new_keys), start, end)
     # An upsert, not a plain insert: a row left behind by anything unforeseen is overwritten with
     # the fetched value, never added to.
     bulk.upsert(
         UsageDaily,
         ROW_FIELDS,
-        [record for record in usage.records if record[4] not in new_keys],
+        [record for record in usage.records if record[4] not in inserted],
         unique_fields=NATURAL_KEY,
         update_fields=("company_id", *VALUE_FIELDS),
     )
     bulk.upsert(
         UsageDailyByKey,
         BY_KEY_FIELDS,
-        [row for row in usage.daily if row[3] not in new_keys],
+        [row for row in usage.daily if row[3] not in inserted],
         unique_fields=BY_KEY_NATURAL_KEY,
         update_fields=METRICS,
     )

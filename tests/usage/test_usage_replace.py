@@ -16,6 +16,14 @@ pytestmark = pytest.mark.django_db
 START, END = date(2026, 11, 1), date(2026, 11, 30)
 
 
+@pytest.fixture(autouse=True, params=["insert", "upsert"])
+def new_keys_path(request, monkeypatch):
+    """Every test runs both ways new keys' rows go in: a plain insert (many rows), an upsert (few)."""
+    from doow import bulk
+
+    monkeypatch.setattr(bulk, "COPY_MIN_ROWS", 0 if request.param == "insert" else 10**9)
+
+
 @pytest.fixture
 def connection(acme, emulator):
     return connect(acme, emulator)
