@@ -144,7 +144,7 @@ else:
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     # Memory per sort or hash of one query. Reports group thousands of keys: with PostgreSQL's
     # default (4MB) the planner sorted the key table's rows on disk instead of hashing them in memory
-    # (120 ms against 75 ms at 1M usage rows, bench/results.md).
+    # (120 ms against 75 ms on the bench's 1M usage rows).
     DATABASES["default"].setdefault("OPTIONS", {})["options"] = (
         f"-c work_mem={env.str('DATABASE_WORK_MEM', default='32MB')}"
     )

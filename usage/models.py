@@ -31,7 +31,7 @@ class UsageDaily(UsageMetrics):
 
     # Neither foreign key is a database constraint. PostgreSQL checks one per inserted row when the
     # transaction commits, and that check cost a large write batch as much again as its rows
-    # (bench/results.md). Rows are written only by usage_replace, in a transaction that holds the
+    # (README, "Performance"). Rows are written only by usage_replace, in a transaction that holds the
     # connection's row and has checked it is still connected; connections are never deleted (a
     # disconnect keeps the row, and purges usage under the same lock); deleting a company still
     # deletes its rows (Django cascades). `company` is a copy of connection.company for
@@ -98,9 +98,9 @@ class UsageDailyByKey(UsageMetrics):
     """UsageDaily summed over models and providers: what the key table (and anything else by key,
     workspace and day alone) reads, in one row per key and day instead of one per model and provider.
     Unlike UsageDailyByModel it is not rebuilt at the end of a sync: usage_replace keeps it, for the
-    keys and days whose rows it replaces, in the same statement batch. A sync re-writes every key's
-    window only on its first run, so a rebuild from the first stale day would redo the whole window
-    (every key) on every sync; keeping the replaced slice costs in proportion to what was written.
+    keys and days whose rows it replaces, in the same transaction. Every sync re-writes the
+    unattributed rows of the whole window, so a rebuild from the first stale day would redo every
+    key's window on every sync; keeping the replaced slices costs in proportion to what was written.
     Read, like every summary, only while the connection's `usage_summaries_stale_from` is None."""
 
     # Not a database constraint, and not indexed alone, for the reasons UsageDaily gives.

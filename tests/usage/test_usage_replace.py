@@ -133,3 +133,19 @@ def test_a_per_key_summary_row_left_behind_is_overwritten_never_added_to(connect
     replace(connection, rows("a", (date(2026, 11, 2), "1")), ["a"], new_key_hashes={"a"})
 
     assert by_key(connection, UsageDailyByKey) == {(date(2026, 11, 2), "ws", "a"): (1, Decimal("1"))}
+
+
+def test_money_is_rounded_to_the_columns_scale_before_it_is_stored_or_summed(connection):
+    """Half away from zero, as PostgreSQL rounds a numeric on input: the per-key sums made in Python
+    equal the stored rows' sums on every database."""
+    day = date(2026, 11, 2)
+    spends = ["0.0000000000005", "0.0000000000004999", "-0.0000000000015", "1.23456789012345"]
+    key_rows = [
+        ((day, "ws", "a", f"perma-{i}", "prov"), UsageValues(model="m", requests=1, spend_usd=Decimal(spend)))
+        for i, spend in enumerate(spends)
+    ]
+    replace(connection, key_rows, ["a"])
+
+    stored = sorted(UsageDaily.objects.filter(connection=connection).values_list("spend_usd", flat=True))
+    assert stored == sorted(Decimal(v) for v in ["0.000000000001", "0", "-0.000000000002", "1.234567890123"])
+    assert by_key(connection, UsageDailyByKey) == by_key(connection, UsageDaily)
