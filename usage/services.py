@@ -200,11 +200,10 @@ def usage_summaries_recompute(*, connection_id: int) -> None:
     for a running sync's write and moves the data version: cached reports are recomputed."""
     with transaction.atomic():
         Connection.objects.filter(pk=connection_id).update(data_version=F("data_version") + 1)
-        for summary in KEPT_BY_REPLACE:
+        for summary in SUMMARIES:
             summary.objects.filter(connection_id=connection_id).delete()
             _summarize(summary, connection_id=connection_id, start=SUMMARIES_NEVER_BUILT)
-        usage_summaries_mark_stale(connection_id=connection_id, start=SUMMARIES_NEVER_BUILT)
-        usage_summaries_rebuild(connection_id=connection_id)
+        Connection.objects.filter(pk=connection_id).update(usage_summaries_stale_from=None)
 
 
 def _summarize(summary, *, connection_id: int, start: date) -> None:
