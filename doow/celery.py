@@ -2,7 +2,7 @@
 
 import os
 
-from celery import Celery
+from celery import Celery, signals
 from celery.schedules import crontab
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "doow.settings")
@@ -29,6 +29,19 @@ def _configure(sender, **kwargs) -> None:
         worker_enable_remote_control=not filesystem_broker,
         beat_schedule=beat_schedule(settings),
     )
+
+
+@signals.task_prerun.connect
+@signals.task_postrun.connect
+def close_old_database_connections(sender=None, **kwargs) -> None:
+    """Around each task, what Django does around each web request: drop a connection older than
+    CONN_MAX_AGE or left unusable by an error, and health-check a kept one before its next use.
+    Celery's own fixup would close it every time instead (settings.CELERY_DB_REUSE_MAX)."""
+    if getattr(getattr(sender, "request", None), "is_eager", False):
+        return  # Run in the caller's process, inside its connection and maybe its transaction.
+    from django.db import close_old_connections
+
+    close_old_connections()
 
 
 def beat_schedule(settings) -> dict:

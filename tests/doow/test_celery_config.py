@@ -1,10 +1,16 @@
 """The Celery app's configuration: limits that keep Redis from re-delivering a running task, and the
 beat schedule."""
 
+import time
+from types import SimpleNamespace
+
+import pytest
+from celery.fixups.django import DjangoWorkerFixup
 from celery.schedules import crontab
 from django.conf import settings
+from django.db import connection, transaction
 
-from doow.celery import app
+from doow.celery import app, close_old_database_connections
 
 
 def test_celery_runs_in_utc_and_acknowledges_late():
@@ -58,3 +64,53 @@ def test_every_scheduled_task_is_registered():
     app.autodiscover_tasks(force=True)
     for entry in app.conf.beat_schedule.values():
         assert entry["task"] in app.tasks, entry["task"]
+
+
+def _task(*, eager: bool):
+    return SimpleNamespace(request=SimpleNamespace(is_eager=eager))
+
+
+def _run_like_a_worker(fixup: DjangoWorkerFixup, task) -> None:
+    """The task_prerun and task_postrun receivers a worker runs around a task, and a query between."""
+    fixup.on_task_prerun(sender=task)
+    close_old_database_connections(sender=task)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    fixup.on_task_postrun(sender=task)
+    close_old_database_connections(sender=task)
+
+
+@pytest.fixture
+def kept_connection(monkeypatch):
+    """A fresh connection kept for a minute, as DATABASE_CONN_MAX_AGE keeps PostgreSQL's."""
+    monkeypatch.setitem(connection.settings_dict, "CONN_MAX_AGE", 60)
+    connection.close()
+    connection.ensure_connection()
+    return connection.connection
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_keeps_its_database_connection_from_task_to_task(kept_connection):
+    # Celery's Django fixup (what `celery worker` installs, configured from our settings) used to
+    # close it around every task: a new PostgreSQL backend per sync.
+    fixup = DjangoWorkerFixup(app)
+    for _ in range(5):
+        _run_like_a_worker(fixup, _task(eager=False))
+    assert connection.connection is kept_connection
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_replaces_a_connection_older_than_conn_max_age(kept_connection):
+    connection.close_at = time.monotonic() - 1
+    _run_like_a_worker(DjangoWorkerFixup(app), _task(eager=False))
+    assert connection.connection is not None
+    assert connection.connection is not kept_connection
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_eager_task_leaves_the_callers_connection_and_transaction_alone(kept_connection):
+    connection.close_at = time.monotonic() - 1  # obsolete: a worker's task would drop it
+    with transaction.atomic():
+        close_old_database_connections(sender=_task(eager=True))
+        assert connection.in_atomic_block
+        assert connection.connection is kept_connection
