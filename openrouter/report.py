@@ -583,11 +583,12 @@ def _filter_options(connection: Connection, query: DetailQuery) -> dict:
             .order_by("name")
             .values_list("workspace_id", "name")
         ),
-        "keys": list(
-            ApiKey.objects.filter(connection=connection)
+        "keys": [
+            (key_hash, name or key_hash)  # a key with no name goes by its hash
+            for key_hash, name in ApiKey.objects.filter(connection=connection)
             .order_by("name")
             .values_list("key_hash", "name")[:500]
-        ),
+        ],
         "models": sorted(set(models), key=lambda item: item[1]),
         "providers": sorted(set(providers)),
     }

@@ -253,6 +253,23 @@ def test_a_key_filter_narrows_to_that_key(synced, alice, emulator):
     assert deleted.context["totals"]["spend_usd"] == stored_total(synced, api_key_hash="")
 
 
+def test_the_key_filter_lists_every_key_escaped_with_the_filtered_one_selected(synced, alice, emulator):
+    hostile, unnamed, *_ = synced.openrouter_keys.order_by("key_hash")
+    hostile.name = '<b>"Ops" & co</b>'
+    hostile.save()
+    unnamed.name = ""
+    unnamed.save()
+    page = client_for(alice).get(url(synced, window_query(emulator, key=hostile.key_hash))).content.decode()
+    select = page.split('<select id="f-key"')[1].split("</select>")[0]
+    expected = (
+        f'<option value="{hostile.key_hash}" selected>&lt;b&gt;&quot;Ops&quot; &amp; co&lt;/b&gt;</option>'
+    )
+    assert expected in select
+    assert f'<option value="{unnamed.key_hash}">{unnamed.key_hash}</option>' in select  # known by its hash
+    assert select.count("<option") == 2 + synced.openrouter_keys.count()  # all keys, unattributed
+    assert select.count(" selected") == 1
+
+
 # --- States that explain themselves
 
 
