@@ -26,10 +26,11 @@ class Sizes:
 
 
 MODES = {
-    # ~300k activity rows; the page at 10k/100k/1M rows; 500 connections; 100k then 200k keys.
+    # ~300k activity rows; the page at 10k/100k/1M rows, median of 7 views; 500 connections; 100k
+    # then 200k keys.
     # Memory: 100k then 200k keys, with 2 days of history (young keys, little activity) to stay
     # within ~20 minutes; `--memory-days 30` gives every key a month of activity (much slower).
-    "full": Sizes(15_000, 365, (10_000, 100_000, 1_000_000), 3, 500, (1, 4, 16), 0.05, (100_000, 200_000), 2),
+    "full": Sizes(15_000, 365, (10_000, 100_000, 1_000_000), 7, 500, (1, 4, 16), 0.05, (100_000, 200_000), 2),
     "quick": Sizes(1_000, 365, (10_000, 100_000), 3, 60, (1, 4, 16), 0.05, (5_000, 10_000), 30),
     # Every code path in seconds, for tests/bench/test_bench_smoke.py.
     "tiny": Sizes(30, 30, (500, 2_000), 1, 4, (1, 2), 0.01, (40, 80), 30),
