@@ -590,7 +590,7 @@ def _filter_options(connection: Connection, query: DetailQuery) -> dict:
             .values_list("key_hash", "name")[:500]
         ],
         "models": sorted(set(models), key=lambda item: item[1]),
-        "providers": sorted(set(providers)),
+        "providers": [(provider, provider) for provider in sorted(set(providers))],
     }
 
 
