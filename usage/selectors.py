@@ -102,9 +102,10 @@ def usage_totals(**query) -> dict:
     return {name: totals[name] or 0 for name in METRICS}
 
 
-def usage_grouped(*, group_by: list[str], order_by: list[str] | None = None, **query):
-    """Sums per combination of the named dimensions (see DIMENSIONS), computed in the database."""
+def usage_grouped(*, group_by: list[str], order_by: list[str] | None = None, metrics=METRICS, **query):
+    """Sums (of `metrics`, every one by default) per combination of the named dimensions (see
+    DIMENSIONS), computed in the database."""
     fields = [field for dimension in group_by for field in DIMENSIONS[dimension]]
     rows = usage_rows(dimensions=group_by, **query)
-    grouped = rows.values(*fields).annotate(**{name: Sum(name) for name in METRICS})
+    grouped = rows.values(*fields).annotate(**{name: Sum(name) for name in metrics})
     return grouped.order_by(*(order_by or fields))

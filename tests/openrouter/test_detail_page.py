@@ -106,8 +106,18 @@ def test_every_table_adds_up_to_the_totals_across_its_pages(synced, alice, emula
         for n in range(1, pages + 1)
         for row in client.get(url(synced, window_query(emulator, tab=tab, page=n))).context["table"]["rows"]
     ]
-    assert sum(Decimal(r["spend_usd"]) for r in rows) == first.context["totals"]["spend_usd"]
-    assert sum(r["requests"] for r in rows) == first.context["totals"]["requests"]
+    dimension = report.DIMENSIONS[report.TAB_DIMENSION[tab]]
+    assert len({tuple(r[field] for field in dimension) for r in rows}) == len(rows)  # one row each
+    totals = first.context["totals"]
+    assert sum(Decimal(r["spend_usd"]) for r in rows) == totals["spend_usd"]
+    assert sum(r["requests"] for r in rows) == totals["requests"]
+    # Every figure the tab shows (its query sums only those), not just spend and requests.
+    expected = {name: totals[name] for name in report.METRICS}
+    expected["total_tokens"] = totals["prompt_tokens"] + totals["completion_tokens"]
+    shown = [c.field for c in report.table_columns(tab) if c.field in expected]
+    assert {"spend_usd", "requests", "total_tokens"} <= set(shown)
+    for field in shown:
+        assert sum(Decimal(r[field]) for r in rows) == expected[field], field
 
 
 def test_deleted_keys_have_their_own_row(synced, alice, emulator):
