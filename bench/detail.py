@@ -232,7 +232,6 @@ def measure(dataset: Dataset, repeat: int) -> dict:
     from django.db import connection as django_connection
     from django.test import Client
 
-    django_connection.close()  # EXPERIMENT
     # The page gets a database connection of its own, as a web process has and as the baselines'
     # do: the one that just loaded and summarized a million rows made a first view at 1M rows
     # 10-25 ms slower.
