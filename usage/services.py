@@ -92,8 +92,9 @@ def usage_replace(
     slice_keys = set(api_key_hashes) | {record[4] for record in usage.records}
     new_keys = slice_keys & set(new_key_hashes)
     inserted: set[str] = set()
-    if sum(record[4] in new_keys for record in usage.records) >= bulk.COPY_MIN_ROWS:
-        if _insert_fresh(usage, new_keys):
+    fresh = [record for record in usage.records if record[4] in new_keys]
+    if len(fresh) >= bulk.COPY_MIN_ROWS:
+        if _insert_fresh(fresh, [row for row in usage.daily if row[3] in new_keys]):
             inserted = new_keys
         else:
             new_keys = set()  # some existed after all: replace them like the others
@@ -137,13 +138,13 @@ def _sums_by_key(records: list[tuple]) -> list[tuple]:
     ]
 
 
-def _insert_fresh(usage: PreparedUsage, keys: set[str]) -> bool:
-    """Insert the rows of never-fetched `keys` and their per-key sums; all or nothing: False
-    (nothing written) if any of them exists already."""
+def _insert_fresh(records: list[tuple], daily: list[tuple]) -> bool:
+    """Insert rows of never-fetched keys and their per-key sums; all or nothing: False (nothing
+    written) if any of them exists already."""
     try:
         with transaction.atomic():
-            bulk.insert(UsageDaily, ROW_FIELDS, [record for record in usage.records if record[4] in keys])
-            bulk.insert(UsageDailyByKey, BY_KEY_FIELDS, [row for row in usage.daily if row[3] in keys])
+            bulk.insert(UsageDaily, ROW_FIELDS, records)
+            bulk.insert(UsageDailyByKey, BY_KEY_FIELDS, daily)
     except bulk.AlreadyExists:
         return False
     return True
