@@ -17,10 +17,12 @@ spend most of their time on.
 import logging
 import queue
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as clock_time
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
@@ -67,6 +69,9 @@ FETCH_MARKER_FIELDS = (
 )
 PAGE_SIZE_CONFIG = "keys_page_size"  # the /keys page size last seen (Connection.config)
 ACTIVITY_DAYS = 30  # OpenRouter's /activity covers the last 30 completed UTC days.
+# An /activity answer received this close to (or after) the UTC midnight that ends the sync's
+# day may already cover the next window (one day later): our clock and OpenRouter's differ a little.
+MIDNIGHT_MARGIN = timedelta(minutes=5)
 # A phase shown less than this long after the previous one waits for the next write transaction:
 # a small sync's phases pass in milliseconds, and one UPDATE each would double its statements.
 PROGRESS_INTERVAL_SECONDS = 1.0
@@ -254,16 +259,22 @@ class _SyncJob:
         self.client = client
         self.events = events
         self.now = now
+        self.started = time.monotonic()
         self.today = now.date()
         self.window_start, self.window_end = activity_window(self.today)
+        # From this moment an /activity answer may no longer cover window_start (see fetch_activity).
+        self.window_may_shift_at = (
+            datetime.combine(self.today + timedelta(days=1), clock_time.min, tzinfo=UTC) - MIDNIGHT_MARGIN
+        )
         self.generation = connection.generation
         self.wrote_anything = False
         self.complete_through: date | None = None
         # Hashes of listed keys whose activity was never stored (no usage rows exist for them yet).
         self.never_fetched: set[str] = set()
         # Keys read and activity fetched but not written yet: written every OPENROUTER_WRITE_BATCH_KEYS keys.
+        # Activity is kept with the first day it covers (see fetch_activity).
         self.pending_keys: dict[str, KeyRecord] = {}
-        self.pending_activity: dict[str, tuple[KeyRecord, dict]] = {}
+        self.pending_activity: dict[str, tuple[KeyRecord, dict, date]] = {}
         # Organization-level records read (credits, workspaces, members), written with the next batch.
         self.pending_writes: list[Callable[[], object]] = []
         self.unshown_progress: dict | None = None
@@ -345,6 +356,28 @@ class _SyncJob:
     def ids(self) -> dict:
         return {"company_id": self.connection.company_id, "connection_id": self.connection.pk}
 
+    def clock(self) -> datetime:
+        """The time now, on the sync's clock (`now` at its start, which tests set)."""
+        return self.now + timedelta(seconds=time.monotonic() - self.started)
+
+    def fetch_activity(
+        self, *, api_key_hash: str = "", workspace_id: str | None = None, group_by_workspace: bool = False
+    ) -> tuple[dict, date]:
+        """One /activity answer, aggregated, with the first day of the sync's window it covers.
+
+        OpenRouter serves the last 30 completed UTC days as of when it answers. An answer that came
+        after midnight may cover the next day's window, one day later, without the sync's first day:
+        replacing that day with it would delete its rows. So such an answer replaces only the days
+        after it, unless it holds rows of the first day, which prove it still covers it. The day it
+        adds after the sync's window is left out and fetched by the next sync, as its keys' fetch
+        marker still ends at the window's end."""
+        records = self.client.get_activity(api_key_hash=api_key_hash, group_by_workspace=group_by_workspace)
+        received_at = self.clock()
+        rows = normalize.aggregate_activity(records, api_key_hash=api_key_hash, workspace_id=workspace_id)
+        if received_at < self.window_may_shift_at or any(key[0] == self.window_start for key in rows):
+            return rows, self.window_start
+        return rows, self.window_start + timedelta(days=1)
+
     # --- the sync
 
     def execute(self) -> None:
@@ -388,14 +421,14 @@ class _SyncJob:
             self.read_members()
             finish_keys = self.sync_keys(workspace_ids)
             self.progress("reconciling account-wide activity")
-            account = normalize.aggregate_activity(self.client.get_activity(group_by_workspace=True))
+            account, account_start = self.fetch_activity(group_by_workspace=True)
         except BaseException:
             # What was read and fetched is kept, so the next run fetches only what is left.
             self.write_pending()
             raise
         self.write_pending(
             finish_keys,
-            lambda: self.reconcile_account(account),
+            lambda: self.reconcile_account(account, account_start),
             lambda: usage_summaries_rebuild(connection_id=self.connection.pk),
         )
         self.complete_through = self.window_end
@@ -551,9 +584,12 @@ class _SyncJob:
         # is written once, as last read. Queued before the fetches, so a failing fetch still
         # leaves the page's keys to be written (by sync_keys) with the activity fetched before it.
         self.pending_keys.update((k.hash, k) for k in page)
-        for key, records in pool.map(lambda k: (k, self.client.get_activity(api_key_hash=k.hash)), stale):
-            rows = normalize.aggregate_activity(records, api_key_hash=key.hash, workspace_id=key.workspace_id)
-            self.pending_activity[key.hash] = (key, rows)
+
+        def fetch(key: KeyRecord):
+            return key, *self.fetch_activity(api_key_hash=key.hash, workspace_id=key.workspace_id)
+
+        for key, rows, start in pool.map(fetch, stale):
+            self.pending_activity[key.hash] = (key, rows, start)
         if len(self.pending_keys) >= settings.OPENROUTER_WRITE_BATCH_KEYS:
             self.write_pending()
         else:
@@ -567,18 +603,28 @@ class _SyncJob:
         writes, self.pending_writes = self.pending_writes, []
         keys, activity = list(self.pending_keys.values()), list(self.pending_activity.values())
         self.pending_keys, self.pending_activity = {}, {}
-        rows: dict = {}
-        for _key, key_rows in activity:
-            rows.update(key_rows)
+        # Keys whose activity covers the same days are replaced together (all of them, but for
+        # answers that came around midnight).
+        by_start: dict[date, tuple[list[KeyRecord], dict]] = defaultdict(lambda: ([], {}))
+        for key, key_rows, start in activity:
+            group_keys, group_rows = by_start[start]
+            group_keys.append(key)
+            group_rows.update(key_rows)
         # Rows are made ready (rounded and summed) before the transaction, which then only writes.
-        usage = usage_prepare(**self.ids(), rows=rows.items(), start=self.window_start, end=self.window_end)
+        usages = [
+            (
+                group_keys,
+                usage_prepare(**self.ids(), rows=group_rows.items(), start=start, end=self.window_end),
+            )
+            for start, (group_keys, group_rows) in sorted(by_start.items())
+        ]
 
         def write():
             for each in writes:
                 each()
             self.store_keys(keys)
-            if activity:
-                self.store_activity([key for key, _rows in activity], usage)
+            for group_keys, usage in usages:
+                self.store_activity(group_keys, usage)
             for each in then:
                 each()
 
@@ -691,13 +737,13 @@ class _SyncJob:
         self.never_fetched.difference_update(hashes)
         self.run.keys_fetched += len(keys)
 
-    def reconcile_account(self, account: dict) -> None:
-        """Account-wide activity minus listed keys' rows = usage of deleted or unlisted keys. Runs
-        after the keys' rows are written, in the same transaction as the last of them."""
+    def reconcile_account(self, account: dict, start: date) -> None:
+        """Account-wide activity minus listed keys' rows = usage of deleted or unlisted keys, for the
+        days start..window_end that the account-wide answer covers. Runs after the keys' rows are
+        written, in the same transaction as the last of them."""
+        account = {key: values for key, values in account.items() if start <= key[0] <= self.window_end}
         attributed = {}
-        for row in usage_attributed_sums(
-            connection_id=self.connection.pk, start=self.window_start, end=self.window_end
-        ):
+        for row in usage_attributed_sums(connection_id=self.connection.pk, start=start, end=self.window_end):
             values = normalize.UsageValues(model="")
             for name in METRICS:
                 setattr(values, name, row[f"{name}_sum"] or 0)
@@ -719,7 +765,7 @@ class _SyncJob:
                 message=f"Listed keys account for more than OpenRouter's account-wide activity on "
                 f"{len(negative)} day/model rows; the difference is recorded so totals match OpenRouter.",
             )
-        usage = usage_prepare(**self.ids(), rows=rest.items(), start=self.window_start, end=self.window_end)
+        usage = usage_prepare(**self.ids(), rows=rest.items(), start=start, end=self.window_end)
         self.run.rows_written += usage_replace(usage, api_key_hashes=[""])
 
 

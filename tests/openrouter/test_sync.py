@@ -1,16 +1,19 @@
 """The sync engine against the emulator: totals reconcile to the cent, re-syncs are idempotent,
 faults end in correct data or a clear partial/failed run, and unchanged keys cost no request."""
 
+import threading
 from collections import defaultdict
-from datetime import timedelta
+from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 
+import httpx
 import pytest
 
 from integrations.models import ConnectionState, SyncEvent, SyncRun
 from openrouter.emulator import Fault
 from openrouter.models import ApiKey, ApiKeySnapshot, CreditsSnapshot, Member, Workspace
-from tests.support import Sleeps, connect, stored_total, sync, usage_snapshot
+from openrouter.sync import sync_connection
+from tests.support import EMULATOR_BASE_URL, Sleeps, connect, stored_total, sync, usage_snapshot
 from usage.models import UsageDaily
 
 pytestmark = pytest.mark.django_db
@@ -297,3 +300,57 @@ def test_sync_never_calls_content_or_write_endpoints(connection, emulator):
     sync(connection, emulator)
     assert {entry.method for entry in emulator.request_log} == {"GET"}
     assert not any("generation" in entry.path for entry in emulator.request_log)
+
+
+class MidnightTransport(httpx.BaseTransport):
+    """The emulator moves to the next UTC day after `after` per-key /activity answers, as if
+    midnight passed in the middle of a sync."""
+
+    def __init__(self, emulator, after: int):
+        self.inner, self.emulator, self.left = emulator.transport(), emulator, after
+        self.lock = threading.Lock()
+
+    def handle_request(self, request):
+        response = self.inner.handle_request(request)
+        if request.url.path.endswith("/activity") and "api_key_hash" in request.url.params:
+            with self.lock:
+                self.left -= 1
+                if self.left == 0:
+                    self.emulator.set_today(self.emulator.today + timedelta(days=1))
+        return response
+
+
+def test_midnight_passing_during_a_sync_loses_no_day(connection, emulator, settings):
+    settings.OPENROUTER_WRITE_BATCH_KEYS = 5  # answers from both sides of midnight in one batch and across
+    day_before = emulator.today - timedelta(days=1)
+    emulator.set_today(day_before)
+    sync(connection, emulator)
+    emulator.set_today(day_before + timedelta(days=1))
+    start, end = window(emulator)
+    truth = {
+        day: emulator.truth.activity_total(day, day)
+        for day in (start + timedelta(days=n) for n in range((end - start).days + 1))
+    }
+    keys = len(list(emulator.truth.listed_keys()))
+
+    # Every key is stale (a day has completed); midnight passes after a third of their answers.
+    result = sync_connection(
+        connection.pk,
+        transport=MidnightTransport(emulator, after=keys // 3),
+        base_url=EMULATOR_BASE_URL,
+        sleep=Sleeps(),
+        now=datetime.combine(emulator.today, time(23, 59, 30), tzinfo=UTC),
+    )
+
+    assert result.status == "succeeded"
+    assert emulator.today == end + timedelta(days=2), "midnight should have passed during the sync"
+    # The first day, which answers after midnight no longer cover, keeps every cent.
+    assert {day: stored_total(connection, day=day) for day in truth} == truth
+    assert not UsageDaily.objects.filter(connection=connection, spend_usd__lt=0).exists()
+    assert not SyncEvent.objects.filter(code="reconciliation_mismatch").exists()
+
+    # The next sync, on the new day, fetches the day the late answers left out.
+    sync(connection, emulator)
+    new_start, new_end = window(emulator)
+    assert stored_total(connection, day__gte=new_start) == emulator.truth.activity_total(new_start, new_end)
+    assert stored_total(connection, day=start) == truth[start]
