@@ -3,6 +3,7 @@ from datetime import timedelta
 
 from celery import shared_task
 from django.conf import settings
+from django.db.models import Q
 from django.utils import timezone
 
 from integrations.models import Connection
@@ -13,24 +14,32 @@ from integrations.services import connections_due
 @shared_task(name="integrations.enqueue_due_syncs", ignore_result=True)
 def enqueue_due_syncs() -> int:
     """Fan out: one provider sync task per due connection, spread over a few minutes so thousands of
-    connections do not all hit their provider at once. Pushing next_sync_at forward first makes a
-    doubled beat tick enqueue nothing twice."""
+    connections do not all hit their provider at once.
+
+    Due connections are claimed by one conditional UPDATE that moves their next_sync_at forward to
+    this tick's own mark, and only those that carry the mark are enqueued: a doubled or overlapping
+    beat tick, which finds them claimed, enqueues nothing twice."""
     from doow.celery import app
 
     now = timezone.now()
     due = connections_due(now=now)
     interval = timedelta(minutes=settings.OPENROUTER_SYNC_INTERVAL_MINUTES)
     spread = max(1, min(300, int(interval.total_seconds() // 4)))
-    for connection in Connection.objects.filter(pk__in=due).only("pk", "provider"):
-        claimed = Connection.objects.filter(pk=connection.pk, next_sync_at=connection.next_sync_at).update(
-            next_sync_at=now + interval
-        )
-        if not claimed:
-            continue
+    # The random microseconds tell this tick's claims from another tick's of the same instant.
+    claim_mark = now + interval + timedelta(microseconds=random.randrange(1, 1_000_000))
+    Connection.objects.filter(pk__in=due).filter(
+        Q(next_sync_at__isnull=True) | Q(next_sync_at__lte=now)
+    ).update(next_sync_at=claim_mark)
+    claimed = list(
+        Connection.objects.filter(pk__in=due, next_sync_at=claim_mark)
+        .order_by("pk")
+        .values_list("pk", "provider")
+    )
+    for connection_id, provider in claimed:
         app.send_task(
-            get_provider(connection.provider).sync_task,
-            args=[connection.pk],
+            get_provider(provider).sync_task,
+            args=[connection_id],
             kwargs={"trigger": "scheduled"},
             countdown=random.randint(0, spread),
         )
-    return len(due)
+    return len(claimed)

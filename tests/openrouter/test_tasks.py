@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from integrations.models import Connection, SyncRun
 from integrations.services import connection_disconnect
+from integrations import tasks as integrations_tasks
 from integrations.tasks import enqueue_due_syncs
 from openrouter.emulator import Fault
 from openrouter.models import ApiKey
@@ -181,3 +182,20 @@ def test_disconnect_during_a_sync_stops_all_further_writes(acme, emulator):
     assert (connection.secret, connection.secret_last4, connection.state) == ("", "", "disconnected")
     run = SyncRun.objects.get(pk=outcome["result"].run_id)
     assert run.error_summary == "aborted_disconnected"
+
+
+@pytest.mark.django_db
+def test_an_overlapping_beat_tick_does_not_enqueue_what_another_tick_claimed(acme, emulator):
+    connection = connect(acme, emulator)
+    Connection.objects.filter(pk=connection.pk).update(
+        state="connected", next_sync_at=timezone.now() - timedelta(minutes=1)
+    )
+    due_before_the_first_tick_claimed = [connection.pk]
+    with mock.patch("doow.celery.app.send_task") as send_task:
+        assert enqueue_due_syncs() == 1
+        # A second tick that listed the due connections before the first one claimed them.
+        with mock.patch.object(
+            integrations_tasks, "connections_due", lambda now: due_before_the_first_tick_claimed
+        ):
+            assert enqueue_due_syncs() == 0
+    assert [call.kwargs["args"] for call in send_task.call_args_list] == [[connection.pk]]
