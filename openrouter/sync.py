@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as clock_time
+from decimal import ROUND_HALF_UP, Decimal
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
@@ -53,7 +54,7 @@ from integrations.services import (
 )
 from openrouter import normalize
 from openrouter.client import OpenRouterClient, RateLimited
-from openrouter.models import ApiKey, ApiKeySnapshot, CreditsSnapshot, Member, Model, Workspace
+from openrouter.models import MONEY_STEP, ApiKey, ApiKeySnapshot, CreditsSnapshot, Member, Model, Workspace
 from openrouter.schemas import COUNTER_FIELDS, KeyRecord
 from usage.selectors import METRICS, usage_attributed_sums
 from usage.services import PreparedUsage, usage_prepare, usage_replace, usage_summaries_rebuild
@@ -95,6 +96,12 @@ class SyncResult:
     retry_after: float | None = None
     run_id: int | None = None
     keys_seen: int = 0
+
+
+def as_stored(amount: Decimal) -> Decimal:
+    """An amount as a MONEY column keeps it (rounded as PostgreSQL rounds on input), so a counter
+    read again compares equal to the stored one however many digits OpenRouter sends."""
+    return amount.quantize(MONEY_STEP, ROUND_HALF_UP)
 
 
 def activity_window(today: date) -> tuple[date, date]:
@@ -524,6 +531,7 @@ class _SyncJob:
         page_size = self.connection.config.get(PAGE_SIZE_CONFIG) or 0
         seen_page_size = 0
         ended_short: dict[str, int] = {}  # workspace -> offset of the page that would confirm the end
+        vanished_workspaces: set[str] = set()
         with ThreadPoolExecutor(max_workers=max(1, settings.OPENROUTER_CONCURRENCY)) as pool:
 
             def read(workspace_id: str, offset: int, may_end_short: bool) -> None:
@@ -531,7 +539,15 @@ class _SyncJob:
                 listed = offset
                 known = sum(known_counts.values()) if not workspace_id else known_counts.get(workspace_id, 0)
                 while True:
-                    page = self.client.get_key_page(workspace_id=workspace_id or None, offset=listed)
+                    try:
+                        page = self.client.get_key_page(workspace_id=workspace_id or None, offset=listed)
+                    except ProviderError as exc:
+                        if exc.code != "http_404" or not workspace_id:
+                            raise
+                        # Deleted since /workspaces listed it: its keys are not marked deleted on
+                        # this one answer; the next sync, which does not list it, does that.
+                        vanished_workspaces.add(workspace_id)
+                        return
                     if not page:
                         return
                     seen_page_size = max(seen_page_size, len(page))
@@ -550,7 +566,9 @@ class _SyncJob:
 
         def finish():
             # Every listing was read to its end: keys no longer listed were deleted in OpenRouter.
-            self.unlisted_keys(listed_before).update(missing_since=self.now)
+            self.unlisted_keys(listed_before).exclude(workspace_id__in=vanished_workspaces).update(
+                missing_since=self.now
+            )
             if seen_page_size and seen_page_size != page_size:
                 config = Connection.objects.get(pk=self.connection.pk).config
                 config[PAGE_SIZE_CONFIG] = seen_page_size
@@ -586,14 +604,41 @@ class _SyncJob:
         self.pending_keys.update((k.hash, k) for k in page)
 
         def fetch(key: KeyRecord):
-            return key, *self.fetch_activity(api_key_hash=key.hash, workspace_id=key.workspace_id)
+            try:
+                return key, *self.fetch_activity(api_key_hash=key.hash, workspace_id=key.workspace_id)
+            except ProviderError as exc:
+                if exc.code != "http_404":
+                    raise
+                return key, None, None  # deleted since it was listed
 
+        vanished = []
         for key, rows, start in pool.map(fetch, stale):
-            self.pending_activity[key.hash] = (key, rows, start)
+            if rows is None:
+                vanished.append(key)
+            else:
+                self.pending_activity[key.hash] = (key, rows, start)
+        if vanished:
+            self.report_vanished_keys(vanished)
         if len(self.pending_keys) >= settings.OPENROUTER_WRITE_BATCH_KEYS:
             self.write_pending()
         else:
             self.flush_events()
+
+    def report_vanished_keys(self, keys: list[KeyRecord]) -> None:
+        """Keys OpenRouter no longer knew (404) when their activity was asked for: deleted since
+        the listing. Their rows stay as last fetched and their fetch markers unchanged; usage of
+        theirs that OpenRouter reports account-wide beyond those rows is counted as unattributed,
+        and the next listing marks them deleted."""
+        names = ", ".join(sorted(key.name or key.label for key in keys)[:5])
+        sync_event_add(
+            connection=self.connection,
+            run=self.run,
+            kind=EventKind.SYNC,
+            code="keys_vanished",
+            level=EventLevel.INFO,
+            message=f"{len(keys)} key(s) were deleted in OpenRouter while this sync read them ({names}"
+            f"{', …' if len(keys) > 5 else ''}); their newest usage is counted as unattributed.",
+        )
 
     def write_pending(self, *then: Callable[[], object]) -> None:
         """Write what is queued (organization records, keys, their activity) and then `then`, in one
@@ -705,8 +750,8 @@ class _SyncJob:
         if known["activity_fetched_through"] < self.window_end:
             return True
         return (
-            known["fetched_usage"] != key.counters.usage
-            or known["fetched_byok_usage"] != key.counters.byok_usage
+            known["fetched_usage"] != as_stored(key.counters.usage)
+            or known["fetched_byok_usage"] != as_stored(key.counters.byok_usage)
             or known["fetched_last_used_at"] != key.last_used_at
         )
 
@@ -723,8 +768,8 @@ class _SyncJob:
             [
                 (
                     key.hash,
-                    key.counters.usage,
-                    key.counters.byok_usage,
+                    as_stored(key.counters.usage),
+                    as_stored(key.counters.byok_usage),
                     key.last_used_at,
                     self.now,
                     self.window_end,

@@ -35,11 +35,11 @@ def connect(company, emulator, *, secret=None, name="", actor=None):
     return connection
 
 
-def sync(connection, emulator, *, sleep=None, trigger="manual", **kwargs):
+def sync(connection, emulator, *, sleep=None, trigger="manual", transport=None, **kwargs):
     return sync_connection(
         connection.pk,
         trigger=trigger,
-        transport=emulator.transport(),
+        transport=transport or emulator.transport(),
         base_url=EMULATOR_BASE_URL,
         sleep=sleep if sleep is not None else Sleeps(),
         now=noon(emulator.today),

@@ -1,6 +1,7 @@
 """The sync engine against the emulator: totals reconcile to the cent, re-syncs are idempotent,
 faults end in correct data or a clear partial/failed run, and unchanged keys cost no request."""
 
+import json
 import threading
 from collections import defaultdict
 from datetime import UTC, datetime, time, timedelta
@@ -354,3 +355,74 @@ def test_midnight_passing_during_a_sync_loses_no_day(connection, emulator, setti
     new_start, new_end = window(emulator)
     assert stored_total(connection, day__gte=new_start) == emulator.truth.activity_total(new_start, new_end)
     assert stored_total(connection, day=start) == truth[start]
+
+
+class LongDecimalsTransport(httpx.BaseTransport):
+    """Key listings whose usage counters carry more decimals than Doow stores (floats printed in
+    full, as JSON encoders do)."""
+
+    def __init__(self, emulator):
+        self.inner = emulator.transport()
+        self.long_values = 0
+
+    def handle_request(self, request):
+        response = self.inner.handle_request(request)
+        if not request.url.path.endswith("/keys") or response.status_code != 200:
+            return response
+        body = json.loads(response.content)
+        for key in body["data"]:
+            for name in ("usage", "byok_usage"):
+                key[name] = float(key[name]) + 1.23e-14
+                self.long_values += len(repr(key[name]).partition(".")[2]) > 12
+        return httpx.Response(200, json=body, request=request)
+
+
+def test_counters_with_more_decimals_than_stored_do_not_make_keys_stale(connection, emulator):
+    transport = LongDecimalsTransport(emulator)
+    first = sync(connection, emulator, transport=transport)
+    emulator.request_log.clear()
+
+    second = sync(connection, emulator, transport=transport)
+
+    assert transport.long_values > 0
+    assert (first.status, second.status) == ("succeeded", "succeeded")
+    assert activity_calls(emulator, per_key=True) == []
+
+
+def test_a_key_deleted_between_listing_and_activity_is_skipped_and_totals_still_reconcile(
+    connection, emulator
+):
+    sync(connection, emulator)
+    emulator.set_today(emulator.today + timedelta(days=1))
+    vanished = next(k for k in emulator.truth.listed_keys() if k["usage"] > 0)
+    emulator.faults.add(Fault(path="/activity", query={"api_key_hash": vanished["hash"]}, status=404))
+
+    result = sync(connection, emulator)
+
+    assert result.status == "succeeded"
+    connection.refresh_from_db()
+    assert connection.state == ConnectionState.CONNECTED
+    event = SyncEvent.objects.get(connection=connection, code="keys_vanished")
+    assert vanished["name"] in event.message
+    start, end = window(emulator)
+    # The key's newest day is counted as unattributed, so the account still adds up to the cent.
+    assert stored_total(connection, day__gte=start) == emulator.truth.activity_total(start, end)
+    stored_key = ApiKey.objects.get(connection=connection, key_hash=vanished["hash"])
+    assert stored_key.activity_fetched_through == end - timedelta(days=1), "left to be fetched again"
+
+
+def test_a_workspace_deleted_between_listings_is_skipped_without_deleting_its_keys(connection, emulator):
+    sync(connection, emulator)
+    workspace = next(
+        w["id"] for w in emulator.truth.workspaces() if w["id"] != emulator.truth.workspaces()[0]["id"]
+    )
+    emulator.faults.add(Fault(path="/keys", query={"workspace_id": workspace}, status=404))
+
+    result = sync(connection, emulator)
+
+    assert result.status == "succeeded"
+    connection.refresh_from_db()
+    assert connection.state == ConnectionState.CONNECTED
+    keys = ApiKey.objects.filter(connection=connection, workspace_id=workspace)
+    assert keys.exists()
+    assert not keys.filter(missing_since__isnull=False).exists()

@@ -9,9 +9,9 @@ from celery.exceptions import Retry
 from django.conf import settings
 from django.utils import timezone
 
+from integrations import tasks as integrations_tasks
 from integrations.models import Connection, SyncRun
 from integrations.services import connection_disconnect
-from integrations import tasks as integrations_tasks
 from integrations.tasks import enqueue_due_syncs
 from openrouter.emulator import Fault
 from openrouter.models import ApiKey
