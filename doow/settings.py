@@ -265,6 +265,9 @@ OPENROUTER_MAX_RETRIES = env.int("OPENROUTER_MAX_RETRIES", default=4)
 # whole sync is one write transaction.
 OPENROUTER_WRITE_BATCH_KEYS = env.int("OPENROUTER_WRITE_BATCH_KEYS", default=1000)
 
+# Error reports (mails to ADMINS, the debug page) hide anything key-shaped in frame variables.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "integrations.log_scrub.ScrubSecretsReporterFilter"
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -20,6 +20,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django.views.decorators.debug import sensitive_variables
 
 PREFIX = "enc"
 VERSION = "v1"
@@ -68,6 +69,7 @@ def key_ring() -> KeyRing:
     return _parse_key_ring(settings.DOOW_ENCRYPTION_KEYS or "")
 
 
+@sensitive_variables()
 def encrypt(plaintext: str, *, context: str) -> str:
     ring = key_ring()
     nonce = os.urandom(NONCE_BYTES)
@@ -82,6 +84,7 @@ def key_id_of(token: str) -> str:
     return parts[2]
 
 
+@sensitive_variables()
 def decrypt(token: str, *, context: str) -> str:
     key_id = key_id_of(token)
     key = key_ring().keys.get(key_id)

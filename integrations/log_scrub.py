@@ -1,6 +1,8 @@
 import logging
 import re
 
+from django.views.debug import SafeExceptionReporterFilter
+
 # OpenRouter keys look like sk-or-v1-<64 hex>; scrub anything key-shaped and every bearer token,
 # whatever logger it comes through (httpx logs request headers at DEBUG).
 _SECRET_PATTERNS = [
@@ -23,3 +25,25 @@ class ScrubSecretsFilter(logging.Filter):
         if cleaned != message:
             record.msg, record.args = cleaned, None
         return True
+
+
+class ScrubSecretsReporterFilter(SafeExceptionReporterFilter):
+    """Django's error-report filter (sensitive_variables, sensitive_post_parameters, settings),
+    plus: a frame variable whose text holds anything key-shaped is hidden too, whether or not the
+    function marked it sensitive (a decorator's frame holding the arguments, a library's frame)."""
+
+    def get_traceback_frame_variables(self, request, tb_frame):
+        variables = super().get_traceback_frame_variables(request, tb_frame)
+        if not self.is_active(request):
+            return variables
+        return [
+            (name, self.cleansed_substitute if _holds_secret(value) else value) for name, value in variables
+        ]
+
+
+def _holds_secret(value) -> bool:
+    try:
+        text = repr(value)
+    except Exception:  # a broken __repr__ must not break the error report
+        return False
+    return scrub(text) != text

@@ -5,7 +5,7 @@ import secrets as std_secrets
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
@@ -55,7 +55,6 @@ def sync_event_add(
 
 
 @sensitive_variables("secret")
-@transaction.atomic
 def connection_create(
     *,
     company: Company,
@@ -66,57 +65,68 @@ def connection_create(
     actor=None,
     request=None,
 ) -> Connection:
-    """Store a verified credential, log it, and enqueue the initial sync once the transaction commits."""
-    if (
-        Connection.objects.select_for_update()
-        .filter(company=company, provider=provider, external_account_id=verified.external_account_id)
-        .exclude(state=ConnectionState.DISCONNECTED)
-        .exists()
-    ):
-        raise DuplicateConnection(
+    """Store a verified credential, log it, and enqueue the initial sync once the transaction commits.
+
+    The transaction is opened here, not by a decorator: a decorator's frame would hold the
+    arguments, the key among them, where an error report shows them."""
+    with transaction.atomic():
+        duplicate = DuplicateConnection(
             f"This company already has a live connection to {verified.account_label or 'that account'}."
         )
-    connection = Connection.objects.create(
-        company=company,
-        provider=provider,
-        name=name,
-        state=ConnectionState.SYNCING,
-        scope=verified.scope,
-        external_account_id=verified.external_account_id,
-        account_label=verified.account_label,
-        config=verified.config,
-        secret_last4=secret[-4:],
-        created_by=actor,
-        next_sync_at=timezone.now(),
-    )
-    # The ciphertext is bound to the row id, so it is written once the row exists.
-    connection.secret = crypto.encrypt(secret, context=connection.secret_context)
-    connection.save(update_fields=["secret"])
-    sync_event_add(
-        connection=connection,
-        kind=EventKind.CREDENTIAL,
-        code="credential_verified",
-        message=f"Credential verified: {verified.scope.replace('_', ' ')} scope for {verified.account_label}.",
-        detail={"scope": verified.scope, "account": verified.external_account_id},
-    )
-    if verified.notice:
+        if (
+            Connection.objects.filter(
+                company=company, provider=provider, external_account_id=verified.external_account_id
+            )
+            .exclude(state=ConnectionState.DISCONNECTED)
+            .exists()
+        ):
+            raise duplicate
+        try:
+            # A concurrent connect of the same account (a double-clicked button) passes the check
+            # above too; the one_live_connection_per_account constraint stops the second.
+            connection = Connection.objects.create(
+                company=company,
+                provider=provider,
+                name=name,
+                state=ConnectionState.SYNCING,
+                scope=verified.scope,
+                external_account_id=verified.external_account_id,
+                account_label=verified.account_label,
+                config=verified.config,
+                secret_last4=secret[-4:],
+                created_by=actor,
+                next_sync_at=timezone.now(),
+            )
+        except IntegrityError:
+            raise duplicate from None
+        # The ciphertext is bound to the row id, so it is written once the row exists.
+        connection.secret = crypto.encrypt(secret, context=connection.secret_context)
+        connection.save(update_fields=["secret"])
         sync_event_add(
             connection=connection,
-            kind=EventKind.SCOPE,
-            code="limited_scope",
-            level=EventLevel.WARNING,
-            message=verified.notice,
+            kind=EventKind.CREDENTIAL,
+            code="credential_verified",
+            message=f"Credential verified: {verified.scope.replace('_', ' ')} scope for {verified.account_label}.",
+            detail={"scope": verified.scope, "account": verified.external_account_id},
         )
-    audit_record(
-        company=company,
-        action="connection.connected",
-        request=request,
-        actor=actor,
-        target=f"{provider}:{connection.pk}",
-        detail={"name": name, "scope": verified.scope, "account": verified.external_account_id},
-    )
-    connection_enqueue_sync(connection=connection, trigger="initial")
-    return connection
+        if verified.notice:
+            sync_event_add(
+                connection=connection,
+                kind=EventKind.SCOPE,
+                code="limited_scope",
+                level=EventLevel.WARNING,
+                message=verified.notice,
+            )
+        audit_record(
+            company=company,
+            action="connection.connected",
+            request=request,
+            actor=actor,
+            target=f"{provider}:{connection.pk}",
+            detail={"name": name, "scope": verified.scope, "account": verified.external_account_id},
+        )
+        connection_enqueue_sync(connection=connection, trigger="initial")
+        return connection
 
 
 def connection_enqueue_sync(*, connection: Connection, trigger: str) -> None:

@@ -25,7 +25,9 @@ def openrouter_connect(
     secret = secret.strip()
     if not secret:
         raise ConnectError("Paste an OpenRouter key.")
-    if len(secret) < 20 or any(ch.isspace() for ch in secret) or len(secret) > 300:
+    # Keys are printable ASCII; anything else (a curly quote from a document, a control character)
+    # could not even travel in an HTTP header.
+    if not (20 <= len(secret) <= 300 and secret.isascii() and secret.isprintable()) or " " in secret:
         raise ConnectError("That does not look like an OpenRouter key. Copy the whole key from OpenRouter.")
     provider = OpenRouterProvider()
     try:

@@ -122,12 +122,34 @@ def test_the_same_organization_cannot_be_connected_twice(alice, emulator, emulat
     assert Connection.objects.count() == 1
 
 
+def test_a_concurrent_connect_of_the_same_organization_gets_the_same_clear_error(
+    alice, emulator, emulator_server, send_task
+):
+    """A double-clicked Connect: the second request's duplicate check runs before the first one
+    commits, so the database constraint is what stops it."""
+    client = client_for(alice)
+    client.post(CONNECT_URL, {"key": emulator.management_key})
+    with mock.patch("django.db.models.query.QuerySet.exists", return_value=False):
+        response = client.post(CONNECT_URL, {"key": emulator.management_key})
+    assert response.status_code == 200
+    assert "already has a live connection" in response.content.decode()
+    assert Connection.objects.count() == 1
+
+
 def test_blank_and_malformed_keys_get_a_clear_error(alice):
     client = client_for(alice)
     assert "This field is required" in client.post(CONNECT_URL, {"key": ""}).content.decode()
     assert (
         "does not look like an OpenRouter key" in client.post(CONNECT_URL, {"key": "short"}).content.decode()
     )
+
+
+@pytest.mark.parametrize("key", ["sk-or-v1-0123456789abcdef’0123", "sk-or-v1-0123456789abcdef\x7f0123"])
+def test_a_key_with_characters_no_key_has_gets_a_clear_error(alice, key):
+    response = client_for(alice).post(CONNECT_URL, {"key": key})
+    assert response.status_code == 200
+    assert "does not look like an OpenRouter key" in response.content.decode()
+    assert not Connection.objects.exists()
 
 
 @pytest.mark.parametrize("persona,status", [("finance", 403), ("ops", 403), ("outsider", 404)])

@@ -2,10 +2,14 @@
 logs, every rendered page) for the key or any 8-character piece of it."""
 
 import logging
+import sys
+from unittest import mock
 
 import pytest
 from django.apps import apps
+from django.core.signals import got_request_exception
 from django.db import connection as db
+from django.views.debug import ExceptionReporter
 
 from doow.access import ADMINS
 from integrations.models import Connection, SyncRun
@@ -130,3 +134,56 @@ def test_a_full_session_never_shows_the_key(personas, emulator, emulator_server,
     assert f"sk-or-…{key[-4:]}" in everything  # the masked form is what people see
     leaked = [piece for piece in pieces(key) if piece in everything]
     assert not leaked, f"{len(leaked)} 8-character pieces of the key were found"
+
+
+def _fail(*args, **kwargs):
+    raise RuntimeError("injected failure")
+
+
+@pytest.mark.parametrize(
+    "failing",
+    [
+        "openrouter.provider.OpenRouterClient.get_key",  # while verifying with OpenRouter
+        "integrations.crypto.os.urandom",  # while encrypting
+        "integrations.services.audit_record",  # in the storing transaction
+    ],
+)
+def test_an_error_report_of_a_failed_connect_never_shows_the_key(
+    personas, emulator, emulator_server, settings, failing
+):
+    """What Django mails to ADMINS (or an error tracker renders) for a 500 while connecting: every
+    frame's variables, the request's POST data and settings, as text and HTML."""
+    settings.DEBUG = False
+    key = emulator.management_key
+    reports: list[str] = []
+
+    def report(sender, request, **kwargs):
+        reporter = ExceptionReporter(request, *sys.exc_info(), is_email=True)
+        reports.extend([reporter.get_traceback_text(), reporter.get_traceback_html()])
+
+    got_request_exception.connect(report)
+    try:
+        with mock.patch(failing, _fail), pytest.raises(RuntimeError):
+            client_for(personas["admin"]).post("/c/acme/integrations/openrouter/connect/", {"key": key})
+    finally:
+        got_request_exception.disconnect(report)
+    everything = "\n".join(reports)
+    assert "injected failure" in everything and "secret" in everything  # frames and their variables
+    leaked = [piece for piece in pieces(key) if piece in everything]
+    assert not leaked, f"{len(leaked)} 8-character pieces of the key were found"
+
+
+def test_an_error_report_hides_a_key_held_by_a_variable_nobody_marked_sensitive(emulator, settings):
+    settings.DEBUG = False
+    key = emulator.management_key
+
+    def careless(headers):
+        raise RuntimeError("injected failure")
+
+    try:
+        careless({"note": f"copied {key} from the settings page"})
+    except RuntimeError:
+        reporter = ExceptionReporter(None, *sys.exc_info(), is_email=True)
+        everything = reporter.get_traceback_text() + reporter.get_traceback_html()
+    assert "injected failure" in everything and "headers" in everything
+    assert not [piece for piece in pieces(key) if piece in everything]
