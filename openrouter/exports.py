@@ -115,12 +115,31 @@ def csv_chunks(
     return write_csv(records, export_columns(group_by))
 
 
+# Text a spreadsheet runs as a formula when it starts a cell (OWASP's CSV injection list): such
+# cells get a leading apostrophe, which spreadsheets show as text. Only text columns are escaped;
+# numbers, negative ones too, stay numbers. The JSON export is data and is not escaped.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+TEXT_COLUMNS = frozenset(name for name, dimension in COLUMNS if dimension not in (None, "day"))
+
+
 def write_csv(records: Iterator[dict], columns: list[str]) -> Iterator[str]:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
+    text_columns = [name for name in columns if name in TEXT_COLUMNS]
     batch = []
     for record in records:
+        has_carriage_return = False
+        for name in text_columns:
+            value = record[name]
+            if value.startswith(FORMULA_STARTS):
+                record[name] = value = "'" + value
+            has_carriage_return = has_carriage_return or "\r" in value
+        if has_carriage_return:
+            writer.writerows(batch)
+            batch = []
+            buffer.write(_row_quoting_carriage_returns(record, columns))
+            continue
         batch.append(record)
         if len(batch) == CHUNK_ROWS:
             writer.writerows(batch)
@@ -132,20 +151,34 @@ def write_csv(records: Iterator[dict], columns: list[str]) -> Iterator[str]:
     yield buffer.getvalue()
 
 
+def _row_quoting_carriage_returns(record: dict, columns: list[str]) -> str:
+    """One CSV line whose fields holding a carriage return are quoted, as PostgreSQL's COPY and
+    RFC 4180 quote them: the csv module quotes only the characters of its line terminator (\\n here),
+    and a bare \\r left unquoted splits the row in a spreadsheet."""
+    line = io.StringIO()
+    csv.DictWriter(line, fieldnames=columns, lineterminator="\r\n").writerow(record)
+    return line.getvalue()[:-2] + "\n"
+
+
 # SQL for each column of the CSV, over the grouped rows `g` and the name tables `w` and `k`. Empty
 # text becomes NULL, which COPY writes as an empty unquoted field, as Python's csv module does.
 _MONEY_SQL = (
     "CASE WHEN scale(trim_scale(g.{0})) < 2 THEN round(g.{0}, 2)::text ELSE trim_scale(g.{0})::text END"
 )
+# A text column's cell, escaped as write_csv escapes it (see FORMULA_STARTS).
+_TEXT_SQL = (
+    "CASE WHEN left({0}, 1) IN ('=', '+', '-', '@', chr(9), chr(13)) THEN '''' || {0} "
+    "ELSE NULLIF({0}, '') END"
+)
 _COLUMN_SQL = {
     "date": "g.day::text",
-    "workspace_id": "NULLIF(g.workspace_id, '')",
-    "workspace_name": "NULLIF(w.name, '')",
-    "api_key_hash": "NULLIF(g.api_key_hash, '')",
-    "api_key_name": "CASE WHEN g.api_key_hash = '' THEN %(unattributed)s ELSE NULLIF(k.name, '') END",
-    "model": "NULLIF(g.model, '')",
-    "model_permaslug": "NULLIF(g.model_permaslug, '')",
-    "provider_name": "NULLIF(g.provider_name, '')",
+    "workspace_id": _TEXT_SQL.format("g.workspace_id"),
+    "workspace_name": _TEXT_SQL.format("w.name"),
+    "api_key_hash": _TEXT_SQL.format("g.api_key_hash"),
+    "api_key_name": f"CASE WHEN g.api_key_hash = '' THEN %(unattributed)s ELSE {_TEXT_SQL.format('k.name')} END",
+    "model": _TEXT_SQL.format("g.model"),
+    "model_permaslug": _TEXT_SQL.format("g.model_permaslug"),
+    "provider_name": _TEXT_SQL.format("g.provider_name"),
     "requests": "g.requests",
     "prompt_tokens": "g.prompt_tokens",
     "completion_tokens": "g.completion_tokens",

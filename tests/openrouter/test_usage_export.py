@@ -117,3 +117,45 @@ def test_every_csv_writer_writes_the_same_bytes(synced, emulator, group_by, filt
 
     assert written == reference
     assert len(written.splitlines()) > 1
+
+
+HOSTILE_NAMES = ['=HYPERLINK("http://evil.test","x")', "+1+1", "-2+3", "@SUM(A1)", "\tTab", "\rCR"]
+
+
+def test_names_a_spreadsheet_would_run_as_formulas_are_exported_as_text(synced, emulator):
+    """Key and workspace names come from OpenRouter, set by anyone with a key there: a cell that
+    starts like a formula gets a leading apostrophe, in both writers; numbers stay numbers."""
+    from openrouter import exports
+    from openrouter.models import ApiKey, Workspace
+    from usage.models import UsageDaily
+
+    keys = list(ApiKey.objects.filter(connection=synced).order_by("pk"))
+    for key, name in zip(keys, HOSTILE_NAMES, strict=False):
+        ApiKey.objects.filter(pk=key.pk).update(name=name)
+    Workspace.objects.filter(connection=synced).update(name="=1+2")
+    UsageDaily.objects.filter(connection=synced, api_key_hash="").update(model="@evil")
+    start, end = emulator.truth.activity_window()
+    selection = {
+        "connection_ids": [synced.pk],
+        "start": start,
+        "end": end,
+        "group_by": exports.ALL_DIMENSIONS,
+    }
+
+    written = "".join(exports.csv_chunks(**selection))
+    reference = "".join(
+        exports.write_csv(exports.export_records(**selection), exports.export_columns(exports.ALL_DIMENSIONS))
+    )
+
+    assert written == reference
+    rows = list(csv.DictReader(io.StringIO(written, newline="")))
+    names = {row["api_key_name"] for row in rows}
+    assert {"'" + name for name in HOSTILE_NAMES} <= names
+    assert not [name for name in names if name.startswith(exports.FORMULA_STARTS)]
+    assert {row["workspace_name"] for row in rows} == {"'=1+2"}
+    assert "'@evil" in {row["model"] for row in rows}
+    # Money and counts are untouched: the export still adds up to the cent.
+    assert sum(Decimal(row["spend_usd"]) for row in rows) == stored_total(synced)
+    # JSON is data, not a spreadsheet: names as they are.
+    records = list(exports.export_records(**selection))
+    assert set(HOSTILE_NAMES) <= {record["api_key_name"] for record in records}
