@@ -5,7 +5,7 @@ from datetime import timedelta
 from django import forms
 from django.contrib import messages
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -181,6 +181,10 @@ def key_owner(request: HttpRequest, connection_id: int) -> HttpResponse:
     connection = connection_get(company=request.company, connection_id=connection_id)
     key = get_object_or_404(ApiKey, connection=connection, key_hash=request.POST.get("key_hash", ""))
     user_id = request.POST.get("user") or None
+    if user_id is not None and not (user_id.isascii() and user_id.isdigit()):
+        return HttpResponseBadRequest(
+            "Pick the key's owner from the list of members.", content_type="text/plain"
+        )
     membership = (
         get_object_or_404(Membership, company=request.company, user_id=user_id)
         if user_id is not None

@@ -90,6 +90,10 @@ CHART_TITLES = {
 TOP_MODELS = 6
 PAGE_SIZE = 25
 MAX_CUSTOM_DAYS = 3660
+# Custom ranges stay where dates (and the period before them, for comparison) exist: OpenRouter
+# has no usage before 2000, and a range far ahead only asks for overflowing date arithmetic.
+EARLIEST_DAY = date(2000, 1, 1)
+MAX_DAYS_AHEAD = 366
 
 
 def _parse_date(value: str | None) -> date | None:
@@ -125,14 +129,14 @@ class DetailQuery:
     descending: bool = True
     page: str = "1"
     metric: str = "spend"
-    error: str = ""
+    problem: str = ""  # what was wrong with the asked range, if anything (the page shows the default)
 
     @classmethod
     def from_params(cls, params, *, today: date | None = None) -> "DetailQuery":
         today = today or timezone.now().date()
         query = cls(preset=params.get("range") or DEFAULT_PRESET)
         if query.preset not in PRESETS:
-            query.preset, query.error = DEFAULT_PRESET, "Unknown date range; showing the last 30 days."
+            query.preset, query.problem = DEFAULT_PRESET, "Unknown date range."
         start, end = _parse_date(params.get("from")), _parse_date(params.get("to"))
         # From/To typed over a preset's dates (no JavaScript to flip the select) make a custom range.
         if query.preset != "custom" and start and end and (start, end) != preset_range(query.preset, today):
@@ -140,7 +144,12 @@ class DetailQuery:
         if query.preset == "custom":
             if start is None or end is None or start > end or (end - start).days > MAX_CUSTOM_DAYS:
                 query.preset = DEFAULT_PRESET
-                query.error = "Pick a valid custom range (From on or before To); showing the last 30 days."
+                query.problem = "Pick a valid custom range (From on or before To)."
+            elif start < EARLIEST_DAY or end > today + timedelta(days=MAX_DAYS_AHEAD):
+                query.preset = DEFAULT_PRESET
+                query.problem = (
+                    f"Pick dates from {EARLIEST_DAY:%Y} on and at most {MAX_DAYS_AHEAD} days ahead."
+                )
             else:
                 query.start, query.end = start, end
         if query.preset != "custom":
@@ -158,6 +167,11 @@ class DetailQuery:
         query.page = params.get("page") or "1"
         query.metric = params.get("metric") if params.get("metric") in CHART_METRICS else "spend"
         return query
+
+    @property
+    def error(self) -> str:
+        """The problem, said on the page that shows the default range instead."""
+        return f"{self.problem[:-1]}; showing the last 30 days." if self.problem else ""
 
     @property
     def days(self) -> int:

@@ -75,6 +75,9 @@ def export(request: HttpRequest, connection_id: int, fmt: str) -> StreamingHttpR
         raise Http404("Unknown export format")
     connection = connection_get(company=request.company, connection_id=connection_id)
     query = DetailQuery.from_params(request.GET)
+    if query.problem:
+        # A download of other dates than asked for would pass for the asked ones.
+        return HttpResponse(query.problem, status=400, content_type="text/plain")
     try:
         group_by = exports.parse_group_by(request.GET.get("group_by"))
     except ValueError as exc:

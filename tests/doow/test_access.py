@@ -163,3 +163,10 @@ def test_every_company_route_lets_in_the_roles_it_allows(personas, route, role):
 def test_the_matrix_covers_refusals():
     # If every route admitted every role the 403 test above would pass vacuously.
     assert REFUSED
+
+
+@pytest.mark.django_db
+def test_a_nul_character_in_a_posted_value_is_a_clear_400_not_a_database_error(alice):
+    response = client_for(alice).post(reverse("company-switch"), {"company": "ac\x00me"})
+    assert response.status_code == 400
+    assert "NUL" in response.content.decode()

@@ -205,12 +205,39 @@ def test_presets(preset, start, end):
     ) == query.start
 
 
-@pytest.mark.parametrize(
-    "params", ["range=custom&from=2026-11-10&to=2026-11-01", "range=custom&from=nope", "range=forever"]
-)
+INVALID_RANGES = [
+    "range=custom&from=2026-11-10&to=2026-11-01",
+    "range=custom&from=nope",
+    "range=forever",
+    "range=custom&from=0001-01-01&to=0001-01-05",  # no period before it to compare with
+    "range=custom&from=9999-12-01&to=9999-12-31",
+]
+
+
+@pytest.mark.parametrize("params", INVALID_RANGES)
 def test_an_invalid_range_falls_back_to_30_days_and_says_so(params):
     query = DetailQuery.from_params(QueryDict(params), today=TODAY)
-    assert query.preset == "30d" and query.error
+    assert query.preset == "30d" and query.error and query.problem
+    assert query.previous  # the default range's comparison period exists
+
+
+@pytest.mark.parametrize("params", INVALID_RANGES)
+def test_an_invalid_range_shows_the_page_with_a_notice_and_refuses_the_export(synced, alice, params):
+    client = client_for(alice)
+    page = client.get(url(synced, params))
+    assert page.status_code == 200
+    assert "showing the last 30 days" in page.content.decode()
+    for fmt in ("csv", "json"):
+        export = client.get(url(synced) + f"export.{fmt}?{params}")
+        assert export.status_code == 400, fmt
+        assert DetailQuery.from_params(QueryDict(params), today=TODAY).problem == export.content.decode()
+
+
+@pytest.mark.parametrize("name", ["key", "workspace", "model", "provider", "tab", "from"])
+def test_a_nul_character_in_a_parameter_is_a_clear_400(synced, alice, name):
+    response = client_for(alice).get(url(synced, f"{name}=a%00b"))
+    assert response.status_code == 400
+    assert "NUL" in response.content.decode()
 
 
 def test_filters_sort_and_tab_round_trip_through_the_url():

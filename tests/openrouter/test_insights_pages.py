@@ -105,6 +105,15 @@ def test_key_owner_must_be_a_member(alice, charlie, synced):
     assert not KeyOwner.objects.exists()
 
 
+@pytest.mark.parametrize("user", ["abc", "1.5", "²", "-1"])
+def test_a_key_owner_that_is_not_a_member_id_is_a_clear_400(alice, synced, user):
+    key = ApiKey.objects.filter(connection=synced).first()
+    response = client_for(alice).post(url("key-owner", synced), {"key_hash": key.key_hash, "user": user})
+    assert response.status_code == 400
+    assert "Pick the key's owner" in response.content.decode()
+    assert not KeyOwner.objects.exists()
+
+
 def test_reconciliation_page(fiona, synced):
     page = client_for(fiona).get(url("reconciliation", synced)).content.decode()
     for label in ("OpenRouter account-wide activity", "Sum over listed API keys", "Unattributed remainder"):
