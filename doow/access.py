@@ -6,6 +6,7 @@ from functools import wraps
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
+from django.utils.cache import add_never_cache_headers
 
 from doow.models import Membership, Role
 
@@ -35,7 +36,8 @@ def membership_for(user, company_slug: str, roles: Iterable[str] = ALL_ROLES) ->
 def company_view(roles: Iterable[str] = ALL_ROLES) -> Callable:
     """Decorate a view taking `company_slug`: anonymous → login, then `membership_for`.
 
-    The view receives request.company and request.membership.
+    The view receives request.company and request.membership; its response is marked never to be
+    cached.
     """
     allowed = frozenset(roles)
 
@@ -50,7 +52,11 @@ def company_view(roles: Iterable[str] = ALL_ROLES) -> Callable:
             if request.session.get("company_slug") != membership.company.slug:
                 # Written only when it changes: a modified session is saved (an UPDATE) per request.
                 request.session["company_slug"] = membership.company.slug
-            return view(request, *args, **kwargs)
+            response = view(request, *args, **kwargs)
+            # Company pages and downloads show one tenant's spend: no browser or proxy keeps them.
+            if not response.has_header("Cache-Control"):
+                add_never_cache_headers(response)
+            return response
 
         wrapper.allowed_roles = allowed
         return wrapper

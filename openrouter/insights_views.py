@@ -225,7 +225,10 @@ def reconciliation(request: HttpRequest, connection_id: int) -> HttpResponse:
             "connection": connection,
             "query": query,
             "end": end,
-            "lines": insights.reconciliation(connection=connection, start=query.start, end=end),
+            # On a month's first day "this month" has no completed day yet: nothing to reconcile.
+            "lines": insights.reconciliation(connection=connection, start=query.start, end=end)
+            if end >= query.start
+            else [],
             "section": "reconciliation",
         },
     )

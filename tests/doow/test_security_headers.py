@@ -38,3 +38,27 @@ def test_session_and_csrf_cookies_are_not_readable_by_scripts_and_stay_same_site
     session_cookie = client.cookies["sessionid"]
     assert session_cookie["httponly"] is True
     assert session_cookie["samesite"] == "Lax"
+
+
+def test_no_company_page_or_download_may_be_cached(personas, acme, emulator):
+    """Every page under /c/<company>/ shows one tenant's data: a shared proxy or a browser's disk
+    cache must not keep it."""
+    from integrations.models import SyncRun
+    from tests.support import connect, sync
+    from tests.url_walker import company_routes
+
+    connection = connect(acme, emulator)
+    sync(connection, emulator)
+    values = {"connection_id": connection.pk, "run_id": SyncRun.objects.first().pk, "fmt": "csv"}
+    client = client_for(personas["admin"])
+    answered = []
+    for route in company_routes():
+        kwargs = {name: values.get(name, dummy) for name, dummy in route.dummy_kwargs.items()}
+        path = type(route)(route.route, route.name, route.view, kwargs).url("acme")
+        response = client.get(path)
+        if response.status_code == 200:
+            answered.append(path)
+            assert "no-store" in response.headers.get("Cache-Control", ""), path
+            assert "private" in response.headers["Cache-Control"], path
+    assert any(path.endswith("export.csv") or "export" in path for path in answered)
+    assert len(answered) > 5

@@ -1,6 +1,8 @@
 """The budgets, people, reconciliation and alerts pages."""
 
+from datetime import UTC, datetime
 from decimal import Decimal
+from unittest import mock
 
 import pytest
 from django.urls import reverse
@@ -119,6 +121,15 @@ def test_reconciliation_page(fiona, synced):
     for label in ("OpenRouter account-wide activity", "Sum over listed API keys", "Unattributed remainder"):
         assert label in page
     assert "unexplained" not in page
+
+
+def test_reconciliation_of_this_month_on_its_first_day_says_no_day_has_completed(fiona, synced):
+    first_of_month = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
+    with mock.patch("django.utils.timezone.now", return_value=first_of_month):
+        page = client_for(fiona).get(url("reconciliation", synced) + "?range=this_month").content.decode()
+    assert "No UTC day of this range has completed yet" in page
+    assert "Unattributed remainder" not in page
+    assert "1 Dec 2026 – 30 Nov 2026" not in page
 
 
 def test_alerts_page_lists_acknowledges_and_resolves(oscar, fiona, synced, emulator):

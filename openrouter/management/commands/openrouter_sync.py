@@ -1,5 +1,9 @@
+import signal
 import time
+from contextlib import contextmanager
 
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from integrations.models import Connection, SyncRun
@@ -13,6 +17,13 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--company", help="Company slug")
         parser.add_argument("--connection", type=int, help="Connection id")
+        parser.add_argument(
+            "--time-limit",
+            type=int,
+            default=settings.CELERY_TASK_SOFT_TIME_LIMIT,
+            help="Seconds one sync may run before it stops, as a worker's would (default: "
+            "CELERY_TASK_SOFT_TIME_LIMIT). 0 means no limit: then no worker must run at the same time.",
+        )
 
     def handle(self, *args, **options):
         connections = Connection.objects.filter(provider="openrouter").exclude(state="disconnected")
@@ -26,7 +37,8 @@ class Command(BaseCommand):
         failed = False
         for connection_id in ids:
             started = time.monotonic()
-            result = sync_connection(connection_id, trigger="command")
+            with soft_time_limit(options["time_limit"]):
+                result = sync_connection(connection_id, trigger="command")
             if result.status != "skipped":
                 evaluate_alerts(connection=Connection.objects.get(pk=connection_id))
             run = SyncRun.objects.filter(pk=result.run_id).first()
@@ -42,3 +54,23 @@ class Command(BaseCommand):
             )
         if failed:
             raise CommandError("At least one sync did not succeed; see the event log.")
+
+
+@contextmanager
+def soft_time_limit(seconds: int):
+    """Celery's soft time limit, for a sync run in the foreground: the sync stops (keeping what it
+    wrote) before the lease that keeps workers off this connection lapses, as a task's would."""
+    if seconds <= 0:
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SoftTimeLimitExceeded(f"the sync ran past --time-limit {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
