@@ -41,9 +41,12 @@ class MembershipAdmin(admin.ModelAdmin):
 
 @admin.register(AuditEntry)
 class AuditEntryAdmin(admin.ModelAdmin):
+    """Read-only for everyone, superusers included: an audit trail that can be edited proves nothing."""
+
     list_display = ["created_at", "company", "actor", "action", "target", "ip_address"]
     list_filter = ["action"]
     search_fields = ["action", "target"]
+    list_select_related = ["company", "actor"]
 
     def has_add_permission(self, request):
         return False

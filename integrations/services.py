@@ -2,6 +2,7 @@
 
 import logging
 import secrets as std_secrets
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
@@ -220,22 +221,59 @@ def connection_disconnect(
     return deleted
 
 
-def connections_rotate_secrets() -> tuple[int, int]:
-    """Re-encrypt every stored secret under the primary key. Idempotent: (rotated, already current)."""
-    rotated = current = 0
-    for pk in Connection.objects.exclude(secret="").values_list("pk", flat=True).iterator():
+@dataclass(frozen=True)
+class RotationFailure:
+    """A connection whose stored secret did not decrypt: named by id and company, never by its value."""
+
+    connection_id: int
+    company_slug: str
+    reason: str
+
+
+@dataclass
+class RotationResult:
+    rotated: int = 0
+    current: int = 0
+    failed: list[RotationFailure] = field(default_factory=list)
+
+
+@sensitive_variables("plaintext")
+def connections_rotate_secrets(*, actor=None) -> RotationResult:
+    """Re-encrypt every stored secret under the primary key. Idempotent.
+
+    Each re-encrypted secret writes one audit row in the same transaction. A secret that does not
+    decrypt is left as it was and reported in `failed`; the others are still rotated."""
+    result = RotationResult()
+    for pk in Connection.objects.exclude(secret="").order_by("pk").values_list("pk", flat=True).iterator():
         with transaction.atomic():
             connection = Connection.objects.select_for_update().get(pk=pk)
             if not connection.secret:
                 continue
-            if not crypto.needs_rotation(connection.secret):
-                current += 1
+            try:
+                previous_key_id = crypto.key_id_of(connection.secret)
+                if not crypto.needs_rotation(connection.secret):
+                    result.current += 1
+                    continue
+                plaintext = crypto.decrypt(connection.secret, context=connection.secret_context)
+            except crypto.DecryptionError as exc:
+                # DecryptionError never carries the secret or ciphertext; its message names a key id at most.
+                result.failed.append(
+                    RotationFailure(
+                        connection_id=connection.pk, company_slug=connection.company.slug, reason=str(exc)
+                    )
+                )
                 continue
-            plaintext = crypto.decrypt(connection.secret, context=connection.secret_context)
             connection.secret = crypto.encrypt(plaintext, context=connection.secret_context)
             connection.save(update_fields=["secret"])
-            rotated += 1
-    return rotated, current
+            audit_record(
+                company=connection.company,
+                action="connection.secret_rotated",
+                actor=actor,
+                target=f"{connection.provider}:{connection.pk}",
+                detail={"from_key_id": previous_key_id, "to_key_id": crypto.key_ring().primary_id},
+            )
+            result.rotated += 1
+    return result
 
 
 # --- Sync runs: single flight through a database lease (compare-and-set), never a lock held across HTTP.

@@ -5,6 +5,11 @@ from usage.models import UsageDaily
 
 @admin.register(UsageDaily)
 class UsageDailyAdmin(admin.ModelAdmin):
+    """Read-only: no add, change or delete. A sync writes these rows and keeps the summaries reports
+    read (UsageDailyByModel, UsageDailyByKey) in step; an edit here would bypass them and reports
+    would stop matching the rows. Rows changed by other means need `manage.py usage_summaries_rebuild`.
+    The summaries themselves are not registered here, so they cannot be edited from the admin either."""
+
     list_display = [
         "day",
         "connection",
@@ -23,4 +28,7 @@ class UsageDailyAdmin(admin.ModelAdmin):
         return False
 
     def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
         return False

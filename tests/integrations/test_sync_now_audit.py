@@ -1,0 +1,60 @@
+"""Manual "sync now" (R26): one audit row with actor, company and IP, and no secret in it."""
+
+import json
+from unittest import mock
+
+import pytest
+from django.urls import reverse
+
+from doow.models import AuditEntry
+from integrations.services import connection_disconnect
+from tests.conftest import client_for
+from tests.support import connect
+
+pytestmark = pytest.mark.django_db
+
+
+def pieces(secret: str, size: int = 8):
+    return {secret[i : i + size] for i in range(len(secret) - size + 1)}
+
+
+@pytest.fixture
+def send_task():
+    with mock.patch("doow.celery.app.send_task") as patched:
+        yield patched
+
+
+def sync_now_url(connection) -> str:
+    return reverse("integrations:sync-now", args=["acme", connection.pk])
+
+
+def test_sync_now_writes_exactly_one_audit_row(acme, alice, emulator, send_task):
+    connection = connect(acme, emulator, name="Prod org")
+    before = set(AuditEntry.objects.values_list("pk", flat=True))
+
+    response = client_for(alice).post(sync_now_url(connection))
+
+    assert response.status_code == 302
+    new_rows = AuditEntry.objects.exclude(pk__in=before)
+    assert new_rows.count() == 1
+    row = new_rows.get()
+    assert row.action == "connection.sync_requested"
+    assert row.actor == alice
+    assert row.company == acme
+    assert row.ip_address == "127.0.0.1"
+    assert row.target == f"openrouter:{connection.pk}"
+    assert row.created_at is not None
+    text = json.dumps(row.detail) + row.target
+    assert not [piece for piece in pieces(emulator.management_key) if piece in text]
+    assert connection.secret.split(":")[3][:16] not in text
+
+
+def test_a_refused_sync_now_writes_no_audit_row(acme, alice, oscar, emulator, send_task):
+    connection = connect(acme, emulator)
+    # Ops may not sync; a disconnected connection cannot be synced.
+    assert client_for(oscar).post(sync_now_url(connection)).status_code == 403
+    connection_disconnect(connection=connection, actor=alice)
+    before = AuditEntry.objects.count()
+    client_for(alice).post(sync_now_url(connection))
+    assert AuditEntry.objects.count() == before
+    assert not AuditEntry.objects.filter(action="connection.sync_requested").exists()
