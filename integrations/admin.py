@@ -30,6 +30,11 @@ class ConnectionAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False  # Connections are made by verifying a key (the connect page or command).
 
+    def has_delete_permission(self, request, obj=None):
+        # Disconnect instead (the page or `openrouter_disconnect`): it deletes the key at once,
+        # keeps the usage history and writes the audit row; a delete here would drop the history.
+        return False
+
 
 @admin.register(SyncRun)
 class SyncRunAdmin(admin.ModelAdmin):
@@ -52,6 +57,9 @@ class SyncRunAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None):
         return False
 
+    def has_delete_permission(self, request, obj=None):
+        return False  # The ops log: what happened stays.
+
 
 @admin.register(SyncEvent)
 class SyncEventAdmin(admin.ModelAdmin):
@@ -65,3 +73,6 @@ class SyncEventAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # The ops log: what happened stays.

@@ -4,12 +4,16 @@ from openrouter.models import ApiKey, ApiKeySnapshot, CreditsSnapshot, Member, M
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
-    """Synced from OpenRouter: the next sync would overwrite any edit, so none is offered."""
+    """Synced from OpenRouter: the next sync would overwrite any edit or undo any delete (and a
+    deleted key would lose its owner and budgets meanwhile), so none is offered."""
 
     def has_add_permission(self, request):
         return False
 
     def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
         return False
 
 

@@ -135,3 +135,37 @@ def test_usage_summaries_are_not_editable_in_the_admin(superuser, rf):
             or registered.has_change_permission(request)
             or registered.has_delete_permission(request)
         )
+
+
+# --- Synced data and the ops log
+
+# What a superuser may still delete in the admin: people and companies (offboarding), and axes'
+# login-attempt records (deleting them lifts a lockout). Everything else is written by syncs or is a log.
+DELETABLE_IN_ADMIN = {"auth.Group", "doow.User", "doow.Company", "doow.Membership"}
+
+
+def test_synced_data_connections_and_the_ops_log_cannot_be_deleted_in_the_admin(superuser, rf):
+    from django.contrib import admin
+
+    request = rf.get("/admin/")
+    request.user = superuser
+    deletable = {
+        model._meta.label
+        for model, model_admin in admin.site._registry.items()
+        if model_admin.has_delete_permission(request) and model._meta.app_label != "axes"
+    }
+    assert deletable == DELETABLE_IN_ADMIN
+
+
+def test_a_connection_is_not_deleted_from_its_admin_page(superuser, acme, emulator):
+    from integrations.models import Connection
+
+    connection = connect(acme, emulator)
+    sync(connection, emulator)
+    client = client_for(superuser)
+    response = client.post(
+        reverse("admin:integrations_connection_delete", args=[connection.pk]), {"post": "yes"}
+    )
+    assert response.status_code == 403
+    assert Connection.objects.filter(pk=connection.pk).exists()
+    assert UsageDaily.objects.filter(connection=connection).exists()
