@@ -1,5 +1,6 @@
 from django.http import HttpRequest
 
+from doow.client_ip import client_ip
 from doow.models import AuditEntry, Company
 
 
@@ -21,5 +22,5 @@ def audit_record(
         action=action,
         target=target,
         detail=detail or {},
-        ip_address=request.META.get("REMOTE_ADDR") if request is not None else None,
+        ip_address=client_ip(request) if request is not None else None,
     )

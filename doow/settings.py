@@ -8,6 +8,7 @@ refuses to start.
 
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -89,6 +90,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.humanize",
     "csp",
+    "axes",
     "doow",
     "integrations",
     "openrouter",
@@ -105,6 +107,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
+    # Last, as django-axes asks: it turns a login refused for lockout into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 if not DEBUG:
@@ -171,6 +175,46 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
+
+# --- Login lockout (django-axes) and the client's address behind proxies.
+# Proxies in front of Doow that append the address they received a request from to X-Forwarded-For.
+# 0: Doow is reached directly and the client is REMOTE_ADDR (X-Forwarded-For is ignored, since
+# anyone can send it). N: the client is the Nth address from the right (doow/client_ip.py).
+DOOW_TRUSTED_PROXY_COUNT = env.int("DOOW_TRUSTED_PROXY_COUNT", default=0)
+DOOW_LOGIN_FAILURE_LIMIT = env.int("DOOW_LOGIN_FAILURE_LIMIT", default=5)
+DOOW_LOGIN_COOLOFF_MINUTES = env.int("DOOW_LOGIN_COOLOFF_MINUTES", default=15)
+for _name, _value, _least in (
+    ("DOOW_TRUSTED_PROXY_COUNT", DOOW_TRUSTED_PROXY_COUNT, 0),
+    ("DOOW_LOGIN_FAILURE_LIMIT", DOOW_LOGIN_FAILURE_LIMIT, 1),
+    ("DOOW_LOGIN_COOLOFF_MINUTES", DOOW_LOGIN_COOLOFF_MINUTES, 1),
+):
+    if _value < _least:
+        raise ImproperlyConfigured(f"{_name} must be at least {_least}, not {_value}.")
+
+# The axes backend goes first: it refuses a locked-out client before any password is checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = DOOW_LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = timedelta(minutes=DOOW_LOGIN_COOLOFF_MINUTES)
+# Keyed on the client's address alone. With the username in the key, one address could try a common
+# password against every account (one try each never reaches the limit); keyed on the username,
+# anyone anywhere could lock a colleague out. The cost: people behind one shared address share the
+# limit, for one cool-off at most.
+AXES_LOCKOUT_PARAMETERS = ["ip_address"]
+# Failures expire with the cool-off, not at the next success: keyed on the address, a success would
+# clear every failure from that address, so an attacker holding any account could log in with it
+# between guesses and never reach the limit.
+AXES_RESET_ON_SUCCESS = False
+# A client that keeps trying while locked out stays locked out: the cool-off counts from its last try.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = True
+AXES_CLIENT_IP_CALLABLE = "doow.client_ip.client_ip"
+# The login form's field (and authenticate()'s argument) is "username", although it holds the email.
+AXES_USERNAME_FORM_FIELD = "username"
+AXES_LOCKOUT_CALLABLE = "doow.lockout.lockout_response"
+# Only failures are needed for the lockout; no ever-growing table of every successful login.
+AXES_DISABLE_ACCESS_LOG = True
 
 LANGUAGE_CODE = "en-gb"
 TIME_ZONE = "UTC"
@@ -282,5 +326,7 @@ LOGGING = {
         # httpx logs every request line at INFO and headers at DEBUG; keep it quiet and scrubbed.
         "httpx": {"level": "WARNING"},
         "httpcore": {"level": "WARNING"},
+        # django-axes announces itself at INFO on every start, of every command and worker.
+        "axes.apps": {"level": "WARNING"},
     },
 }

@@ -147,3 +147,34 @@ def test_postgresql_connections_get_the_configured_work_mem(tmp_path, configured
     )
     assert printed.returncode == 0, printed.stderr
     assert f"'options': '-c work_mem={expected}'" in printed.stdout
+
+
+def test_login_lockout_and_proxy_count_come_from_the_environment(tmp_path):
+    printed = run_django(
+        tmp_path,
+        [
+            *SETUP[:1],
+            SETUP[1] + "; from django.conf import settings; "
+            "print(settings.AXES_FAILURE_LIMIT, settings.AXES_COOLOFF_TIME, settings.DOOW_TRUSTED_PROXY_COUNT)",
+        ],
+        DEBUG="true",
+        DOOW_LOGIN_FAILURE_LIMIT="7",
+        DOOW_LOGIN_COOLOFF_MINUTES="30",
+        DOOW_TRUSTED_PROXY_COUNT="2",
+    )
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stdout.split() == ["7", "0:30:00", "2"]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DOOW_TRUSTED_PROXY_COUNT", "-1"),
+        ("DOOW_LOGIN_FAILURE_LIMIT", "0"),
+        ("DOOW_LOGIN_COOLOFF_MINUTES", "0"),
+    ],
+)
+def test_a_nonsensical_lockout_setting_stops_startup(tmp_path, name, value):
+    result = run_django(tmp_path, SETUP, DEBUG="true", **{name: value})
+    assert result.returncode != 0
+    assert f"{name} must be at least" in result.stderr
