@@ -19,12 +19,22 @@ def scrub(text: str) -> str:
 
 
 class ScrubSecretsFilter(logging.Filter):
+    """Scrubs a record's message and, for logger.exception, its traceback text: formatters reuse
+    `exc_text` once set, so the scrubbed text is what every handler writes."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         cleaned = scrub(message)
         if cleaned != message:
             record.msg, record.args = cleaned, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = scrub(_formatter.formatException(record.exc_info))
+        elif record.exc_text:
+            record.exc_text = scrub(record.exc_text)
         return True
+
+
+_formatter = logging.Formatter()
 
 
 class ScrubSecretsReporterFilter(SafeExceptionReporterFilter):

@@ -1,9 +1,10 @@
 """A read-only client for OpenRouter's management API (httpx).
 
 Every request has an explicit timeout, goes through a per-client rate limiter, and is retried here
-for transient failures (timeouts, 5xx, malformed bodies, short 429s) with exponential backoff and
-full jitter. What cannot be settled within the retry budget raises ProviderError; 401/403 are
-permanent and never retried. The key only ever travels in the Authorization header.
+for transient failures (timeouts, 5xx, 408/425, malformed bodies, short 429s) with exponential backoff
+and full jitter. What cannot be settled within the retry budget raises ProviderError; 401/402/403/404
+are permanent and never retried. Any other 4xx is a RequestRejected: the same request would be
+refused again, so it is not retried either. The key only ever travels in the Authorization header.
 """
 
 import email.utils
@@ -36,6 +37,20 @@ def _ssl_context():
 class RateLimited(ProviderError):
     def __init__(self, message: str, *, retry_after: float | None):
         super().__init__(message, permanent=False, code="rate_limited", retry_after=retry_after)
+
+
+class RequestRejected(ProviderError):
+    """OpenRouter refused a request as malformed or unprocessable (400, 409, 422, ...). Sending it
+    again cannot help, so it is not retried; and it says nothing about the credential, so it is not
+    `permanent` (which would mark the connection as needing attention)."""
+
+    def __init__(self, message: str, *, status: int):
+        super().__init__(message, permanent=False, code=f"http_{status}")
+        self.status = status
+
+
+# 4xx statuses that do describe a passing condition: retried like a 5xx.
+TRANSIENT_CLIENT_ERRORS = frozenset({408, 425})
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
@@ -153,7 +168,7 @@ class OpenRouterClient:
             try:
                 return self._get_once(path, params)
             except ProviderError as exc:
-                if exc.permanent:
+                if exc.permanent or isinstance(exc, RequestRejected):
                     raise
                 last_error = exc
         assert last_error is not None
@@ -182,6 +197,8 @@ class OpenRouterClient:
             raise ProviderError(_error_message(response, path), permanent=True, code="http_402")
         if status == 404:
             raise ProviderError(_error_message(response, path), permanent=True, code="http_404")
+        if 400 <= status < 500 and status not in TRANSIENT_CLIENT_ERRORS:
+            raise RequestRejected(_error_message(response, path), status=status)
         if status >= 400:
             raise ProviderError(f"OpenRouter answered {status} for {path}.", code=f"http_{status}")
         try:

@@ -16,7 +16,9 @@ spend most of their time on.
 
 import logging
 import queue
+import threading
 import time
+import traceback
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -53,7 +55,7 @@ from integrations.services import (
     sync_run_start,
 )
 from openrouter import normalize
-from openrouter.client import OpenRouterClient, RateLimited
+from openrouter.client import OpenRouterClient, RateLimited, RequestRejected
 from openrouter.models import MONEY_STEP, ApiKey, ApiKeySnapshot, CreditsSnapshot, Member, Model, Workspace
 from openrouter.schemas import COUNTER_FIELDS, KeyRecord
 from usage.selectors import METRICS, usage_attributed_sums
@@ -87,6 +89,10 @@ PERMANENT_HINTS = {
 
 class Aborted(Exception):
     """The connection was disconnected (or reconnected) while this sync ran."""
+
+
+class FetchStopped(Exception):
+    """An activity fetch not sent because another one had failed (never the error a run ends with)."""
 
 
 @dataclass
@@ -178,16 +184,19 @@ def _run_claimed(connection, trigger, attempt, transport, sleep, now, base_url) 
         return _finish_provider_error(connection, run, job, exc)
     except SoftTimeLimitExceeded:
         job.flush_events()
+        status = SyncRunStatus.PARTIAL if job.wrote_anything else SyncRunStatus.FAILED
         sync_run_finish(
             run=run,
-            status=SyncRunStatus.PARTIAL if job.wrote_anything else SyncRunStatus.FAILED,
+            status=status,
             level=EventLevel.ERROR,
             message="Sync stopped at its time limit; the next run continues where it stopped.",
             error_summary="time_limit",
         )
-        return SyncResult(status=SyncRunStatus.FAILED, run_id=run.pk)
-    except Exception:
-        logger.exception("Sync of connection %s failed unexpectedly", connection.pk)
+        return SyncResult(status=status, run_id=run.pk, keys_seen=run.keys_seen)
+    except Exception as exc:
+        # Not logger.exception: an exception's message or its frames' variables may hold the key
+        # (whole or in part, which no pattern recognises), and log filters scrub only the message.
+        logger.error("Sync of connection %s failed unexpectedly: %s", connection.pk, describe_failure(exc))
         job.flush_events()
         sync_run_finish(
             run=run,
@@ -210,6 +219,20 @@ def _run_claimed(connection, trigger, attempt, transport, sleep, now, base_url) 
     return SyncResult(status=SyncRunStatus.SUCCEEDED, run_id=run.pk, keys_seen=run.keys_seen)
 
 
+def describe_failure(exc: BaseException) -> str:
+    """An exception's type and where it was raised, with those of the exceptions it chains, but
+    none of their messages: enough to find the bug, and nothing a secret could be quoted in."""
+    parts, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        parts.append(
+            f"{type(exc).__module__}.{type(exc).__qualname__} (message not logged)\n"
+            + "".join(traceback.format_tb(exc.__traceback__))
+        )
+        exc = exc.__cause__ if exc.__cause__ is not None or exc.__suppress_context__ else exc.__context__
+    return "\nraised while handling or from:\n".join(parts)
+
+
 def _finish_provider_error(connection, run, job, exc: ProviderError) -> SyncResult:
     partial = job.wrote_anything
     if exc.permanent:
@@ -230,6 +253,21 @@ def _finish_provider_error(connection, run, job, exc: ProviderError) -> SyncResu
             error_summary=exc.code,
         )
         return SyncResult(status=SyncRunStatus.FAILED, run_id=run.pk)
+    if isinstance(exc, RequestRejected):
+        # Not the credential's fault (no needs_attention), and the same request would be refused
+        # again: no retry now; the next scheduled sync tries once more.
+        status = SyncRunStatus.PARTIAL if partial else SyncRunStatus.FAILED
+        sync_run_finish(
+            run=run,
+            status=status,
+            level=EventLevel.ERROR,
+            message=f"Sync {'incomplete' if partial else 'failed'}: {exc.message} Sending the same request "
+            "again cannot help, so it was not retried; the next scheduled sync tries again."
+            + (" What was fetched is kept." if partial else ""),
+            error_summary=exc.code,
+            detail={"status": exc.status},
+        )
+        return SyncResult(status=status, run_id=run.pk, keys_seen=run.keys_seen)
     cap = settings.CELERY_RETRY_DELAY_CAP
     if isinstance(exc, RateLimited) and exc.retry_after is not None and exc.retry_after > cap:
         sync_run_finish(
@@ -275,12 +313,15 @@ class _SyncJob:
         )
         self.generation = connection.generation
         self.wrote_anything = False
+        # Set when a fetch (or the sync) fails: activity fetches still queued are not sent.
+        self.stop_fetching = threading.Event()
         self.complete_through: date | None = None
         # Hashes of listed keys whose activity was never stored (no usage rows exist for them yet).
         self.never_fetched: set[str] = set()
         # Keys read and activity fetched but not written yet: written every OPENROUTER_WRITE_BATCH_KEYS keys.
-        # Activity is kept with the first day it covers (see fetch_activity).
-        self.pending_keys: dict[str, KeyRecord] = {}
+        # Keys are kept with when their page was read (see store_keys), activity with the first day
+        # it covers (see fetch_activity).
+        self.pending_keys: dict[str, tuple[KeyRecord, datetime]] = {}
         self.pending_activity: dict[str, tuple[KeyRecord, dict, date]] = {}
         # Organization-level records read (credits, workspaces, members), written with the next batch.
         self.pending_writes: list[Callable[[], object]] = []
@@ -397,6 +438,7 @@ class _SyncJob:
     def sync_single_key(self) -> None:
         self.progress("reading the key's counters")
         current = self.client.get_key()
+        read_at = self.clock()
         key_hash = self.connection.external_account_id
         record = KeyRecord(
             hash=key_hash,
@@ -415,7 +457,7 @@ class _SyncJob:
             last_used_at=None,
             counters=current.counters,
         )
-        self.guarded(lambda: self.store_keys([record]))
+        self.guarded(lambda: self.store_keys([(record, read_at)]))
         self.run.keys_seen = 1
 
     def sync_organization(self) -> None:
@@ -532,7 +574,8 @@ class _SyncJob:
         seen_page_size = 0
         ended_short: dict[str, int] = {}  # workspace -> offset of the page that would confirm the end
         vanished_workspaces: set[str] = set()
-        with ThreadPoolExecutor(max_workers=max(1, settings.OPENROUTER_CONCURRENCY)) as pool:
+        pool = ThreadPoolExecutor(max_workers=max(1, settings.OPENROUTER_CONCURRENCY))
+        try:
 
             def read(workspace_id: str, offset: int, may_end_short: bool) -> None:
                 nonlocal seen_page_size
@@ -563,6 +606,14 @@ class _SyncJob:
             if ended_short and self.unlisted_keys(listed_before).exists():
                 for workspace_id, offset in ended_short.items():
                     read(workspace_id, offset, may_end_short=False)
+        except BaseException:
+            # A failure or the soft time limit ends the sync: queued fetches are cancelled, and the
+            # ones running are not waited for (with their retries one may take minutes, past the hard
+            # time limit); their answers would not be used, and closing the client ends them.
+            self.stop_fetching.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
 
         def finish():
             # Every listing was read to its end: keys no longer listed were deleted in OpenRouter.
@@ -588,6 +639,7 @@ class _SyncJob:
     def read_key_page(self, page: list[KeyRecord], pool: ThreadPoolExecutor) -> None:
         """Fetch the activity of the page's stale keys and queue the page and that activity for
         writing, in batches of OPENROUTER_WRITE_BATCH_KEYS keys."""
+        read_at = self.clock()
         known = {
             row["key_hash"]: row
             for row in ApiKey.objects.filter(
@@ -601,22 +653,35 @@ class _SyncJob:
         # Keyed by hash: a key that shifts onto the next page while keys are created or deleted
         # is written once, as last read. Queued before the fetches, so a failing fetch still
         # leaves the page's keys to be written (by sync_keys) with the activity fetched before it.
-        self.pending_keys.update((k.hash, k) for k in page)
+        self.pending_keys.update((k.hash, (k, read_at)) for k in page)
 
         def fetch(key: KeyRecord):
+            if self.stop_fetching.is_set():
+                # Another fetch failed: the sync ends with its error, so none queued after it is sent.
+                raise FetchStopped
             try:
                 return key, *self.fetch_activity(api_key_hash=key.hash, workspace_id=key.workspace_id)
             except ProviderError as exc:
-                if exc.code != "http_404":
-                    raise
-                return key, None, None  # deleted since it was listed
+                if exc.code == "http_404":
+                    return key, None, None  # deleted since it was listed
+                self.stop_fetching.set()
+                raise
+            except BaseException:
+                self.stop_fetching.set()
+                raise
 
         vanished = []
-        for key, rows, start in pool.map(fetch, stale):
-            if rows is None:
-                vanished.append(key)
-            else:
-                self.pending_activity[key.hash] = (key, rows, start)
+        try:
+            # Results come in order: the first failure surfaces (a fetch that stopped because of it
+            # was queued after it).
+            for key, rows, start in pool.map(fetch, stale):
+                if rows is None:
+                    vanished.append(key)
+                else:
+                    self.pending_activity[key.hash] = (key, rows, start)
+        except BaseException:
+            self.stop_fetching.set()  # the soft time limit strikes this thread, not a fetch's
+            raise
         if vanished:
             self.report_vanished_keys(vanished)
         if len(self.pending_keys) >= settings.OPENROUTER_WRITE_BATCH_KEYS:
@@ -678,10 +743,13 @@ class _SyncJob:
             self.queue_progress("reading keys and their activity", self.run.keys_seen)
         self.guarded(write)
 
-    def store_keys(self, page: list[KeyRecord]) -> None:
-        """Upsert the keys' state and today's counter snapshot."""
-        if not page:
+    def store_keys(self, keys: list[tuple[KeyRecord, datetime]]) -> None:
+        """Upsert the keys' state and their counter snapshot of the UTC day they were read on (on the
+        sync's clock): a page read after midnight holds the new day's counters (usage_daily starts
+        again from 0) and must not overwrite the previous day's snapshot."""
+        if not keys:
             return
+        page = [k for k, _read_at in keys]
         states = [self.key_state(k) for k in page]
         bulk.upsert(
             ApiKey,
@@ -709,12 +777,12 @@ class _SyncJob:
                     self.connection.company_id,
                     self.connection.pk,
                     k.hash,
-                    self.today,
-                    self.now,
+                    read_at.astimezone(UTC).date(),
+                    read_at,
                     k.limit_remaining,
                     *(getattr(k.counters, name) for name in COUNTER_FIELDS),
                 )
-                for k in page
+                for k, read_at in keys
             ],
             unique_fields=("connection_id", "key_hash", "day"),
             update_fields=("taken_at", "limit_remaining", *COUNTER_FIELDS),

@@ -1,4 +1,5 @@
 import logging
+from datetime import timedelta
 
 from celery import shared_task
 from celery.exceptions import MaxRetriesExceededError
@@ -34,8 +35,41 @@ def sync_connection_task(self, connection_id: int, trigger: str = "scheduled") -
                 countdown=retry_countdown(retries=self.request.retries, retry_after=result.retry_after)
             )
         except MaxRetriesExceededError:
-            logger.warning("Sync of connection %s gave up after %s retries", connection_id, self.max_retries)
+            record_give_up(connection_id, result, attempts=self.request.retries + 1)
     return result.status
+
+
+def record_give_up(connection_id: int, result, *, attempts: int) -> None:
+    """The task's retries are used up: say so in the connection's event log (the last run's own
+    message promised a retry) and keep the connection due for its next regular sync."""
+    from integrations.models import Connection, ConnectionState, EventKind, EventLevel, SyncRun
+    from integrations.services import sync_event_add
+
+    logger.warning("Sync of connection %s gave up after %s attempts", connection_id, attempts)
+    connection = Connection.objects.filter(pk=connection_id).first()
+    if connection is None or connection.state == ConnectionState.DISCONNECTED:
+        return
+    # sync_run_finish scheduled it; make sure nothing left a live connection without a next sync.
+    if connection.next_sync_at is None:
+        connection.next_sync_at = timezone.now() + timedelta(
+            minutes=settings.OPENROUTER_SYNC_INTERVAL_MINUTES
+        )
+        Connection.objects.filter(pk=connection_id, next_sync_at__isnull=True).update(
+            next_sync_at=connection.next_sync_at
+        )
+    run = SyncRun.objects.filter(pk=result.run_id).first() if result.run_id else None
+    last_error = (run.error_summary if run else "") or result.status
+    sync_event_add(
+        connection=connection,
+        run=run,
+        kind=EventKind.SYNC,
+        code="sync_gave_up",
+        level=EventLevel.ERROR,
+        message=f"Gave up retrying this sync after {attempts} attempts (last error: {last_error}). "
+        "What was fetched is kept; the next scheduled sync "
+        f"({connection.next_sync_at:%Y-%m-%d %H:%M} UTC) tries again.",
+        detail={"attempts": attempts, "last_error": last_error},
+    )
 
 
 @shared_task(name="openrouter.refresh_models", ignore_result=True)

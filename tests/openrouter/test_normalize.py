@@ -1,0 +1,115 @@
+"""normalize.aggregate_activity: OpenRouter's per-endpoint /activity rows become one row per
+(day, workspace, key, model, provider), summed exactly. The emulator serves one endpoint per model
+and provider, so this summing is only exercised here."""
+
+import json
+from datetime import date
+from decimal import Decimal
+
+from openrouter import normalize, schemas
+
+DAY = "2026-11-20"
+
+
+def activity(*rows: dict) -> list[schemas.ActivityRecord]:
+    """Rows as the client reads them: JSON text parsed with floats as Decimal, then validated."""
+    base = {
+        "date": DAY,
+        "model": "openai/gpt-4o",
+        "model_permaslug": "openai/gpt-4o-2024-08-06",
+        "provider_name": "OpenAI",
+        "workspace_id": "ws-1",
+    }
+    text = json.dumps({"data": [base | row for row in rows]})
+    return schemas.parse_activity(json.loads(text, parse_float=Decimal))
+
+
+ENDPOINT_ROWS = [
+    {
+        "endpoint_id": "ep-a",
+        "requests": 3,
+        "prompt_tokens": 100,
+        "completion_tokens": 10,
+        "reasoning_tokens": 1,
+        "cached_tokens": 7,
+        "usage": 0.1,
+        "byok_usage_inference": 0.000000001,
+    },
+    {
+        "endpoint_id": "ep-b",
+        "requests": 5,
+        "prompt_tokens": 200,
+        "completion_tokens": 20,
+        "reasoning_tokens": 2,
+        "cached_tokens": 0,
+        "usage": 0.2,
+        "byok_usage_inference": 0.000000002,
+    },
+    {
+        "endpoint_id": "ep-c",
+        "requests": 1,
+        "prompt_tokens": 1,
+        "completion_tokens": 2,
+        "reasoning_tokens": 0,
+        "cached_tokens": 3,
+        "usage": 0.00000123456789,
+        "byok_usage_inference": 0,
+    },
+]
+
+
+def test_endpoint_rows_of_one_day_model_and_provider_become_one_exact_row():
+    rows = normalize.aggregate_activity(activity(*ENDPOINT_ROWS), api_key_hash="h1")
+
+    key = (date(2026, 11, 20), "ws-1", "h1", "openai/gpt-4o-2024-08-06", "OpenAI")
+    assert list(rows) == [key]
+    values = rows[key]
+    assert values.model == "openai/gpt-4o"
+    assert (
+        values.requests,
+        values.prompt_tokens,
+        values.completion_tokens,
+        values.reasoning_tokens,
+        values.cached_tokens,
+    ) == (9, 301, 32, 3, 10)
+    # Exact decimal sums: 0.1 + 0.2 as floats would be 0.30000000000000004.
+    assert values.spend_usd == Decimal("0.30000123456789")
+    assert values.byok_spend_usd == Decimal("0.000000003")
+    assert isinstance(values.spend_usd, Decimal) and isinstance(values.byok_spend_usd, Decimal)
+
+
+def test_another_provider_day_or_model_is_another_row():
+    records = activity(
+        *ENDPOINT_ROWS[:2],
+        ENDPOINT_ROWS[2] | {"provider_name": "Azure"},
+        ENDPOINT_ROWS[0] | {"date": "2026-11-21"},
+        ENDPOINT_ROWS[1]
+        | {"model": "openai/gpt-4o-mini", "model_permaslug": "openai/gpt-4o-mini-2024-07-18"},
+    )
+
+    rows = normalize.aggregate_activity(records, api_key_hash="h1")
+
+    by_key = {(k[0].isoformat(), k[3], k[4]): v for k, v in rows.items()}
+    assert set(by_key) == {
+        (DAY, "openai/gpt-4o-2024-08-06", "OpenAI"),
+        (DAY, "openai/gpt-4o-2024-08-06", "Azure"),
+        ("2026-11-21", "openai/gpt-4o-2024-08-06", "OpenAI"),
+        (DAY, "openai/gpt-4o-mini-2024-07-18", "OpenAI"),
+    }
+    assert by_key[(DAY, "openai/gpt-4o-2024-08-06", "OpenAI")].spend_usd == Decimal("0.3")
+    assert by_key[(DAY, "openai/gpt-4o-2024-08-06", "OpenAI")].requests == 8
+    assert by_key[(DAY, "openai/gpt-4o-2024-08-06", "Azure")].spend_usd == Decimal("0.00000123456789")
+    assert by_key[(DAY, "openai/gpt-4o-2024-08-06", "Azure")].requests == 1
+    assert by_key[(DAY, "openai/gpt-4o-mini-2024-07-18", "OpenAI")].model == "openai/gpt-4o-mini"
+    # Nothing is lost or counted twice across the rows.
+    assert sum((v.spend_usd for v in rows.values()), Decimal(0)) == Decimal("0.60000123456789")
+
+
+def test_a_keys_workspace_overrides_the_rows_own():
+    rows = normalize.aggregate_activity(
+        activity(ENDPOINT_ROWS[0] | {"workspace_id": None}, ENDPOINT_ROWS[1]),
+        api_key_hash="h1",
+        workspace_id="ws-9",
+    )
+
+    assert [(k[1], v.requests) for k, v in rows.items()] == [("ws-9", 8)]
