@@ -10,4 +10,5 @@ urlpatterns = [
     path("runs/<int:run_id>/", views.run_detail, name="run"),
     path("<int:connection_id>/sync/", views.sync_now, name="sync-now"),
     path("<int:connection_id>/disconnect/", views.disconnect, name="disconnect"),
+    path("<int:connection_id>/disconnect/confirm/", views.disconnect_confirm, name="disconnect-confirm"),
 ]

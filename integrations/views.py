@@ -2,7 +2,7 @@ from django.contrib import messages
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.http import require_GET, require_POST
 
 from doow.access import ADMINS, ALL_ROLES, HEALTH_READERS, company_view
 from doow.services import audit_record
@@ -137,30 +137,43 @@ def _safe_next(request: HttpRequest) -> str:
     return "/"
 
 
-@require_http_methods(["GET", "POST"])
+@require_GET
+@company_view(ADMINS)
+def disconnect_confirm(request: HttpRequest, connection_id: int) -> HttpResponse:
+    """The page that asks before disconnecting; the disconnect itself is a POST to `disconnect`."""
+    connection = connection_get(company=request.company, connection_id=connection_id)
+    if connection.state == ConnectionState.DISCONNECTED:
+        messages.info(request, f"{connection.name} is already disconnected.")
+        return redirect("company-settings", company_slug=request.company.slug)
+    return render(
+        request, "integrations/disconnect.html", {"connection": connection, "form": DisconnectForm()}
+    )
+
+
+@require_POST
 @company_view(ADMINS)
 def disconnect(request: HttpRequest, connection_id: int) -> HttpResponse:
     connection = connection_get(company=request.company, connection_id=connection_id)
     if connection.state == ConnectionState.DISCONNECTED:
         messages.info(request, f"{connection.name} is already disconnected.")
         return redirect("company-settings", company_slug=request.company.slug)
-    form = DisconnectForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        deleted = connection_disconnect(
-            connection=connection,
-            actor=request.user,
-            request=request,
-            delete_usage=form.cleaned_data["delete_usage"],
-        )
-        messages.warning(
-            request,
-            f"{connection.name} is disconnected and its stored key deleted. Revoke the key in OpenRouter "
-            "(Settings → Management keys) too."
-            + (
-                f" {deleted} usage rows were deleted."
-                if form.cleaned_data["delete_usage"]
-                else " Synced usage history is kept."
-            ),
-        )
-        return redirect("company-settings", company_slug=request.company.slug)
-    return render(request, "integrations/disconnect.html", {"connection": connection, "form": form})
+    form = DisconnectForm(request.POST)
+    if not form.is_valid():
+        return render(request, "integrations/disconnect.html", {"connection": connection, "form": form})
+    deleted = connection_disconnect(
+        connection=connection,
+        actor=request.user,
+        request=request,
+        delete_usage=form.cleaned_data["delete_usage"],
+    )
+    messages.warning(
+        request,
+        f"{connection.name} is disconnected and its stored key deleted. Revoke the key in OpenRouter "
+        "(Settings → Management keys) too."
+        + (
+            f" {deleted} usage rows were deleted."
+            if form.cleaned_data["delete_usage"]
+            else " Synced usage history is kept."
+        ),
+    )
+    return redirect("company-settings", company_slug=request.company.slug)

@@ -204,8 +204,9 @@ def disconnect_url(connection) -> str:
 
 def test_disconnect_asks_for_confirmation_first(alice, synced):
     client = client_for(alice)
-    page = client.get(disconnect_url(synced))
+    page = client.get(reverse("integrations:disconnect-confirm", args=["acme", synced.pk]))
     assert page.status_code == 200
+    assert f'action="{disconnect_url(synced)}"' in page.content.decode()
     assert (
         "Revoke it in OpenRouter" in page.content.decode()
         or "revoke it in OpenRouter" in page.content.decode()
@@ -213,6 +214,13 @@ def test_disconnect_asks_for_confirmation_first(alice, synced):
     unconfirmed = client.post(disconnect_url(synced), {})
     assert unconfirmed.status_code == 200
     assert raw_row(synced.pk)[0].startswith("enc:v1:")
+
+
+def test_a_get_of_the_disconnect_url_is_405_and_changes_nothing(alice, synced):
+    response = client_for(alice).get(disconnect_url(synced))
+    assert response.status_code == 405
+    assert raw_row(synced.pk)[0].startswith("enc:v1:")
+    assert raw_row(synced.pk)[2] != "disconnected"
 
 
 def test_disconnect_deletes_the_key_at_once_and_keeps_usage(alice, synced):
@@ -245,7 +253,8 @@ def test_next_scheduled_sync_after_disconnect_makes_no_request(alice, synced, em
 @pytest.mark.parametrize("persona,status", [("finance", 403), ("ops", 403), ("outsider", 404)])
 def test_only_admins_of_the_company_may_disconnect(personas, synced, persona, status):
     client = client_for(personas[persona])
-    assert client.get(disconnect_url(synced)).status_code == status
+    confirm_url = reverse("integrations:disconnect-confirm", args=["acme", synced.pk])
+    assert client.get(confirm_url).status_code == status
     assert client.post(disconnect_url(synced), {"confirm": "on"}).status_code == status
     assert raw_row(synced.pk)[2] != "disconnected"
 

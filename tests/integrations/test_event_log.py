@@ -65,7 +65,8 @@ def test_only_the_admin_syncs_now_or_disconnects(synced, personas, persona, stat
     client = client_for(personas.get(persona))
     assert client.post(f"/c/acme/integrations/{synced.pk}/sync/").status_code == status
     expected_get = 200 if persona == "admin" else status
-    assert client.get(f"/c/acme/integrations/{synced.pk}/disconnect/").status_code == expected_get
+    assert client.get(f"/c/acme/integrations/{synced.pk}/disconnect/confirm/").status_code == expected_get
+    assert client.get(f"/c/acme/integrations/{synced.pk}/disconnect/").status_code == 405
 
 
 def test_another_companys_run_is_not_found(synced, globex, charlie):

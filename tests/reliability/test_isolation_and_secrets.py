@@ -66,8 +66,9 @@ def test_finance_and_ops_get_403_for_every_admin_action(personas, acme_connectio
         client = client_for(personas[persona])
         for route in admin_routes:
             url = url_for(route, "acme", real_kwargs(route, acme_connection, run))
-            assert client.get(url).status_code in (403, 405), (persona, route)
-            assert client.post(url, {"confirm": "on"}).status_code == 403, (persona, route)
+            get, post = client.get(url).status_code, client.post(url, {"confirm": "on"}).status_code
+            # 403 for the method the view takes; 405 at most for the one it does not.
+            assert sorted((get, post)) in ([403, 403], [403, 405]), (persona, route, get, post)
     acme_connection.refresh_from_db()
     assert acme_connection.state == "connected"
 
