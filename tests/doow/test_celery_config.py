@@ -27,6 +27,13 @@ def test_time_limits_come_from_settings_and_the_soft_one_fires_first():
     assert 0 < app.conf.task_soft_time_limit < app.conf.task_time_limit
 
 
+def test_a_sync_lease_outlives_the_hard_time_limit():
+    """A live task never loses its single-flight lease to another sync; a killed one's lapses."""
+    from integrations.services import sync_lease_seconds
+
+    assert sync_lease_seconds() > app.conf.task_time_limit
+
+
 def test_a_retry_and_a_run_end_before_the_broker_redelivers():
     # With late acks, Redis re-delivers a message still unacked after the visibility timeout:
     # the longest retry countdown plus the hard limit must fit inside it, or a task runs twice.

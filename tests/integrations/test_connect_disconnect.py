@@ -107,6 +107,32 @@ def test_openrouter_unreachable_during_verification_stores_nothing(
     assert not Connection.objects.exists()
 
 
+def test_a_connect_rolled_back_after_enqueueing_sends_no_task(
+    alice, emulator, emulator_server, send_task, django_capture_on_commit_callbacks
+):
+    """The initial sync is sent on commit: a connect that fails after asking for it (here, right
+    after) rolls back and sends nothing, so no worker looks for a connection that does not exist."""
+    from integrations import services
+
+    real_enqueue = services.connection_enqueue_sync
+
+    def enqueue_then_fail(**kwargs):
+        real_enqueue(**kwargs)
+        raise RuntimeError("injected failure after enqueueing")
+
+    with (
+        mock.patch.object(services, "connection_enqueue_sync", enqueue_then_fail),
+        django_capture_on_commit_callbacks(execute=True) as callbacks,
+        pytest.raises(RuntimeError),
+    ):
+        client_for(alice).post(CONNECT_URL, {"key": emulator.management_key})
+
+    assert callbacks == []
+    send_task.assert_not_called()
+    assert not Connection.objects.exists()
+    assert not AuditEntry.objects.exists()
+
+
 def test_network_error_during_verification_stores_nothing(alice, emulator, settings):
     settings.OPENROUTER_BASE_URL = "http://127.0.0.1:9/api/v1"  # nothing listens on the discard port
     response = client_for(alice).post(CONNECT_URL, {"key": emulator.management_key})

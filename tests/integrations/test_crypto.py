@@ -149,3 +149,26 @@ def test_workers_report_a_key_ring_that_cannot_decrypt_at_start(acme, emulator, 
     settings.DOOW_ENCRYPTION_KEYS = crypto.generate_key_entry("fresh")
     worker_ready.send(sender=None)
     assert any("Key ring canary" in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.django_db
+def test_every_page_renders_when_no_stored_key_decrypts(acme, alice, emulator, settings):
+    """Pages never decrypt: with a key ring that opens nothing, every company page still renders
+    (the key shown masked), and only a sync finds out."""
+    from integrations.models import SyncRun
+    from tests.conftest import client_for
+    from tests.url_walker import company_routes
+
+    connection = connect(acme, emulator)
+    sync(connection, emulator)
+    settings.DOOW_ENCRYPTION_KEYS = crypto.generate_key_entry("other")
+    values = {"connection_id": connection.pk, "run_id": SyncRun.objects.first().pk, "fmt": "csv"}
+    client = client_for(alice)
+    rendered = 0
+    for route in company_routes():
+        kwargs = {name: values.get(name, dummy) for name, dummy in route.dummy_kwargs.items()}
+        response = client.get(type(route)(route.route, route.name, route.view, kwargs).url("acme"))
+        assert response.status_code in (200, 302, 404, 405), route
+        rendered += response.status_code == 200
+    assert rendered > 5
+    assert f"sk-or-…{emulator.management_key[-4:]}" in client.get("/c/acme/settings/").content.decode()
