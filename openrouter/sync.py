@@ -339,26 +339,35 @@ class _SyncJob:
                 return
             if code == "rate_limited":
                 wait = detail.get("retry_after")
-                sync_event_add(
-                    connection=self.connection,
-                    run=self.run,
-                    kind=EventKind.RATE_LIMIT,
-                    code="rate_limited",
-                    level=EventLevel.WARNING,
-                    message=f"OpenRouter rate-limited {detail['path']}"
+                self.event(
+                    EventKind.RATE_LIMIT,
+                    "rate_limited",
+                    f"OpenRouter rate-limited {detail['path']}"
                     + (f"; it asked to wait {wait:g} s." if wait is not None else "."),
+                    level=EventLevel.WARNING,
                     detail=detail,
                 )
             else:
-                sync_event_add(
-                    connection=self.connection,
-                    run=self.run,
-                    kind=EventKind.RETRY,
-                    code=code,
+                self.event(
+                    EventKind.RETRY,
+                    code,
+                    f"Retrying {detail['path']} (attempt {detail.get('attempt')}): "
+                    f"{detail.get('reason') or detail.get('error', '')}",
                     level=EventLevel.WARNING,
-                    message=f"Retrying {detail['path']} (attempt {detail.get('attempt')}): {detail.get('reason') or detail.get('error', '')}",
                     detail=detail,
                 )
+
+    def event(self, kind: str, code: str, message: str, *, level: str = EventLevel.INFO, detail=None) -> None:
+        """One line of this run in the connection's event log."""
+        sync_event_add(
+            connection=self.connection,
+            run=self.run,
+            kind=kind,
+            code=code,
+            level=level,
+            message=message,
+            detail=detail,
+        )
 
     def progress(self, phase: str, done: int = 0, total: int = 0) -> None:
         self.flush_events()
@@ -695,13 +704,10 @@ class _SyncJob:
         theirs that OpenRouter reports account-wide beyond those rows is counted as unattributed,
         and the next listing marks them deleted."""
         names = ", ".join(sorted(key.name or key.label for key in keys)[:5])
-        sync_event_add(
-            connection=self.connection,
-            run=self.run,
-            kind=EventKind.SYNC,
-            code="keys_vanished",
-            level=EventLevel.INFO,
-            message=f"{len(keys)} key(s) were deleted in OpenRouter while this sync read them ({names}"
+        self.event(
+            EventKind.SYNC,
+            "keys_vanished",
+            f"{len(keys)} key(s) were deleted in OpenRouter while this sync read them ({names}"
             f"{', …' if len(keys) > 5 else ''}); their newest usage is counted as unattributed.",
         )
 
@@ -869,14 +875,12 @@ class _SyncJob:
                 values.model = permaslug
         negative = [k for k, v in rest.items() if v.spend_usd < 0 or v.requests < 0]
         if negative:
-            sync_event_add(
-                connection=self.connection,
-                run=self.run,
-                kind=EventKind.SYNC,
-                code="reconciliation_mismatch",
-                level=EventLevel.WARNING,
-                message=f"Listed keys account for more than OpenRouter's account-wide activity on "
+            self.event(
+                EventKind.SYNC,
+                "reconciliation_mismatch",
+                f"Listed keys account for more than OpenRouter's account-wide activity on "
                 f"{len(negative)} day/model rows; the difference is recorded so totals match OpenRouter.",
+                level=EventLevel.WARNING,
             )
         usage = usage_prepare(**self.ids(), rows=rest.items(), start=start, end=self.window_end)
         self.run.rows_written += usage_replace(usage, api_key_hashes=[""])
