@@ -137,14 +137,18 @@ def _safe_next(request: HttpRequest) -> str:
     return "/"
 
 
+def _already_disconnected(request: HttpRequest, connection) -> HttpResponse:
+    messages.info(request, f"{connection.name} is already disconnected.")
+    return redirect("company-settings", company_slug=request.company.slug)
+
+
 @require_GET
 @company_view(ADMINS)
 def disconnect_confirm(request: HttpRequest, connection_id: int) -> HttpResponse:
     """The page that asks before disconnecting; the disconnect itself is a POST to `disconnect`."""
     connection = connection_get(company=request.company, connection_id=connection_id)
     if connection.state == ConnectionState.DISCONNECTED:
-        messages.info(request, f"{connection.name} is already disconnected.")
-        return redirect("company-settings", company_slug=request.company.slug)
+        return _already_disconnected(request, connection)
     return render(
         request, "integrations/disconnect.html", {"connection": connection, "form": DisconnectForm()}
     )
@@ -155,8 +159,7 @@ def disconnect_confirm(request: HttpRequest, connection_id: int) -> HttpResponse
 def disconnect(request: HttpRequest, connection_id: int) -> HttpResponse:
     connection = connection_get(company=request.company, connection_id=connection_id)
     if connection.state == ConnectionState.DISCONNECTED:
-        messages.info(request, f"{connection.name} is already disconnected.")
-        return redirect("company-settings", company_slug=request.company.slug)
+        return _already_disconnected(request, connection)
     form = DisconnectForm(request.POST)
     if not form.is_valid():
         return render(request, "integrations/disconnect.html", {"connection": connection, "form": form})
