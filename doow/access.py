@@ -2,6 +2,7 @@
 
 from collections.abc import Callable, Iterable
 from functools import wraps
+from urllib.parse import urlsplit
 
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
@@ -33,6 +34,19 @@ def membership_for(user, company_slug: str, roles: Iterable[str] = ALL_ROLES) ->
     return membership
 
 
+def _to_login(request: HttpRequest) -> HttpResponse:
+    """The login page, then back. A part of a page polled by htmx (logged out in another tab, or the
+    session expired) sends the whole page there: a plain redirect would put the login page inside
+    the polled element."""
+    if not request.headers.get("HX-Request"):
+        return redirect_to_login(request.get_full_path())
+    current = urlsplit(request.headers.get("HX-Current-URL", ""))
+    page = (current.path or "/") + (f"?{current.query}" if current.query else "")
+    response = HttpResponse(status=204)
+    response["HX-Redirect"] = redirect_to_login(page).url
+    return response
+
+
 def company_view(roles: Iterable[str] = ALL_ROLES) -> Callable:
     """Decorate a view taking `company_slug`: anonymous → login, then `membership_for`.
 
@@ -45,7 +59,7 @@ def company_view(roles: Iterable[str] = ALL_ROLES) -> Callable:
         @wraps(view)
         def wrapper(request: HttpRequest, company_slug: str, *args, **kwargs) -> HttpResponse:
             if not request.user.is_authenticated:
-                return redirect_to_login(request.get_full_path())
+                return _to_login(request)
             membership = membership_for(request.user, company_slug, allowed)
             request.membership = membership
             request.company = membership.company

@@ -2,6 +2,7 @@ from django.contrib import messages
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from doow.access import ADMINS, ALL_ROLES, HEALTH_READERS, company_view
@@ -10,6 +11,7 @@ from integrations.forms import DisconnectForm, EventFilterForm
 from integrations.models import ConnectionState
 from integrations.selectors import connection_get, connection_list, sync_event_list, sync_run_get
 from integrations.services import connection_disconnect, connection_enqueue_sync, sync_event_add
+from integrations.templatetags.integrations import cards_context
 
 EVENTS_PER_PAGE = 50
 
@@ -18,15 +20,7 @@ EVENTS_PER_PAGE = 50
 @company_view(ALL_ROLES)
 def integration_cards(request: HttpRequest) -> HttpResponse:
     """The cards alone: polled by htmx while a connection syncs."""
-    return render(
-        request,
-        "integrations/_cards.html",
-        {
-            "company": request.company,
-            "membership": request.membership,
-            "connections": connection_list(company=request.company),
-        },
-    )
+    return render(request, "integrations/_cards.html", cards_context(request.company, request.membership))
 
 
 def _filtered_events(request: HttpRequest):
@@ -70,8 +64,15 @@ def event_log(request: HttpRequest) -> HttpResponse:
             "newest_id": page.object_list[0].pk if page.number == 1 and page.object_list else 0,
             "filter_query": _without(request.GET, "page", "after"),
             "is_filtered": any(request.GET.get(name) for name in ("level", "kind", "day")),
+            # New events appear on the first page, and only if no past day is picked.
+            "live": page.number == 1 and not _is_past_day(form),
         },
     )
+
+
+def _is_past_day(form) -> bool:
+    day = form.cleaned_data.get("day") if form.is_valid() else None
+    return day is not None and day < timezone.now().date()
 
 
 @require_GET

@@ -6,6 +6,7 @@ from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from django.shortcuts import resolve_url
+from django.test import Client
 from django.urls import reverse
 
 from doow.access import ADMINS, ALL_ROLES, HEALTH_READERS, USAGE_READERS, membership_for
@@ -170,3 +171,14 @@ def test_a_nul_character_in_a_posted_value_is_a_clear_400_not_a_database_error(a
     response = client_for(alice).post(reverse("company-switch"), {"company": "ac\x00me"})
     assert response.status_code == 400
     assert "NUL" in response.content.decode()
+
+
+@pytest.mark.django_db
+def test_a_polled_part_of_a_page_sends_a_logged_out_browser_to_the_login_page_whole():
+    """htmx would put a redirect's login page inside the polled element; HX-Redirect moves the page."""
+    response = Client().get(
+        "/c/acme/integrations/cards/",
+        headers={"HX-Request": "true", "HX-Current-URL": "http://testserver/c/acme/settings/?x=1"},
+    )
+    assert response.status_code == 204
+    assert response["HX-Redirect"] == resolve_url(settings.LOGIN_URL) + "?next=/c/acme/settings/%3Fx%3D1"

@@ -97,7 +97,7 @@ def test_cards_poll_while_syncing_and_show_progress(synced, alice):
     synced.save()
     page = client_for(alice).get("/c/acme/integrations/cards/").content.decode()
     assert 'hx-trigger="every 2s"' in page
-    assert "fetching key activity (3 of 24)" in page and '<progress max="24" value="3">' in page
+    assert "fetching key activity (3 of 24)" in page and '<progress max="24" value="3"' in page
     synced.state = ConnectionState.CONNECTED
     synced.save()
     assert "hx-trigger" not in client_for(alice).get("/c/acme/integrations/cards/").content.decode()
@@ -214,3 +214,28 @@ def test_the_log_and_run_views_make_a_bounded_number_of_queries(synced, oscar, d
         counts.append((len(events_queries.captured_queries), len(run_queries.captured_queries)))
         add_events(synced, 80, run=run)
     assert counts[0] == counts[1]
+
+
+def test_a_past_day_does_not_poll_for_new_events_and_today_does(synced, oscar):
+    client = client_for(oscar)
+    today = timezone.now().date()
+    past = client.get(EVENTS, {"day": (today - timedelta(days=2)).isoformat()}).content.decode()
+    current = client.get(EVENTS, {"day": today.isoformat()}).content.decode()
+    assert "data-live-log" not in past
+    assert "data-live-log" in current and 'aria-live="polite"' in current
+
+
+def test_cards_poll_once_however_many_connections_sync(acme, alice, emulator, synced):
+    from openrouter.emulator import Emulator, EmulatorConfig
+
+    other = connect(acme, Emulator(EmulatorConfig(seed=11, keys=2)))
+    type(synced).objects.filter(pk__in=[synced.pk, other.pk]).update(state=ConnectionState.SYNCING)
+    page = client_for(alice).get("/c/acme/integrations/cards/").content.decode()
+    assert page.count("hx-trigger=") == 1
+    assert page.count('aria-label="Sync progress of') == 2
+
+
+def test_a_disconnected_connection_does_not_promise_todays_data(synced, alice):
+    type(synced).objects.filter(pk=synced.pk).update(state=ConnectionState.DISCONNECTED)
+    page = client_for(alice).get("/c/acme/integrations/cards/").content.decode()
+    assert "today partial" not in page and "no longer synced" in page

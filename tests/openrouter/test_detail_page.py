@@ -523,3 +523,8 @@ def test_every_page_of_a_computed_table_is_served_from_the_cache(
     )
     again = client.get(url(synced, window_query(emulator, page="2")))
     assert [row["api_key_hash"] for row in again.context["table"]["rows"]] == seen[2:4]
+
+
+def test_the_page_says_its_amounts_are_rounded_and_where_the_exact_ones_are(synced, alice):
+    page = client_for(alice).get(url(synced)).content.decode()
+    assert 'data-testid="rounding-note"' in page and "exact amounts" in page

@@ -8,4 +8,7 @@ document.addEventListener("htmx:afterRequest", (event) => {
   if (!body.matches || !body.matches("[data-live-log]")) return;
   const newest = event.detail.xhr.getResponseHeader("X-Newest-Event-Id");
   if (newest) body.dataset.after = newest;
+  // The first rows to arrive replace the "no events" message.
+  const empty = document.querySelector("[data-testid=no-events]");
+  if (empty && body.querySelector("tr")) empty.remove();
 });
