@@ -37,3 +37,6 @@ class Provider:
     def purge_data(self, connection) -> int:
         """Delete synced data of a connection (disconnect with "delete usage data")."""
         raise NotImplementedError
+
+    def disconnected(self, connection) -> None:
+        """Close what only a sync would have closed (open alerts, say), in the disconnect's transaction."""

@@ -199,7 +199,9 @@ def connection_disconnect(
         sync_progress={},
         next_sync_at=None,
     )
-    deleted = get_provider(locked.provider).purge_data(locked) if delete_usage else 0
+    provider = get_provider(locked.provider)
+    deleted = provider.purge_data(locked) if delete_usage else 0
+    provider.disconnected(locked)
     sync_event_add(
         connection=locked,
         kind=EventKind.DISCONNECT,

@@ -1,10 +1,15 @@
 """Alert evaluation after each sync: budgets, credits, key limits, failing syncs, spend anomalies.
 
 Each firing condition gets one Alert per (rule, subject, period), so evaluating after every sync
-never raises it twice; an open alert whose condition no longer holds is resolved.
+never raises it twice; an open alert whose condition no longer holds is resolved, and a resolved one
+whose condition holds again in the same period is reopened and emailed again. Alerts of a rule that
+was turned off or deleted, or of a disconnected connection, are resolved: nothing watches them.
+An alert whose email failed is emailed again on later evaluations while it is open and still holds.
 """
 
 import logging
+import unicodedata
+from collections import defaultdict
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import cached_property
@@ -19,8 +24,8 @@ from integrations.services import sync_event_add
 from openrouter import insights
 from openrouter.models import ApiKey, CreditsSnapshot
 from usage.anomalies import DEFAULT_Z, detect_spike, new_spenders
-from usage.forecast import runway_days
-from usage.models import Alert, AlertKind, AlertRule, AlertState, Budget
+from usage.forecast import Forecast, runway_days
+from usage.models import DISMISSED, Alert, AlertKind, AlertRule, AlertState, Budget, alerts_resolve
 
 logger = logging.getLogger(__name__)
 
@@ -72,28 +77,51 @@ def default_rules_ensure(*, connection: Connection) -> None:
             "kind", flat=True
         )
     )
-    AlertRule.objects.bulk_create(
-        [
-            AlertRule(
-                company_id=connection.company_id,
-                connection=connection,
-                kind=kind,
-                threshold=threshold,
-                notify_roles=DEFAULT_ROLES,
-            )
-            for kind, threshold in defaults.items()
-            if kind not in existing
-        ]
-    )
+    missing = [
+        AlertRule(
+            company_id=connection.company_id,
+            connection=connection,
+            kind=kind,
+            threshold=threshold,
+            notify_roles=DEFAULT_ROLES,
+        )
+        for kind, threshold in defaults.items()
+        if kind not in existing
+    ]
+    if missing:
+        # Another evaluation may insert the same rules between the read and this write: the
+        # one_connection_rule_per_kind constraint keeps one of each, and its rows are skipped here.
+        AlertRule.objects.bulk_create(missing, ignore_conflicts=True)
 
 
 class _Reads:
     """What several rules read, read once per evaluation (it runs after every sync)."""
 
-    def __init__(self, connection: Connection, now: datetime):
+    def __init__(self, connection: Connection, now: datetime, budgets=()):
         self.connection, self.now = connection, now
         self.day = connection.complete_through or now.date() - timedelta(days=1)  # last complete day
+        self.budgets = list(budgets)  # the budgets the enabled rules watch
         self._series: dict[str, dict[str, dict]] = {}
+        self._recipients: dict[tuple, list[str]] = {}
+
+    @cached_property
+    def budget_forecasts(self) -> dict[int, Forecast]:
+        # Grouped queries per budget scope, not two per budget.
+        return insights.budget_forecasts(connection=self.connection, budgets=self.budgets, now=self.now)
+
+    def recipients(self, roles) -> list[str]:
+        """Emails of the company's active members in these roles."""
+        key = tuple(sorted(roles))
+        if key not in self._recipients:
+            emails = (
+                Membership.objects.filter(
+                    company_id=self.connection.company_id, role__in=key, user__is_active=True
+                )
+                .exclude(user__email="")
+                .values_list("user__email", flat=True)
+            )
+            self._recipients[key] = sorted(set(emails))
+        return self._recipients[key]
 
     @cached_property
     def credits(self) -> CreditsSnapshot | None:
@@ -121,43 +149,91 @@ class _Reads:
         return {subject: s for subject, s in trimmed.items() if s}
 
 
+def _one_line(text: str) -> str:
+    """`text` with control characters and line or paragraph separators as spaces: titles name keys,
+    models and budgets named in OpenRouter by anyone holding a key, and a title is an email subject
+    (a header: a newline in it is refused, or would start another header)."""
+    return "".join(" " if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in text)
+
+
 class _Firing:
     def __init__(self, subject: str, period: str, title: str, message: str, detail: dict | None = None):
-        self.subject, self.period, self.title, self.message = subject, period, title, message
+        title_field = Alert._meta.get_field("title")
+        self.subject, self.period, self.message = subject, period, message
+        self.title = _one_line(title)[: title_field.max_length]
         # Money stays exact in JSON as text.
         self.detail = {k: str(v) if isinstance(v, Decimal) else v for k, v in (detail or {}).items()}
 
 
 def evaluate_alerts(*, connection: Connection, now: datetime | None = None) -> list[Alert]:
-    """Evaluate every enabled rule of the connection; returns the alerts newly raised."""
+    """Evaluate every enabled rule of the connection; returns the alerts raised (new or reopened)."""
     now = now or timezone.now()
+    unresolved = Alert.objects.filter(connection=connection).exclude(state=AlertState.RESOLVED)
     if connection.state == ConnectionState.DISCONNECTED:
+        alerts_resolve(unresolved, reason="The connection was disconnected.", now=now)
         return []
     default_rules_ensure(connection=connection)
-    reads = _Reads(connection, now)
+    rules = list(AlertRule.objects.filter(connection=connection).select_related("budget"))
+    enabled = [rule for rule in rules if rule.enabled]
+    reads = _Reads(connection, now, budgets={r.budget_id: r.budget for r in enabled if r.budget}.values())
     raised = []
-    open_alerts: dict[int, list[Alert]] = {}
-    for alert in Alert.objects.filter(connection=connection).exclude(state=AlertState.RESOLVED):
-        open_alerts.setdefault(alert.rule_id, []).append(alert)
-    for rule in AlertRule.objects.filter(connection=connection, enabled=True).select_related("budget"):
+    open_alerts: dict[int | None, dict[tuple[str, str], Alert]] = defaultdict(dict)
+    for alert in unresolved:
+        open_alerts[alert.rule_id][(alert.subject, alert.period)] = alert
+    # Resolved by hand while their condition held: not reopened until it has cleared.
+    dismissed: dict[int | None, dict[tuple[str, str], Alert]] = defaultdict(dict)
+    for alert in Alert.objects.filter(
+        connection=connection, state=AlertState.RESOLVED, **{f"detail__{DISMISSED}": True}
+    ):
+        dismissed[alert.rule_id][(alert.subject, alert.period)] = alert
+    for rule in enabled:
         firings = list(_check(rule, reads))
         keep = set()
         for firing in firings:
             keep.add((firing.subject, firing.period))
-            alert = _raise(rule, connection, firing)
+            if (firing.subject, firing.period) in dismissed[rule.pk]:
+                continue
+            alert = _raise(rule, reads, firing, open_alerts[rule.pk].get((firing.subject, firing.period)))
             if alert is not None:
                 raised.append(alert)
-        # Conditions that stopped holding resolve their open alerts.
-        for alert in open_alerts.get(rule.pk, []):
-            if (alert.subject, alert.period) not in keep and rule.kind not in (
-                AlertKind.ANOMALY,
-                AlertKind.NEW_SPENDER,
-            ):
+        # Conditions that stopped holding resolve their open alerts, and end a dismissal.
+        for (subject, period), alert in open_alerts[rule.pk].items():
+            if (subject, period) not in keep and rule.kind not in (AlertKind.ANOMALY, AlertKind.NEW_SPENDER):
                 Alert.objects.filter(pk=alert.pk).update(state=AlertState.RESOLVED, resolved_at=now)
+        _undismiss(alert for key, alert in dismissed[rule.pk].items() if key not in keep)
+    # Nothing resolves the alerts of a rule turned off (or deleted without alert_rule_deleted) any more.
+    enabled_ids = {rule.pk for rule in enabled}
+    _undismiss(
+        alert
+        for rule_id, alerts in dismissed.items()
+        if rule_id not in enabled_ids
+        for alert in alerts.values()
+    )
+    disabled_ids = {rule.pk for rule in rules if not rule.enabled}
+    for rule_id, alerts in open_alerts.items():
+        if rule_id in disabled_ids:
+            alerts_resolve(alerts.values(), reason="Its alert rule was turned off.", now=now)
+        elif rule_id not in enabled_ids:
+            alerts_resolve(alerts.values(), reason="Its alert rule was deleted.", now=now)
     return raised
 
 
-def _raise(rule: AlertRule, connection: Connection, firing: _Firing) -> Alert | None:
+def _undismiss(alerts) -> None:
+    """The condition of these alerts resolved by hand no longer holds (or no rule watches them): the
+    next time it holds, they are raised again."""
+    for alert in alerts:
+        detail = {k: v for k, v in alert.detail.items() if k != DISMISSED}
+        Alert.objects.filter(pk=alert.pk, state=AlertState.RESOLVED).update(detail=detail)
+
+
+def _raise(rule: AlertRule, reads: _Reads, firing: _Firing, existing: Alert | None) -> Alert | None:
+    """Raise the firing's alert, or reopen it if it was resolved this period; None if it is already
+    open or acknowledged (only an open one whose email never went out is emailed again)."""
+    connection = reads.connection
+    if existing is not None:
+        if existing.state == AlertState.OPEN and not existing.emailed_to:
+            _email(existing, connection, reads.recipients(rule.notify_roles), first_attempt=False)
+        return None
     try:
         with transaction.atomic():
             alert = Alert.objects.create(
@@ -172,7 +248,9 @@ def _raise(rule: AlertRule, connection: Connection, firing: _Firing) -> Alert | 
                 detail=firing.detail,
             )
     except IntegrityError:
-        return None  # Already raised for this period.
+        alert = _reopen(rule, firing, reads.now)
+        if alert is None:
+            return None  # Raised by a concurrent evaluation.
     sync_event_add(
         connection=connection,
         kind=EventKind.ALERT,
@@ -181,24 +259,62 @@ def _raise(rule: AlertRule, connection: Connection, firing: _Firing) -> Alert | 
         message=f"Alert: {firing.title}",
         detail={"alert": alert.pk, **firing.detail},
     )
-    recipients = list(
-        Membership.objects.filter(company_id=connection.company_id, role__in=rule.notify_roles)
-        .values_list("user__email", flat=True)
-        .order_by("user__email")
-    )
-    if recipients:
-        try:
-            send_mail(
-                subject=f"[Doow] {firing.title}",
-                message=f"{firing.message}\n\nConnection: {connection.name}\n",
-                from_email=None,
-                recipient_list=recipients,
-            )
-            Alert.objects.filter(pk=alert.pk).update(emailed_to=recipients)
-            alert.emailed_to = recipients
-        except OSError:
-            logger.warning("Could not send alert email for alert %s", alert.pk)
+    _email(alert, connection, reads.recipients(rule.notify_roles), first_attempt=True)
     return alert
+
+
+def _reopen(rule: AlertRule, firing: _Firing, now: datetime) -> Alert | None:
+    """The period's alert resolved (its condition cleared, its rule was off, or a dismissal ended)
+    and holds again:
+    open it as if newly raised, dated now (the Alerts page sorts by created_at). The update claims it,
+    so of two evaluations at once only one reopens and emails."""
+    same = Alert.objects.filter(rule=rule, subject=firing.subject, period=firing.period)
+    reopened = same.filter(state=AlertState.RESOLVED).update(
+        state=AlertState.OPEN,
+        title=firing.title,
+        message=firing.message,
+        detail=firing.detail,
+        created_at=now,
+        emailed_to=[],
+        acknowledged_by=None,
+        acknowledged_at=None,
+        resolved_at=None,
+    )
+    return same.get() if reopened else None
+
+
+def _email(alert: Alert, connection: Connection, recipients: list[str], *, first_attempt: bool) -> bool:
+    """Email the alert; on failure log it (the error's class, nothing it carries) and leave emailed_to
+    empty, so the next evaluation tries again while the alert is open and its condition holds. The
+    event log says so once per alert, not on every retry."""
+    if not recipients:
+        return False
+    try:
+        send_mail(
+            subject=_one_line(f"[Doow] {alert.title}"),
+            message=f"{alert.message}\n\nConnection: {connection.name}\n",
+            from_email=None,
+            recipient_list=recipients,
+        )
+    except Exception as error:  # any failure of one email must not stop the evaluation
+        error_name = type(error).__name__
+        logger.warning(
+            "Could not send the email of alert %s (%s); retried after the next sync", alert.pk, error_name
+        )
+        if first_attempt:
+            sync_event_add(
+                connection=connection,
+                kind=EventKind.ALERT,
+                code="alert_email_failed",
+                level=EventLevel.ERROR,
+                message=f"Could not email alert “{alert.title}” ({error_name}). Doow tries again after each "
+                "sync while the alert is open.",
+                detail={"alert": alert.pk, "error": error_name},
+            )
+        return False
+    Alert.objects.filter(pk=alert.pk).update(emailed_to=recipients)
+    alert.emailed_to = recipients
+    return True
 
 
 def _month(now: datetime) -> str:
@@ -221,11 +337,10 @@ def _check(rule: AlertRule, reads: _Reads):
 
 
 def _budget_check(rule: AlertRule, reads: _Reads):
-    connection, now = reads.connection, reads.now
-    budget = rule.budget
+    now, budget = reads.now, rule.budget
     if budget is None:
         return
-    forecast = insights.forecast(connection=connection, now=now, **insights._budget_filters(budget))
+    forecast = reads.budget_forecasts[budget.pk]
     amount = budget.monthly_usd
     label = f"{budget.get_scope_display()} {budget.target_label}".strip()
     spent = forecast.month_to_date
@@ -288,6 +403,8 @@ def _credit_runway(rule: AlertRule, reads: _Reads):
 def _key_limit(rule: AlertRule, reads: _Reads):
     connection, now = reads.connection, reads.now
     fraction = rule.threshold if rule.threshold is not None else Decimal("0.1")
+    if not 0 < fraction <= 1:
+        return  # Not a share of a limit (saved before the form checked it): it would fire on every key.
     keys = ApiKey.objects.filter(
         connection=connection,
         missing_since__isnull=True,
@@ -308,7 +425,7 @@ def _key_limit(rule: AlertRule, reads: _Reads):
 
 def _sync_failing(rule: AlertRule, reads: _Reads):
     connection, now = reads.connection, reads.now
-    hours = float(rule.threshold or 6)
+    hours = float(rule.threshold if rule.threshold is not None else 6)
     last_ok = connection.last_synced_at or connection.created_at
     failing_since = (
         SyncRun.objects.filter(connection=connection, started_at__gt=last_ok)
@@ -328,7 +445,7 @@ def _sync_failing(rule: AlertRule, reads: _Reads):
 
 def _anomalies(rule: AlertRule, reads: _Reads):
     day, names = reads.day, reads.key_names
-    z = rule.threshold or DEFAULT_Z
+    z = rule.threshold if rule.threshold is not None else DEFAULT_Z
     for by, noun in (("api_key_hash", "key"), ("model_permaslug", "model")):
         for subject, series in reads.series(by, ANOMALY_DAYS).items():
             spike = detect_spike(subject=subject, series=series, day=day, z_threshold=z)
@@ -341,8 +458,9 @@ def _anomalies(rule: AlertRule, reads: _Reads):
                 f"{noun}:{subject}",
                 day.isoformat(),
                 f"Unusual spend on {noun} {label} on {day:%d %b}",
-                f"${spike.amount:.2f} against a usual ${spike.baseline:.2f}/day "
-                f"({spike.times_usual}× usual, robust z-score {spike.score}).",
+                f"${spike.amount:.2f} against a usual ${spike.baseline:.2f}/day ("
+                + (f"{spike.times_usual}× usual, " if spike.times_usual is not None else "")
+                + f"robust z-score {spike.score}).",
                 {
                     noun: subject,
                     "day": day.isoformat(),
@@ -355,7 +473,7 @@ def _anomalies(rule: AlertRule, reads: _Reads):
 
 def _new_spenders(rule: AlertRule, reads: _Reads):
     day, names = reads.day, reads.key_names
-    minimum = rule.threshold or Decimal(5)
+    minimum = rule.threshold if rule.threshold is not None else Decimal(5)
     # Only judge once there is history before the day, or the first sync would flag everything.
     history_end = day - timedelta(days=7)
     if not any(d <= history_end for s in reads.series("api_key_hash", NEW_SPENDER_DAYS).values() for d in s):

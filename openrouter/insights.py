@@ -3,15 +3,16 @@ reconciliation. Reads only; alert evaluation (openrouter/alerts.py) builds on th
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 
-from django.db.models import Q, Sum
+from django.db.models import Count, Max, Sum
 from django.utils import timezone
 
 from doow.models import Membership, User
 from integrations.models import Connection
 from openrouter.models import ApiKey, ApiKeySnapshot, CreditsSnapshot, KeyOwner, Member, Workspace
+from openrouter.templatetags.openrouter import usd
 from usage.cache import cached
 from usage.forecast import RUN_RATE_DAYS, Forecast, month_end_forecast
 from usage.models import UNATTRIBUTED_LABEL, Budget, BudgetScope, UsageDaily
@@ -19,29 +20,13 @@ from usage.selectors import FILTERS, summaries_current, usage_rows
 
 
 def _day_fraction(now: datetime) -> float:
+    now = now.astimezone(UTC)
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
     return min(1.0, (now - midnight).total_seconds() / 86400)
 
 
-def daily_spend(
-    *, connection: Connection, start: date, end: date, workspace: str | None = None, key: str | None = None
-) -> dict[date, Decimal]:
-    rows = usage_rows(
-        connection_ids=[connection.pk],
-        start=start,
-        end=end,
-        filters={"workspace": workspace, "key": key},
-        dimensions=["day"],
-        summarized=summaries_current(connection),
-    )
-    return cached(
-        connection,
-        "daily_spend",
-        (start, end, workspace, key),
-        lambda: {
-            row["day"]: row["spend"] for row in rows.values("day").annotate(spend=Sum("spend_usd")).order_by()
-        },
-    )
+def _utc_date(moment: datetime) -> date:
+    return moment.astimezone(UTC).date()
 
 
 def listed_keys(*, connection: Connection, workspace: str | None = None, key: str | None = None):
@@ -55,15 +40,107 @@ def listed_keys(*, connection: Connection, workspace: str | None = None, key: st
     return keys
 
 
-def today_partial(*, connection: Connection, workspace: str | None = None, key: str | None = None) -> Decimal:
-    """Spend so far today (UTC) from the keys' counters, as of the last sync."""
-    keys = listed_keys(connection=connection, workspace=workspace, key=key)
+def counters_read_today(
+    *,
+    connection: Connection,
+    now: datetime | None = None,
+    workspace: str | None = None,
+    key: str | None = None,
+):
+    """The listed keys whose counters a sync read on `now`'s UTC day. A sync files each key's
+    counter snapshot under the UTC day it read the key on (sync.store_keys), so a key with a
+    snapshot of today holds today's counters; any other still holds an earlier day's (its
+    `usage_daily` is that day's spend, its `usage_monthly` perhaps last month's)."""
+    today = _utc_date(now or timezone.now())
+    return listed_keys(connection=connection, workspace=workspace, key=key).filter(
+        key_hash__in=ApiKeySnapshot.objects.filter(connection=connection, day=today).values("key_hash")
+    )
+
+
+def today_partial(
+    *,
+    connection: Connection,
+    workspace: str | None = None,
+    key: str | None = None,
+    now: datetime | None = None,
+) -> Decimal:
+    """Spend so far today (UTC) from the keys' counters read today: 0 until a sync reads them today
+    (after midnight, the last sync's counters describe yesterday)."""
+    now = now or timezone.now()
+    keys = counters_read_today(connection=connection, now=now, workspace=workspace, key=key)
     return cached(
         connection,
         "today_total",
-        (workspace, key),
+        (_utc_date(now), workspace, key),
         lambda: keys.aggregate(total=Sum("usage_daily"))["total"] or Decimal(0),
     )
+
+
+# ApiKey's field for each slice forecasts are grouped by (None: the whole connection).
+_KEY_FIELDS = {None: None, "workspace": "workspace_id", "key": "key_hash"}
+
+
+def forecasts(
+    *, connection: Connection, by: str | None = None, targets=("",), now: datetime | None = None
+) -> dict[str, Forecast]:
+    """Month-end forecasts of many workspaces (by="workspace") or keys (by="key") at once, or of the
+    whole connection (by=None, target ""), in three grouped queries whatever the number of targets.
+
+    A slice without a key OpenRouter still lists (a deleted key, a workspace whose keys were all
+    deleted) can spend no more: its month ends at its month to date."""
+    now = (now or timezone.now()).astimezone(UTC)
+    today = now.date()
+    targets = tuple(sorted(set(targets)))
+    if not targets:
+        return {}
+    start = min(today.replace(day=1), today - timedelta(days=RUN_RATE_DAYS))
+    end = today - timedelta(days=1)
+    key_field = _KEY_FIELDS[by]
+
+    def of_targets(queryset, field):
+        return queryset.filter(**{f"{field}__in": targets}) if field else queryset
+
+    def compute():
+        usage_field = FILTERS[by] if by else None
+        rows = usage_rows(
+            connection_ids=[connection.pk],
+            start=start,
+            end=end,
+            dimensions=["day", by] if by else ["day"],
+            summarized=summaries_current(connection),
+        )
+        daily: dict[str, dict[date, Decimal]] = defaultdict(dict)
+        names = [usage_field, "day"] if usage_field else ["day"]
+        for row in of_targets(rows, usage_field).values(*names).annotate(spend=Sum("spend_usd")).order_by():
+            daily[row[usage_field] if usage_field else ""][row["day"]] = row["spend"] or Decimal(0)
+        group = [key_field] if key_field else []
+        partial = {
+            (row[key_field] if key_field else ""): row["total"] or Decimal(0)
+            for row in of_targets(counters_read_today(connection=connection, now=now), key_field)
+            .values(*group)
+            .annotate(total=Sum("usage_daily"))
+            .order_by()
+        }
+        return dict(daily), partial
+
+    daily, partial = cached(connection, "forecasts", (by, targets, start, end), compute)
+    # Whether each slice can still spend, read each time (one small indexed query).
+    listed = of_targets(listed_keys(connection=connection), key_field)
+    spending = (
+        set(listed.values_list(key_field, flat=True).distinct().order_by())
+        if key_field
+        else ({""} if listed.exists() else set())
+    )
+    return {
+        target: month_end_forecast(
+            daily=daily.get(target, {}),
+            today=today,
+            today_partial=partial.get(target, Decimal(0)),
+            day_fraction=_day_fraction(now),
+            stopped=target not in spending,
+        )
+        for target in targets
+    }
 
 
 def forecast(
@@ -73,18 +150,16 @@ def forecast(
     workspace: str | None = None,
     key: str | None = None,
 ) -> Forecast:
-    now = now or timezone.now()
-    today = now.date()
-    start = min(today.replace(day=1), today - timedelta(days=RUN_RATE_DAYS))
-    daily = daily_spend(
-        connection=connection, start=start, end=today - timedelta(days=1), workspace=workspace, key=key
-    )
-    return month_end_forecast(
-        daily=daily,
-        today=today,
-        today_partial=today_partial(connection=connection, workspace=workspace, key=key),
-        day_fraction=_day_fraction(now),
-    )
+    """The month-end forecast of the connection, one workspace or one key (a key given, the
+    workspace is not needed)."""
+    if key is not None:
+        return forecasts(connection=connection, by="key", targets=[key], now=now)[key]
+    if workspace is not None:
+        return forecasts(connection=connection, by="workspace", targets=[workspace], now=now)[workspace]
+    return forecasts(connection=connection, now=now)[""]
+
+
+_BUDGET_SLICES = {BudgetScope.CONNECTION: None, BudgetScope.WORKSPACE: "workspace", BudgetScope.KEY: "key"}
 
 
 def _budget_filters(budget: Budget) -> dict:
@@ -93,6 +168,27 @@ def _budget_filters(budget: Budget) -> dict:
     if budget.scope == BudgetScope.KEY:
         return {"key": budget.target}
     return {}
+
+
+def budget_forecasts(*, connection: Connection, budgets, now: datetime | None = None) -> dict[int, Forecast]:
+    """Each budget's forecast by its id: a few grouped queries per scope, whatever the number of
+    budgets (one forecast() per budget would cost queries per budget)."""
+    now = now or timezone.now()
+    slices = {budget.pk: _budget_slice(budget) for budget in budgets}
+    targets: dict[str | None, set[str]] = defaultdict(set)
+    for by, target in slices.values():
+        targets[by].add(target)
+    by_slice = {
+        by: forecasts(connection=connection, by=by, targets=slice_targets, now=now)
+        for by, slice_targets in targets.items()
+    }
+    return {pk: by_slice[by][target] for pk, (by, target) in slices.items()}
+
+
+def _budget_slice(budget: Budget) -> tuple[str | None, str]:
+    """(by, target) of forecasts() for a budget."""
+    by = _BUDGET_SLICES[budget.scope]
+    return by, budget.target if by else ""
 
 
 @dataclass
@@ -119,12 +215,9 @@ class BudgetStatus:
 
 
 def budget_statuses(*, connection: Connection, now: datetime | None = None) -> list[BudgetStatus]:
-    return [
-        BudgetStatus(
-            budget=budget, forecast=forecast(connection=connection, now=now, **_budget_filters(budget))
-        )
-        for budget in Budget.objects.filter(connection=connection)
-    ]
+    budgets = list(Budget.objects.filter(connection=connection))
+    by_budget = budget_forecasts(connection=connection, budgets=budgets, now=now)
+    return [BudgetStatus(budget=budget, forecast=by_budget[budget.pk]) for budget in budgets]
 
 
 # --- People
@@ -169,7 +262,7 @@ def key_people(*, connection: Connection) -> dict[str, Person]:
 
 def spend_by_person(*, connection: Connection, start: date, end: date) -> list[dict]:
     people = key_people(connection=connection)
-    totals: dict[str, dict] = {}
+    totals: dict[tuple, dict] = {}
     rows = (
         UsageDaily.objects.filter(connection=connection, day__gte=start, day__lte=end)
         .values("api_key_hash")
@@ -181,10 +274,32 @@ def spend_by_person(*, connection: Connection, start: date, end: date) -> list[d
             person = Person(UNATTRIBUTED_LABEL, source="unattributed")
         else:
             person = people.get(row["api_key_hash"], Person("Unknown creator"))
-        entry = totals.setdefault(
-            person.email or person.label,
-            {"person": person, "spend": Decimal(0), "byok": Decimal(0), "requests": 0, "keys": 0},
-        )
+        # One row per person: the Doow user when known (a manual owner and an OpenRouter member
+        # with that email are the same person), else the email whatever its case.
+        if person.user is not None:
+            identity = ("user", person.user.pk)
+        elif person.email:
+            identity = ("email", person.email.lower())
+        else:
+            identity = ("label", person.label)
+        entry = totals.get(identity)
+        if entry is None:
+            entry = totals[identity] = {
+                "person": person,
+                "spend": Decimal(0),
+                "byok": Decimal(0),
+                "requests": 0,
+                "keys": 0,
+            }
+        elif person.source not in entry["person"].source.split(", "):
+            # Matched several ways: show the Doow user's own name and email, and every way.
+            sources = ", ".join(sorted({*entry["person"].source.split(", "), person.source}))
+            user = person.user
+            entry["person"] = (
+                Person(user.display_name, user.email, user, sources)
+                if user is not None
+                else Person(entry["person"].label, entry["person"].email, None, sources)
+            )
         entry["spend"] += row["spend"] or 0
         entry["byok"] += row["byok"] or 0
         entry["requests"] += row["requests"] or 0
@@ -247,25 +362,32 @@ def reconciliation(
         ),
     ]
     # Credits consumed between the snapshots closest to the range's ends (UTC midnights).
-    start_at = datetime.combine(start, datetime.min.time(), tzinfo=now.tzinfo)
-    end_at = datetime.combine(end + timedelta(days=1), datetime.min.time(), tzinfo=now.tzinfo)
+    start_at = datetime.combine(start, time.min, tzinfo=UTC)
+    end_at = datetime.combine(end + timedelta(days=1), time.min, tzinfo=UTC)
     snapshots = CreditsSnapshot.objects.filter(connection=connection)
     first = snapshots.filter(taken_at__gte=start_at).order_by("taken_at").first()
     last = snapshots.filter(taken_at__lte=end_at).order_by("-taken_at").first()
     if first and last and last.taken_at > first.taken_at:
-        covered = rows.filter(day__gte=first.taken_at.date(), day__lt=last.taken_at.date()).aggregate(
-            total=Sum("spend_usd")
-        )["total"] or Decimal(0)
+        by_day = dict(
+            rows.values("day").annotate(total=Sum("spend_usd")).values_list("day", "total").order_by()
+        )
+        shares = _day_shares(first.taken_at, last.taken_at)
+        expected = sum(
+            ((by_day.get(day) or Decimal(0)) * share for day, share in shares.items()), Decimal(0)
+        ).quantize(Decimal("0.01"))
         drawn = last.total_usage - first.total_usage
-        difference = drawn - covered
+        difference = drawn - expected
+        first_day, last_day = min(shares), max(shares)
         lines.append(
             ReconciliationLine(
                 f"Credits used between snapshots ({first.taken_at:%d %b %H:%M} → {last.taken_at:%d %b %H:%M} UTC)",
                 drawn,
-                "Change of /credits total_usage. It includes the partial days at both ends "
-                f"(activity for the whole days between: {covered:.2f}); BYOK inference does not draw credits "
-                "beyond OpenRouter's fee.",
-                flagged=covered > 0 and abs(difference) > max(Decimal("0.05") * covered, Decimal(1)) * 3,
+                "Change of /credits total_usage between the two snapshots, against the activity of the same "
+                f"span ({usd(expected)}): the whole UTC days between them, plus the share of "
+                f"{first_day:%d %b} after the first and of {last_day:%d %b} before the last, prorated by "
+                "the snapshots' times as if a day's spend were spread evenly over it. BYOK inference does "
+                "not draw credits beyond OpenRouter's fee.",
+                flagged=expected > 0 and abs(difference) > max(Decimal("0.05") * expected, Decimal(1)) * 3,
             )
         )
     else:
@@ -276,34 +398,64 @@ def reconciliation(
                 "Doow has fewer than two credit snapshots inside this range yet (one is taken every sync).",
             )
         )
-    month_start = now.date().replace(day=1)
-    counters = ApiKey.objects.filter(connection=connection, missing_since__isnull=True).aggregate(
-        month=Sum("usage_monthly"), today=Sum("usage_daily")
-    )
-    month_rows = UsageDaily.objects.filter(connection=connection, day__gte=month_start).exclude(
-        api_key_hash=""
-    )
-    month_activity = month_rows.aggregate(total=Sum("spend_usd"))["total"] or Decimal(0)
+    lines.append(_month_counters_line(connection=connection, now=now))
+    return lines
+
+
+def _day_shares(start_at: datetime, end_at: datetime) -> dict[date, Decimal]:
+    """How much of each UTC day (0–1) the span start_at → end_at covers."""
+    start_at, end_at = start_at.astimezone(UTC), end_at.astimezone(UTC)
+    shares = {}
+    day = start_at.date()
+    while day <= end_at.date():
+        day_start = datetime.combine(day, time.min, tzinfo=UTC)
+        covered = min(end_at, day_start + timedelta(days=1)) - max(start_at, day_start)
+        if covered > timedelta(0):
+            shares[day] = Decimal(covered // timedelta(seconds=1)) / Decimal(86400)
+        day += timedelta(days=1)
+    return shares
+
+
+def _month_counters_line(*, connection: Connection, now: datetime) -> ReconciliationLine:
+    """The listed keys' month counters against this month's completed days by key plus today's
+    partial. Only counters read today are compared: after midnight the last sync's counters describe
+    its own day (and on the 1st, last month)."""
+    label = "Key counters this month (usage_monthly)"
+    today = _utc_date(now)
+    month_start = today.replace(day=1)
+    listed = listed_keys(connection=connection)
+    read_today = counters_read_today(connection=connection, now=now)
+    counters = read_today.aggregate(month=Sum("usage_monthly"), today=Sum("usage_daily"), keys=Count("pk"))
+    if not counters["keys"]:
+        last_read = listed.aggregate(last=Max("last_listed_at"))["last"]
+        return ReconciliationLine(
+            label,
+            None,
+            (
+                f"The keys' counters are from the last sync on {last_read:%d %b %Y}, not today: they are "
+                "compared with this month's activity once a sync reads them today."
+            )
+            if last_read
+            else "No sync has read the keys' counters yet.",
+        )
+    month_activity = UsageDaily.objects.filter(
+        connection=connection,
+        day__gte=month_start,
+        day__lt=today,
+        api_key_hash__in=read_today.values("key_hash"),
+    ).aggregate(total=Sum("spend_usd"))["total"] or Decimal(0)
     month_counters = counters["month"] or Decimal(0)
     today_counters = counters["today"] or Decimal(0)
-    deleted_month = UsageDaily.objects.filter(connection=connection, day__gte=month_start).filter(
-        Q(
-            api_key_hash__in=ApiKey.objects.filter(connection=connection, missing_since__isnull=False).values(
-                "key_hash"
-            )
-        )
-    ).aggregate(total=Sum("spend_usd"))["total"] or Decimal(0)
-    gap = month_counters - today_counters - (month_activity - deleted_month)
-    lines.append(
-        ReconciliationLine(
-            "Key counters this month (usage_monthly)",
-            month_counters,
-            f"Listed keys' month-to-date counters: this month's completed days by key ({month_activity - deleted_month:.2f}) "
-            f"plus today's partial ({today_counters:.2f}), as of the last sync.",
-            flagged=abs(gap) > max(Decimal("0.01") * month_counters, Decimal("0.05")),
-        )
+    gap = month_counters - today_counters - month_activity
+    left_out = listed.count() - counters["keys"]
+    return ReconciliationLine(
+        label,
+        month_counters,
+        f"Listed keys' month-to-date counters, read today: this month's completed days by key "
+        f"({usd(month_activity)}) plus today's partial ({usd(today_counters)})."
+        + (f" {left_out} listed key(s) not read today are left out." if left_out else ""),
+        flagged=abs(gap) > max(Decimal("0.01") * month_counters, Decimal("0.05")),
     )
-    return lines
 
 
 def workspace_names(*, connection: Connection) -> dict[str, str]:

@@ -1,6 +1,7 @@
 """Budgets and forecast, alert rules, people and reconciliation pages of one OpenRouter connection."""
 
 from datetime import timedelta
+from decimal import Decimal
 
 from django import forms
 from django.contrib import messages
@@ -17,7 +18,7 @@ from integrations.selectors import connection_get
 from openrouter import insights
 from openrouter.alerts import budget_create, default_rules_ensure
 from openrouter.models import ApiKey, Workspace
-from openrouter.report import DetailQuery
+from openrouter.report import PRESETS, DetailQuery
 from usage.models import AlertKind, AlertRule, Budget, BudgetScope
 
 
@@ -52,12 +53,56 @@ class BudgetForm(forms.Form):
         return data
 
 
+# What a threshold may be, by kind: (lowest, whether the lowest itself is allowed, highest or None,
+# what is expected). Budget kinds have no threshold.
+THRESHOLD_RANGES = {
+    AlertKind.CREDIT_LOW: (Decimal(0), True, None, "a USD balance of 0 or more"),
+    AlertKind.CREDIT_RUNWAY: (Decimal(0), False, Decimal(365), "a number of days above 0, at most 365"),
+    AlertKind.KEY_LIMIT: (
+        Decimal(0),
+        False,
+        Decimal(1),
+        "a fraction of the key's limit left, above 0 and at most 1 (0.1 means 10%)",
+    ),
+    # OpenRouter keeps 30 days of activity: a sync failing for longer loses data for good.
+    AlertKind.SYNC_FAILING: (
+        Decimal(0),
+        False,
+        Decimal(168),
+        "a number of hours above 0, at most 168 (a week)",
+    ),
+    AlertKind.ANOMALY: (
+        Decimal(0),
+        False,
+        Decimal(100),
+        "a robust z-score above 0, at most 100 (6 is usual)",
+    ),
+    AlertKind.NEW_SPENDER: (Decimal(0), True, None, "a USD amount of 0 or more"),
+}
+
+
 class AlertRuleForm(forms.Form):
     enabled = forms.BooleanField(required=False)
-    threshold = forms.DecimalField(required=False, min_value=0, max_digits=14, decimal_places=4)
+    threshold = forms.DecimalField(required=False, max_digits=14, decimal_places=4)
     notify_roles = forms.MultipleChoiceField(
         choices=Role.choices, required=False, widget=forms.CheckboxSelectMultiple
     )
+
+    def __init__(self, *args, kind: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.kind = kind
+
+    def clean_threshold(self):
+        threshold = self.cleaned_data.get("threshold")
+        if threshold is None:
+            return None
+        if self.kind not in THRESHOLD_RANGES:
+            raise forms.ValidationError("This alert has no threshold: leave it empty.")
+        lowest, lowest_allowed, highest, expected = THRESHOLD_RANGES[self.kind]
+        too_low = threshold < lowest or (threshold == lowest and not lowest_allowed)
+        if too_low or (highest is not None and threshold > highest):
+            raise forms.ValidationError(f"Enter {expected}; {threshold.normalize():f} is out of range.")
+        return threshold
 
 
 @require_http_methods(["GET", "POST"])
@@ -96,10 +141,7 @@ def budgets(request: HttpRequest, connection_id: int) -> HttpResponse:
             "form": form,
             "statuses": insights.budget_statuses(connection=connection),
             "forecast": insights.forecast(connection=connection),
-            "workspace_forecasts": [
-                (workspace, insights.forecast(connection=connection, workspace=workspace.workspace_id))
-                for workspace in Workspace.objects.filter(connection=connection).order_by("name")[:50]
-            ],
+            "workspace_forecasts": _workspace_forecasts(connection),
             "workspaces": Workspace.objects.filter(connection=connection).order_by("name"),
             "keys": ApiKey.objects.filter(connection=connection, missing_since__isnull=True).order_by("name")[
                 :500
@@ -114,6 +156,14 @@ def budgets(request: HttpRequest, connection_id: int) -> HttpResponse:
             "section": "budgets",
         },
     )
+
+
+def _workspace_forecasts(connection) -> list:
+    workspaces = list(Workspace.objects.filter(connection=connection).order_by("name")[:50])
+    by_workspace = insights.forecasts(
+        connection=connection, by="workspace", targets=[w.workspace_id for w in workspaces]
+    )
+    return [(workspace, by_workspace[workspace.workspace_id]) for workspace in workspaces]
 
 
 @require_POST
@@ -134,7 +184,7 @@ def budget_delete(request: HttpRequest, connection_id: int, budget_id: int) -> H
 def alert_rule_update(request: HttpRequest, connection_id: int, rule_id: int) -> HttpResponse:
     connection = connection_get(company=request.company, connection_id=connection_id)
     rule = get_object_or_404(AlertRule, connection=connection, pk=rule_id)
-    form = AlertRuleForm(request.POST)
+    form = AlertRuleForm(request.POST, kind=rule.kind)
     if form.is_valid():
         rule.enabled = form.cleaned_data["enabled"]
         if form.cleaned_data["threshold"] is not None:
@@ -143,9 +193,8 @@ def alert_rule_update(request: HttpRequest, connection_id: int, rule_id: int) ->
         rule.save(update_fields=["enabled", "threshold", "notify_roles"])
         messages.success(request, f"Alert rule “{rule.get_kind_display()}” saved.")
     else:
-        messages.error(
-            request, "That alert rule could not be saved: " + "; ".join(form.errors.as_text().splitlines())
-        )
+        problems = " ".join(str(error) for errors in form.errors.values() for error in errors)
+        messages.error(request, f"The alert rule “{rule.get_kind_display()}” was not saved: {problems}")
     return redirect("openrouter:budgets", company_slug=request.company.slug, connection_id=connection.pk)
 
 
@@ -225,6 +274,7 @@ def reconciliation(request: HttpRequest, connection_id: int) -> HttpResponse:
             "connection": connection,
             "query": query,
             "end": end,
+            "presets": PRESETS,
             # On a month's first day "this month" has no completed day yet: nothing to reconcile.
             "lines": insights.reconciliation(connection=connection, start=query.start, end=end)
             if end >= query.start
@@ -237,7 +287,7 @@ def reconciliation(request: HttpRequest, connection_id: int) -> HttpResponse:
 ALERT_THRESHOLD_HELP = {
     AlertKind.CREDIT_LOW: "USD balance",
     AlertKind.CREDIT_RUNWAY: "days of credits left",
-    AlertKind.KEY_LIMIT: "fraction of a key's limit left",
+    AlertKind.KEY_LIMIT: "fraction of a key's limit left (0–1; 0.1 = 10%)",
     AlertKind.SYNC_FAILING: "hours without a successful sync",
     AlertKind.ANOMALY: "robust z-score",
     AlertKind.NEW_SPENDER: "USD on its first day",

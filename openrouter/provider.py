@@ -56,6 +56,15 @@ class OpenRouterProvider(Provider):
             config={"organization_id": current.organization_id or "", "key_label": label},
         )
 
+    def disconnected(self, connection) -> None:
+        # No sync evaluates this connection's alerts any more: none stays open.
+        from usage.models import Alert, AlertState, alerts_resolve
+
+        alerts_resolve(
+            Alert.objects.filter(connection=connection).exclude(state=AlertState.RESOLVED),
+            reason="The connection was disconnected.",
+        )
+
     def purge_data(self, connection) -> int:
         from openrouter.models import ApiKey, ApiKeySnapshot, CreditsSnapshot, Member, Workspace
         from usage.services import usage_delete_for_connection

@@ -25,7 +25,8 @@ class Anomaly:
 
     @property
     def times_usual(self) -> Decimal | None:
-        return (self.amount / self.baseline).quantize(Decimal("0.1")) if self.baseline else None
+        # A ratio to a usual day of no (or negative) spend means nothing.
+        return (self.amount / self.baseline).quantize(Decimal("0.1")) if self.baseline > 0 else None
 
 
 def detect_spike(
@@ -44,7 +45,10 @@ def detect_spike(
     # A flat series has MAD 0: use a floor of 5% of the median (or a cent) as its scale.
     scale = max(mad * Decimal("1.4826"), median * Decimal("0.05"), Decimal("0.01"))
     score = (value - median) / scale
-    if score < z_threshold or value - median < MIN_AMOUNT or (median and value < median * MIN_RATIO):
+    # A usual day at or below 0 (unattributed rows can be negative: credits OpenRouter gave back)
+    # counts as 0: the day must then be MIN_AMOUNT of real spend, not merely less negative.
+    usual = max(median, Decimal(0))
+    if score < z_threshold or value - usual < MIN_AMOUNT or (usual and value < usual * MIN_RATIO):
         return None
     return Anomaly(
         subject=subject, day=day, amount=value, baseline=median, score=score.quantize(Decimal("0.1"))

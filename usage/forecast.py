@@ -24,14 +24,20 @@ def _cents(value) -> Decimal:
 
 
 def month_end_forecast(
-    *, daily: dict[date, Decimal], today: date, today_partial: Decimal = Decimal(0), day_fraction: float = 0.5
+    *,
+    daily: dict[date, Decimal],
+    today: date,
+    today_partial: Decimal = Decimal(0),
+    day_fraction: float = 0.5,
+    stopped: bool = False,
 ) -> Forecast:
     """Forecast the month's total spend.
 
     `daily` holds completed days' spend (any range; missing days count as 0); `today_partial` is the
     spend so far today, `day_fraction` how much of today has passed. The run-rate is the mean of the
     last RUN_RATE_DAYS completed days; the range uses their 20th and 80th percentiles, so one odd day
-    widens it without moving the expectation much.
+    widens it without moving the expectation much. `stopped`: nothing can spend any more (the key
+    was deleted), so the month ends at its month to date.
     """
     month_start = today.replace(day=1)
     month_days = calendar.monthrange(today.year, today.month)[1]
@@ -42,7 +48,9 @@ def month_end_forecast(
         for offset in range(1, RUN_RATE_DAYS + 1)
     ]
     rate = sum(recent, Decimal(0)) / len(recent)
-    if len(set(recent)) > 1:
+    if stopped:
+        rate = low_rate = high_rate = Decimal(0)
+    elif len(set(recent)) > 1:
         quantiles = statistics.quantiles([float(v) for v in recent], n=5, method="inclusive")
         low_rate, high_rate = Decimal(str(quantiles[0])), Decimal(str(quantiles[-1]))
     else:

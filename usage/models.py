@@ -1,4 +1,7 @@
 from django.db import models
+from django.db.models.signals import pre_delete
+from django.dispatch import receiver
+from django.utils import timezone
 
 from doow.models import Company
 from integrations.models import Connection
@@ -185,6 +188,20 @@ class AlertRule(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
+        # One rule of a kind per connection (budget kinds: per budget), so two evaluations creating the
+        # default rules at once (the post-sync task and a budgets page) cannot raise everything twice.
+        constraints = [
+            models.UniqueConstraint(
+                fields=["connection", "kind"],
+                condition=models.Q(budget__isnull=True),
+                name="one_connection_rule_per_kind",
+            ),
+            models.UniqueConstraint(
+                fields=["connection", "kind", "budget"],
+                condition=models.Q(budget__isnull=False),
+                name="one_budget_rule_per_kind",
+            ),
+        ]
         ordering = ["kind", "id"]
 
     def __str__(self) -> str:
@@ -197,13 +214,25 @@ class AlertState(models.TextChoices):
     RESOLVED = "resolved", "Resolved"
 
 
+# Alert.detail key set when someone resolved the alert by hand (see Alert).
+DISMISSED = "dismissed"
+
+
 class Alert(models.Model):
     """One alert per rule, subject and period (a month, a day…): re-evaluating after every sync never
-    raises it twice."""
+    raises it twice, and one that resolved and holds again is reopened (openrouter/alerts.py).
+
+    Resolved by hand, an alert is `detail[DISMISSED]`: not reopened while its condition holds on,
+    only after it cleared (evaluation then drops the mark) and holds again.
+
+    An alert outlives its rule (deleting a budget deletes its rules): `rule` becomes NULL, the alert
+    keeps its kind, subject and text, and is resolved if it was not (see alert_rule_deleted)."""
 
     company = models.ForeignKey(Company, on_delete=models.CASCADE, related_name="+")
     connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="alerts")
-    rule = models.ForeignKey(AlertRule, on_delete=models.CASCADE, related_name="alerts")
+    rule = models.ForeignKey(
+        AlertRule, null=True, blank=True, on_delete=models.SET_NULL, related_name="alerts"
+    )
     kind = models.CharField(max_length=30, choices=AlertKind.choices)
     subject = models.CharField(max_length=300, blank=True)
     period = models.CharField(max_length=40)
@@ -226,3 +255,27 @@ class Alert(models.Model):
 
     def __str__(self) -> str:
         return self.title
+
+
+def alerts_resolve(alerts, *, reason: str, now=None) -> int:
+    """Resolve these alerts (Alert instances) unless already resolved, saying why in
+    detail["resolved_reason"] (the Alerts page shows it). Returns how many it resolved."""
+    now = now or timezone.now()
+    resolved = 0
+    for alert in alerts:
+        resolved += (
+            Alert.objects.filter(pk=alert.pk)
+            .exclude(state=AlertState.RESOLVED)
+            .update(
+                state=AlertState.RESOLVED, resolved_at=now, detail={**alert.detail, "resolved_reason": reason}
+            )
+        )
+    return resolved
+
+
+@receiver(pre_delete, sender=AlertRule, dispatch_uid="usage.alert_rule_deleted")
+def alert_rule_deleted(sender, instance: AlertRule, **kwargs) -> None:
+    """Deleting a rule (or the budget it watches) keeps its alerts as history (Alert.rule is SET_NULL);
+    no alert stays open with no rule left to resolve it. Runs in the deletion's transaction."""
+    reason = "Its budget was deleted." if instance.budget_id else "Its alert rule was deleted."
+    alerts_resolve(Alert.objects.filter(rule=instance).exclude(state=AlertState.RESOLVED), reason=reason)

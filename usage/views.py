@@ -6,7 +6,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from doow.access import ALL_ROLES, company_view
-from usage.models import Alert, AlertState
+from usage.models import DISMISSED, Alert, AlertState
 
 
 @require_GET
@@ -38,7 +38,10 @@ def alert_update(request: HttpRequest, alert_id: int) -> HttpResponse:
         )
         messages.success(request, "Alert acknowledged.")
     elif action == "resolve" and alert.state != AlertState.RESOLVED:
-        Alert.objects.filter(pk=alert.pk).update(state=AlertState.RESOLVED, resolved_at=now)
+        # Dismissed for its period: evaluation does not reopen it while its condition still holds,
+        # only once the condition has cleared and holds again (openrouter/alerts.py).
+        detail = {**alert.detail, "resolved_reason": f"Resolved by {request.user.email}.", DISMISSED: True}
+        Alert.objects.filter(pk=alert.pk).update(state=AlertState.RESOLVED, resolved_at=now, detail=detail)
         messages.success(request, "Alert resolved.")
     else:
         messages.error(request, "That change does not apply to this alert.")

@@ -178,3 +178,14 @@ def test_forecast_per_workspace_adds_up_to_the_connection(fiona, synced):
     ]
     assert abs(sum(f.month_to_date for f in parts) - whole.month_to_date) <= Decimal("0.01") * len(parts)
     assert abs(sum(f.expected for f in parts) - whole.expected) <= Decimal("0.01") * len(parts)
+
+
+@pytest.mark.parametrize("preset", ["7d", "90d", "this_month", "last_month"])
+def test_the_reconciliation_form_applies_the_range_picked(fiona, synced, preset):
+    """The form sends From/To as well; for a preset they are empty, so the preset is what applies."""
+    client = client_for(fiona)
+    form = client.get(url("reconciliation", synced) + f"?range={preset}").content.decode()
+    assert f'<option value="{preset}" selected>' in form
+    assert 'name="from">' in form and 'name="to">' in form  # no dates that would make it custom
+    response = client.get(url("reconciliation", synced), {"range": preset, "from": "", "to": ""})
+    assert response.context["query"].preset == preset

@@ -1,0 +1,478 @@
+"""Alert evaluation: raising again after clearing, hostile key names, failed emails, recipients,
+thresholds of zero, alert history outliving budgets and rules, one rule per kind, bounded queries."""
+
+import logging
+from datetime import timedelta
+from decimal import Decimal
+from unittest import mock
+
+import pytest
+from django.core import mail
+from django.core.cache import cache
+from django.core.mail import BadHeaderError
+from django.db import IntegrityError, transaction
+from django.db import connection as db
+from django.db.migrations.executor import MigrationExecutor
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from django.utils import timezone
+
+from integrations.models import SyncEvent, SyncRun
+from integrations.services import connection_disconnect
+from openrouter import alerts, insights
+from openrouter.alerts import budget_create, default_rules_ensure, evaluate_alerts
+from openrouter.models import ApiKey, CreditsSnapshot
+from tests.conftest import client_for
+from tests.support import connect, noon, sync, usage_rows_edited
+from usage.models import Alert, AlertKind, AlertRule, AlertState, Budget, UsageDaily
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def synced(acme, emulator, alice, fiona, oscar):
+    connection = connect(acme, emulator)
+    sync(connection, emulator)
+    connection.refresh_from_db()
+    return connection
+
+
+def now_for(emulator):
+    return noon(emulator.today)
+
+
+def credits_left(connection, dollars) -> None:
+    credits = CreditsSnapshot.objects.get(connection=connection)
+    CreditsSnapshot.objects.filter(pk=credits.pk).update(total_credits=credits.total_usage + Decimal(dollars))
+
+
+def connection_budget(connection, monthly_usd):
+    return budget_create(
+        connection=connection, scope="connection", target="", target_label="", monthly_usd=monthly_usd
+    )
+
+
+def unresolved(**filters):
+    return Alert.objects.filter(**filters).exclude(state=AlertState.RESOLVED)
+
+
+# --- An alert that cleared is raised again when its condition holds again in the same period
+
+
+def test_a_budget_alert_that_cleared_is_raised_and_emailed_again_when_spend_catches_up(synced, emulator):
+    now = now_for(emulator)
+    spent = insights.forecast(connection=synced, now=now).month_to_date
+    connection_budget(synced, (spent / Decimal("0.85")).quantize(Decimal("0.01")))
+    evaluate_alerts(connection=synced, now=now)
+    assert unresolved(kind=AlertKind.BUDGET_80).count() == 1
+
+    connection_budget(synced, (spent * 4).quantize(Decimal("0.01")))  # finance raises the budget
+    evaluate_alerts(connection=synced, now=now)
+    assert not unresolved(kind=AlertKind.BUDGET_80).exists()
+
+    row = UsageDaily.objects.filter(connection=synced, day__gte=emulator.today.replace(day=1)).first()
+    UsageDaily.objects.filter(pk=row.pk).update(spend_usd=row.spend_usd + spent * Decimal("2.5"))
+    usage_rows_edited(synced)
+    mail.outbox.clear()
+    raised = evaluate_alerts(connection=synced, now=now)
+
+    assert [a.kind for a in raised if a.kind == AlertKind.BUDGET_80] == [AlertKind.BUDGET_80]
+    alert = Alert.objects.get(kind=AlertKind.BUDGET_80)
+    assert alert.state == AlertState.OPEN
+    assert f"${(spent * 4).quantize(Decimal('0.01'))}" in alert.title  # the new budget, not the old one
+    assert [m.subject for m in mail.outbox if "80%" in m.subject] == [f"[Doow] {alert.title}"]
+
+
+def test_credit_low_is_raised_again_when_the_balance_drops_again_the_same_day(synced, emulator):
+    now = now_for(emulator)
+    credits_left(synced, 3)
+    evaluate_alerts(connection=synced, now=now)
+    credits_left(synced, 1000)
+    evaluate_alerts(connection=synced, now=now + timedelta(hours=1))
+    assert not unresolved(kind=AlertKind.CREDIT_LOW).exists()
+    credits_left(synced, 2)
+    mail.outbox.clear()
+
+    raised = evaluate_alerts(connection=synced, now=now + timedelta(hours=2))
+
+    assert AlertKind.CREDIT_LOW in {a.kind for a in raised}
+    assert unresolved(kind=AlertKind.CREDIT_LOW).count() == 1
+    assert [m for m in mail.outbox if "Credit balance below" in m.subject]
+
+
+def test_a_reopened_alert_is_open_unacknowledged_and_listed_as_newly_raised(synced, emulator, fiona):
+    now = now_for(emulator)
+    credits_left(synced, 3)
+    evaluate_alerts(connection=synced, now=now)
+    alert = Alert.objects.get(kind=AlertKind.CREDIT_LOW)
+    client_for(fiona).post(reverse("usage:alert-update", args=["acme", alert.pk]), {"action": "acknowledge"})
+    credits_left(synced, 1000)
+    evaluate_alerts(connection=synced, now=now + timedelta(hours=1))
+    credits_left(synced, 2)
+    later = now + timedelta(hours=2)
+
+    evaluate_alerts(connection=synced, now=later)
+
+    alert.refresh_from_db()
+    assert alert.state == AlertState.OPEN
+    assert (alert.acknowledged_by, alert.acknowledged_at, alert.resolved_at) == (None, None, None)
+    assert alert.created_at == later  # the Alerts page sorts and dates alerts by created_at
+    assert "$2.00" in alert.message
+    assert SyncEvent.objects.filter(connection=synced, code="alert_credit_low").count() == 2
+
+
+def test_an_open_or_acknowledged_alert_is_not_emailed_again(synced, emulator, fiona):
+    now = now_for(emulator)
+    credits_left(synced, 3)
+    evaluate_alerts(connection=synced, now=now)
+    evaluate_alerts(connection=synced, now=now + timedelta(hours=1))
+    assert len([m for m in mail.outbox if "Credit balance below" in m.subject]) == 1
+    alert = Alert.objects.get(kind=AlertKind.CREDIT_LOW)
+    client_for(fiona).post(reverse("usage:alert-update", args=["acme", alert.pk]), {"action": "acknowledge"})
+    mail.outbox.clear()
+
+    assert evaluate_alerts(connection=synced, now=now + timedelta(hours=2)) == []
+
+    assert not [m for m in mail.outbox if "Credit balance below" in m.subject]
+    assert Alert.objects.get(pk=alert.pk).state == AlertState.ACKNOWLEDGED
+
+
+def test_an_alert_resolved_by_hand_is_not_reopened_while_its_condition_still_holds(synced, emulator, fiona):
+    now = now_for(emulator)
+    credits_left(synced, 3)
+    evaluate_alerts(connection=synced, now=now)
+    alert = Alert.objects.get(kind=AlertKind.CREDIT_LOW)
+    client_for(fiona).post(reverse("usage:alert-update", args=["acme", alert.pk]), {"action": "resolve"})
+    mail.outbox.clear()
+
+    raised = evaluate_alerts(connection=synced, now=now + timedelta(hours=1))  # the balance is still low
+
+    assert AlertKind.CREDIT_LOW not in {a.kind for a in raised}
+    alert.refresh_from_db()
+    assert alert.state == AlertState.RESOLVED
+    assert alert.detail["resolved_reason"] == "Resolved by fiona@acme.test."
+    assert not [m for m in mail.outbox if "Credit balance below" in m.subject]
+
+
+def test_an_alert_resolved_by_hand_is_raised_again_once_its_condition_cleared_and_holds_again(
+    synced, emulator, fiona
+):
+    now = now_for(emulator)
+    credits_left(synced, 3)
+    evaluate_alerts(connection=synced, now=now)
+    alert = Alert.objects.get(kind=AlertKind.CREDIT_LOW)
+    client_for(fiona).post(reverse("usage:alert-update", args=["acme", alert.pk]), {"action": "resolve"})
+    credits_left(synced, 1000)
+    evaluate_alerts(connection=synced, now=now + timedelta(hours=1))
+    credits_left(synced, 2)
+
+    raised = evaluate_alerts(connection=synced, now=now + timedelta(hours=2))
+
+    assert AlertKind.CREDIT_LOW in {a.kind for a in raised}
+    assert Alert.objects.get(pk=alert.pk).state == AlertState.OPEN
+
+
+# --- Key names are set in OpenRouter by anyone holding a key
+
+
+def test_a_key_name_with_a_newline_does_not_break_alert_evaluation(synced, emulator):
+    now = now_for(emulator)
+    evaluate_alerts(connection=synced, now=now)
+    mail.outbox.clear()
+    key = ApiKey.objects.filter(connection=synced, disabled=False, missing_since__isnull=True).first()
+    ApiKey.objects.filter(pk=key.pk).update(
+        name="prod\nBcc: attacker@evil.test", limit=Decimal(100), limit_remaining=Decimal(1)
+    )
+    credits_left(synced, 3)  # a second condition, judged after the key limit in the same evaluation
+
+    evaluate_alerts(connection=synced, now=now)
+
+    limit_alert = Alert.objects.get(kind=AlertKind.KEY_LIMIT)
+    assert limit_alert.title == "Key prod Bcc: attacker@evil.test: limit almost used"
+    assert limit_alert.emailed_to == ["alice@acme.test", "fiona@acme.test"]
+    assert Alert.objects.get(kind=AlertKind.CREDIT_LOW).emailed_to
+    recipients = {r for m in mail.outbox for r in [*m.to, *m.bcc]}
+    assert "attacker@evil.test" not in recipients
+
+
+def test_a_failed_alert_email_does_not_stop_the_other_alerts(synced, emulator, caplog):
+    key = ApiKey.objects.filter(connection=synced, disabled=False, missing_since__isnull=True).first()
+    ApiKey.objects.filter(pk=key.pk).update(limit=Decimal(100), limit_remaining=Decimal(1))
+    credits_left(synced, 3)
+    real_send_mail = mail.send_mail
+
+    def send_mail(**kwargs):
+        if "limit almost used" in kwargs["subject"]:
+            raise BadHeaderError("refused")
+        return real_send_mail(**kwargs)
+
+    with mock.patch("openrouter.alerts.send_mail", side_effect=send_mail), caplog.at_level(logging.WARNING):
+        kinds = {a.kind for a in evaluate_alerts(connection=synced, now=now_for(emulator))}
+
+    assert {AlertKind.KEY_LIMIT, AlertKind.CREDIT_LOW} <= kinds
+    limit_alert = Alert.objects.get(kind=AlertKind.KEY_LIMIT)
+    assert limit_alert.emailed_to == []
+    assert Alert.objects.get(kind=AlertKind.CREDIT_LOW).emailed_to
+    assert f"alert {limit_alert.pk}" in caplog.text and "BadHeaderError" in caplog.text
+    assert synced.secret not in caplog.text
+    assert SyncEvent.objects.filter(connection=synced, code="alert_email_failed").count() == 1
+
+
+def test_an_alert_whose_email_failed_is_emailed_on_the_next_evaluation_while_open(synced, emulator):
+    now = now_for(emulator)
+    credits_left(synced, 3)
+    with mock.patch("openrouter.alerts.send_mail", side_effect=ConnectionRefusedError):
+        evaluate_alerts(connection=synced, now=now)
+    alert = Alert.objects.get(kind=AlertKind.CREDIT_LOW)
+    assert alert.emailed_to == [] and not mail.outbox
+
+    with mock.patch("openrouter.alerts.send_mail", side_effect=ConnectionRefusedError):
+        evaluate_alerts(connection=synced, now=now + timedelta(hours=1))
+    evaluate_alerts(connection=synced, now=now + timedelta(hours=2))
+    evaluate_alerts(connection=synced, now=now + timedelta(hours=3))
+
+    alert.refresh_from_db()
+    assert alert.emailed_to == ["alice@acme.test", "fiona@acme.test"]
+    assert len([m for m in mail.outbox if "Credit balance below" in m.subject]) == 1
+    # The event log says so once, not after every failed retry.
+    events = SyncEvent.objects.filter(connection=synced, code="alert_email_failed")
+    assert [e.detail["alert"] for e in events].count(alert.pk) == 1
+
+
+def test_an_acknowledged_alert_whose_email_failed_is_not_emailed_later(synced, emulator, fiona):
+    now = now_for(emulator)
+    credits_left(synced, 3)
+    with mock.patch("openrouter.alerts.send_mail", side_effect=ConnectionRefusedError):
+        evaluate_alerts(connection=synced, now=now)
+    alert = Alert.objects.get(kind=AlertKind.CREDIT_LOW)
+    client_for(fiona).post(reverse("usage:alert-update", args=["acme", alert.pk]), {"action": "acknowledge"})
+
+    evaluate_alerts(connection=synced, now=now + timedelta(hours=1))
+
+    assert not [m for m in mail.outbox if "Credit balance below" in m.subject]
+
+
+# --- Recipients
+
+
+def test_alert_emails_skip_deactivated_users(synced, emulator, fiona):
+    type(fiona).objects.filter(pk=fiona.pk).update(is_active=False)
+    connection_budget(synced, Decimal(1))
+
+    evaluate_alerts(connection=synced, now=now_for(emulator))
+
+    recipients = {r for m in mail.outbox for r in m.to}
+    assert recipients == {"alice@acme.test"}
+    assert Alert.objects.get(kind=AlertKind.BUDGET_100).emailed_to == ["alice@acme.test"]
+
+
+# --- A threshold of zero means zero
+
+
+def test_a_sync_failing_threshold_of_zero_hours_alerts_at_once(synced, emulator):
+    evaluate_alerts(connection=synced)
+    AlertRule.objects.filter(connection=synced, kind=AlertKind.SYNC_FAILING).update(threshold=Decimal(0))
+    an_hour_ago = timezone.now() - timedelta(hours=1)
+    type(synced).objects.filter(pk=synced.pk).update(last_synced_at=an_hour_ago - timedelta(hours=1))
+    run = SyncRun.objects.create(
+        company=synced.company, connection=synced, trigger="scheduled", status="failed"
+    )
+    SyncRun.objects.filter(pk=run.pk).update(started_at=an_hour_ago)
+    synced.refresh_from_db()
+
+    raised = [a for a in evaluate_alerts(connection=synced) if a.kind == AlertKind.SYNC_FAILING]
+
+    assert [a.title for a in raised] == ["Sync failing for more than 0 hours"]
+
+
+def test_a_new_spender_minimum_of_zero_is_not_replaced_by_five_dollars(synced, emulator):
+    AlertRule.objects.filter(connection=synced, kind=AlertKind.NEW_SPENDER).delete()
+    default_rules_ensure(connection=synced)
+    AlertRule.objects.filter(connection=synced, kind=AlertKind.NEW_SPENDER).update(threshold=Decimal(0))
+    rule = AlertRule.objects.get(connection=synced, kind=AlertKind.NEW_SPENDER)
+    with mock.patch.object(alerts, "new_spenders", return_value=[]) as judged:
+        list(alerts._new_spenders(rule, alerts._Reads(synced, now_for(emulator))))
+    assert {call.kwargs["minimum"] for call in judged.call_args_list} == {Decimal(0)}
+
+
+# --- Alert history outlives budgets and rules; no alert stays open with nothing watching it
+
+
+def test_deleting_a_budget_keeps_its_alerts_and_resolves_the_open_ones(synced, emulator, fiona):
+    budget = connection_budget(synced, Decimal(1))
+    evaluate_alerts(connection=synced, now=now_for(emulator))
+    titles = set(
+        unresolved(kind__in=[AlertKind.BUDGET_80, AlertKind.BUDGET_100]).values_list("title", flat=True)
+    )
+    assert len(titles) == 2
+
+    client_for(fiona).post(reverse("openrouter:budget-delete", args=["acme", synced.pk, budget.pk]))
+
+    assert not Budget.objects.exists()
+    alerts = Alert.objects.filter(kind__in=[AlertKind.BUDGET_80, AlertKind.BUDGET_100])
+    assert set(alerts.values_list("title", flat=True)) == titles
+    assert {(a.rule_id, a.state) for a in alerts} == {(None, AlertState.RESOLVED)}
+    assert all(a.resolved_at and a.detail["resolved_reason"] == "Its budget was deleted." for a in alerts)
+    page = client_for(fiona).get(reverse("usage:alerts", args=["acme"]) + "?state=all")
+    assert page.status_code == 200
+    for title in titles:
+        assert title in page.content.decode()
+    assert "Its budget was deleted." in page.content.decode()
+
+
+def test_alerts_of_a_deleted_budget_stay_resolved_on_later_evaluations(synced, emulator, fiona):
+    budget = connection_budget(synced, Decimal(1))
+    evaluate_alerts(connection=synced, now=now_for(emulator))
+    budget.delete()
+
+    assert evaluate_alerts(connection=synced, now=now_for(emulator)) == []
+    assert not unresolved(kind__in=[AlertKind.BUDGET_80, AlertKind.BUDGET_100]).exists()
+
+
+def test_disabling_a_rule_resolves_its_open_alerts(synced, emulator):
+    now = now_for(emulator)
+    credits_left(synced, 3)
+    evaluate_alerts(connection=synced, now=now)
+    AlertRule.objects.filter(connection=synced, kind=AlertKind.CREDIT_LOW).update(enabled=False)
+
+    evaluate_alerts(connection=synced, now=now + timedelta(hours=1))  # the balance is still low
+
+    alert = Alert.objects.get(kind=AlertKind.CREDIT_LOW)
+    assert alert.state == AlertState.RESOLVED
+    assert alert.detail["resolved_reason"] == "Its alert rule was turned off."
+    assert unresolved(kind=AlertKind.CREDIT_RUNWAY).exists()  # other rules' alerts are untouched
+
+
+def test_evaluating_a_disconnected_connection_resolves_its_open_alerts(synced, emulator, fiona):
+    now = now_for(emulator)
+    credits_left(synced, 3)
+    evaluate_alerts(connection=synced, now=now)
+    acknowledged = Alert.objects.get(kind=AlertKind.CREDIT_RUNWAY)
+    client_for(fiona).post(
+        reverse("usage:alert-update", args=["acme", acknowledged.pk]), {"action": "acknowledge"}
+    )
+    connection_disconnect(connection=synced)
+    rules = AlertRule.objects.count()
+
+    assert evaluate_alerts(connection=synced, now=now + timedelta(days=5)) == []
+
+    assert not unresolved(connection=synced).exists()
+    reasons = {a.detail["resolved_reason"] for a in Alert.objects.filter(connection=synced)}
+    assert reasons == {"The connection was disconnected."}
+    assert AlertRule.objects.count() == rules
+
+
+def test_disconnecting_resolves_the_connections_open_alerts_at_once(synced, emulator):
+    """No sync evaluates a disconnected connection again: the disconnect itself closes its alerts."""
+    credits_left(synced, 3)
+    evaluate_alerts(connection=synced, now=now_for(emulator))
+    assert unresolved(connection=synced).exists()
+
+    connection_disconnect(connection=synced)
+
+    assert not unresolved(connection=synced).exists()
+    assert {a.detail["resolved_reason"] for a in Alert.objects.filter(connection=synced)} == {
+        "The connection was disconnected."
+    }
+
+
+# --- One rule per kind (per connection, or per budget)
+
+
+def test_concurrent_default_rule_creation_does_not_duplicate_rules_or_alerts(synced, emulator):
+    """Two evaluations (the post-sync task and a budgets page) that both read "no rules yet"."""
+    real_bulk_create = AlertRule.objects.bulk_create
+    calls = []
+
+    def interleaved(objs, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            default_rules_ensure(connection=synced)  # the other process, same snapshot of the rules
+        return real_bulk_create(objs, *args, **kwargs)
+
+    AlertRule.objects.filter(connection=synced).delete()
+    with mock.patch.object(AlertRule.objects, "bulk_create", side_effect=interleaved):
+        default_rules_ensure(connection=synced)
+    credits_left(synced, 3)
+    mail.outbox.clear()
+    evaluate_alerts(connection=synced, now=now_for(emulator))
+
+    assert AlertRule.objects.filter(connection=synced, kind=AlertKind.CREDIT_LOW).count() == 1
+    assert len([m for m in mail.outbox if "Credit balance below" in m.subject]) == 1
+
+
+def test_the_database_refuses_a_second_rule_of_a_kind(synced, emulator):
+    default_rules_ensure(connection=synced)
+    budget = connection_budget(synced, Decimal(100))
+    fields = {"company_id": synced.company_id, "connection": synced}
+    with pytest.raises(IntegrityError), transaction.atomic():
+        AlertRule.objects.create(kind=AlertKind.CREDIT_LOW, **fields)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        AlertRule.objects.create(kind=AlertKind.BUDGET_80, budget=budget, **fields)
+    other = budget_create(
+        connection=synced, scope="workspace", target="ws", target_label="WS", monthly_usd=Decimal(5)
+    )
+    assert AlertRule.objects.filter(kind=AlertKind.BUDGET_80).count() == 2
+    assert {r.budget for r in AlertRule.objects.filter(kind=AlertKind.BUDGET_80)} == {budget, other}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_merges_duplicate_rules_into_the_oldest(acme, emulator):
+    before, after = ("usage", "0006_alert_rule_set_null"), ("usage", "0008_one_alert_rule_per_kind")
+    executor = MigrationExecutor(db)
+    executor.migrate([before])
+    apps = executor.loader.project_state([before]).apps
+    Rule, OldAlert = apps.get_model("usage", "AlertRule"), apps.get_model("usage", "Alert")
+    Connection = apps.get_model("integrations", "Connection")
+    connection = Connection.objects.create(company_id=acme.pk, provider="openrouter", name="x")
+    fields = {"company_id": acme.pk, "connection_id": connection.pk}
+    oldest, twin, other = (
+        Rule.objects.create(kind=k, **fields) for k in ("credit_low", "credit_low", "anomaly")
+    )
+
+    def alert(rule, period, state="open"):
+        return OldAlert.objects.create(
+            rule=rule, kind=rule.kind, period=period, state=state, title=period, **fields
+        )
+
+    kept = alert(oldest, "2026-11-20")
+    duplicate = alert(twin, "2026-11-20")  # both raised for the same day: one was a duplicate
+    moved = alert(twin, "2026-11-21", state="resolved")
+
+    executor.loader.build_graph()
+    executor.migrate([after])
+
+    assert set(AlertRule.objects.values_list("pk", flat=True)) == {oldest.pk, other.pk}
+    assert set(Alert.objects.values_list("pk", "rule_id")) == {(kept.pk, oldest.pk), (moved.pk, oldest.pk)}
+    assert not Alert.objects.filter(pk=duplicate.pk).exists()
+
+
+# --- Evaluation reads all budgets' spend in a bounded number of queries
+
+
+def test_alert_evaluation_queries_do_not_grow_with_budgets(synced, emulator, django_assert_max_num_queries):
+    now = now_for(emulator)
+    keys = list(ApiKey.objects.filter(connection=synced).order_by("key_hash"))
+    workspaces = sorted(set(ApiKey.objects.filter(connection=synced).values_list("workspace_id", flat=True)))
+
+    def budgets_for(key_list, workspace_list):
+        connection_budget(synced, Decimal(10**6))
+        for key in key_list:
+            budget_create(
+                connection=synced, scope="key", target=key.key_hash, target_label=key.name, monthly_usd=10**6
+            )
+        for workspace in workspace_list:
+            budget_create(
+                connection=synced, scope="workspace", target=workspace, target_label="", monthly_usd=10**6
+            )
+        evaluate_alerts(connection=synced, now=now)  # raises what there is to raise
+        cache.clear()
+
+    budgets_for(keys[:1], workspaces[:1])
+    with CaptureQueriesContext(db) as few:
+        evaluate_alerts(connection=synced, now=now)
+    budgets_for(keys[:22], workspaces)
+    assert Budget.objects.count() >= 23
+
+    with django_assert_max_num_queries(len(few)):
+        evaluate_alerts(connection=synced, now=now)
