@@ -8,10 +8,11 @@ from decimal import ROUND_HALF_UP, Decimal
 from django.db import connection as db
 from django.db import transaction
 from django.db.models import F, Q
+from django.utils import timezone
 
 from doow import bulk
 from integrations.models import SUMMARIES_NEVER_BUILT, Connection
-from usage.models import UsageDaily, UsageDailyByKey
+from usage.models import DISMISSED, Alert, AlertState, UsageDaily, UsageDailyByKey
 from usage.selectors import METRICS, SUMMARIES, SUMMARY_DIMENSIONS
 
 # Kept by usage_replace for each slice it writes; the others are rebuilt from the first stale day.
@@ -223,3 +224,24 @@ def _summarize(summary, *, connection_id: int, start: date) -> None:
             f"WHERE {quote('connection_id')} = %s AND {quote('day')} >= %s GROUP BY {grouped}",
             [connection_id, start],
         )
+
+
+def alert_acknowledge(*, alert: Alert, user) -> bool:
+    """Someone is on it: an open alert becomes acknowledged. False if it was not open."""
+    return bool(
+        Alert.objects.filter(pk=alert.pk, state=AlertState.OPEN).update(
+            state=AlertState.ACKNOWLEDGED, acknowledged_by=user, acknowledged_at=timezone.now()
+        )
+    )
+
+
+def alert_resolve_by_hand(*, alert: Alert, user) -> bool:
+    """Resolved by a person, and dismissed for its period: evaluation does not reopen it while its
+    condition still holds, only once the condition has cleared and holds again (openrouter/alerts.py).
+    False if it was resolved already."""
+    detail = {**alert.detail, "resolved_reason": f"Resolved by {user.email}.", DISMISSED: True}
+    return bool(
+        Alert.objects.filter(pk=alert.pk)
+        .exclude(state=AlertState.RESOLVED)
+        .update(state=AlertState.RESOLVED, resolved_at=timezone.now(), detail=detail)
+    )

@@ -2,11 +2,11 @@ from django.contrib import messages
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from doow.access import ALL_ROLES, company_view
-from usage.models import DISMISSED, Alert, AlertState
+from usage.models import Alert, AlertState
+from usage.services import alert_acknowledge, alert_resolve_by_hand
 
 
 @require_GET
@@ -31,17 +31,9 @@ def alert_list(request: HttpRequest) -> HttpResponse:
 def alert_update(request: HttpRequest, alert_id: int) -> HttpResponse:
     alert = get_object_or_404(Alert, company=request.company, pk=alert_id)
     action = request.POST.get("action")
-    now = timezone.now()
-    if action == "acknowledge" and alert.state == AlertState.OPEN:
-        Alert.objects.filter(pk=alert.pk).update(
-            state=AlertState.ACKNOWLEDGED, acknowledged_by=request.user, acknowledged_at=now
-        )
+    if action == "acknowledge" and alert_acknowledge(alert=alert, user=request.user):
         messages.success(request, "Alert acknowledged.")
-    elif action == "resolve" and alert.state != AlertState.RESOLVED:
-        # Dismissed for its period: evaluation does not reopen it while its condition still holds,
-        # only once the condition has cleared and holds again (openrouter/alerts.py).
-        detail = {**alert.detail, "resolved_reason": f"Resolved by {request.user.email}.", DISMISSED: True}
-        Alert.objects.filter(pk=alert.pk).update(state=AlertState.RESOLVED, resolved_at=now, detail=detail)
+    elif action == "resolve" and alert_resolve_by_hand(alert=alert, user=request.user):
         messages.success(request, "Alert resolved.")
     else:
         messages.error(request, "That change does not apply to this alert.")
