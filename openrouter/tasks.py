@@ -1,5 +1,4 @@
 import logging
-from datetime import timedelta
 
 from celery import shared_task
 from celery.exceptions import MaxRetriesExceededError
@@ -41,7 +40,8 @@ def sync_connection_task(self, connection_id: int, trigger: str = "scheduled") -
 
 def record_give_up(connection_id: int, result, *, attempts: int) -> None:
     """The task's retries are used up: say so in the connection's event log (the last run's own
-    message promised a retry) and keep the connection due for its next regular sync."""
+    message promised a retry). The connection stays scheduled: sync_run_finish set its next sync,
+    and one without (next_sync_at empty) is due at the next beat tick."""
     from integrations.models import Connection, ConnectionState, EventKind, EventLevel, SyncRun
     from integrations.services import sync_event_add
 
@@ -49,16 +49,13 @@ def record_give_up(connection_id: int, result, *, attempts: int) -> None:
     connection = Connection.objects.filter(pk=connection_id).first()
     if connection is None or connection.state == ConnectionState.DISCONNECTED:
         return
-    # sync_run_finish scheduled it; make sure nothing left a live connection without a next sync.
-    if connection.next_sync_at is None:
-        connection.next_sync_at = timezone.now() + timedelta(
-            minutes=settings.OPENROUTER_SYNC_INTERVAL_MINUTES
-        )
-        Connection.objects.filter(pk=connection_id, next_sync_at__isnull=True).update(
-            next_sync_at=connection.next_sync_at
-        )
     run = SyncRun.objects.filter(pk=result.run_id).first() if result.run_id else None
     last_error = (run.error_summary if run else "") or result.status
+    next_sync = (
+        f"{connection.next_sync_at:%Y-%m-%d %H:%M} UTC"
+        if connection.next_sync_at
+        else "at the next beat tick"
+    )
     sync_event_add(
         connection=connection,
         run=run,
@@ -66,8 +63,7 @@ def record_give_up(connection_id: int, result, *, attempts: int) -> None:
         code="sync_gave_up",
         level=EventLevel.ERROR,
         message=f"Gave up retrying this sync after {attempts} attempts (last error: {last_error}). "
-        "What was fetched is kept; the next scheduled sync "
-        f"({connection.next_sync_at:%Y-%m-%d %H:%M} UTC) tries again.",
+        f"What was fetched is kept; the next scheduled sync ({next_sync}) tries again.",
         detail={"attempts": attempts, "last_error": last_error},
     )
 
