@@ -1,14 +1,11 @@
 """What Doow keeps of an OpenRouter organization besides daily usage rows (usage.UsageDaily)."""
 
-from decimal import Decimal
-
 from django.db import models
 
 from doow.models import Company
 from integrations.models import Connection
 
 MONEY = {"max_digits": 24, "decimal_places": 12}
-MONEY_STEP = Decimal(1).scaleb(-MONEY["decimal_places"])
 
 
 class Workspace(models.Model):

@@ -56,7 +56,7 @@ from integrations.services import (
 )
 from openrouter import normalize
 from openrouter.client import OpenRouterClient, RateLimited, RequestRejected
-from openrouter.models import MONEY_STEP, ApiKey, ApiKeySnapshot, CreditsSnapshot, Member, Model, Workspace
+from openrouter.models import ApiKey, ApiKeySnapshot, CreditsSnapshot, Member, Model, Workspace
 from openrouter.schemas import COUNTER_FIELDS, KeyRecord
 from usage.selectors import METRICS, usage_attributed_sums
 from usage.services import PreparedUsage, usage_prepare, usage_replace, usage_summaries_rebuild
@@ -104,10 +104,14 @@ class SyncResult:
     keys_seen: int = 0
 
 
+# The scale of the fetch markers the key counters are compared with.
+FETCHED_USAGE_STEP = Decimal(1).scaleb(-ApiKey._meta.get_field("fetched_usage").decimal_places)
+
+
 def as_stored(amount: Decimal) -> Decimal:
-    """An amount as a MONEY column keeps it (rounded as PostgreSQL rounds on input), so a counter
+    """An amount as the fetch markers keep it (rounded as PostgreSQL rounds on input), so a counter
     read again compares equal to the stored one however many digits OpenRouter sends."""
-    return amount.quantize(MONEY_STEP, ROUND_HALF_UP)
+    return amount.quantize(FETCHED_USAGE_STEP, ROUND_HALF_UP)
 
 
 def activity_window(today: date) -> tuple[date, date]:
@@ -670,27 +674,20 @@ class _SyncJob:
                 raise FetchStopped
             try:
                 return key, *self.fetch_activity(api_key_hash=key.hash, workspace_id=key.workspace_id)
-            except ProviderError as exc:
-                if exc.code == "http_404":
+            except BaseException as exc:
+                if isinstance(exc, ProviderError) and exc.code == "http_404":
                     return key, None, None  # deleted since it was listed
-                self.stop_fetching.set()
-                raise
-            except BaseException:
                 self.stop_fetching.set()
                 raise
 
         vanished = []
-        try:
-            # Results come in order: the first failure surfaces (a fetch that stopped because of it
-            # was queued after it).
-            for key, rows, start in pool.map(fetch, stale):
-                if rows is None:
-                    vanished.append(key)
-                else:
-                    self.pending_activity[key.hash] = (key, rows, start)
-        except BaseException:
-            self.stop_fetching.set()  # the soft time limit strikes this thread, not a fetch's
-            raise
+        # Results come in order: the first failure surfaces (a fetch that stopped because of it was
+        # queued after it). A failure in this thread (the soft time limit) stops the others in sync_keys.
+        for key, rows, start in pool.map(fetch, stale):
+            if rows is None:
+                vanished.append(key)
+            else:
+                self.pending_activity[key.hash] = (key, rows, start)
         if vanished:
             self.report_vanished_keys(vanished)
         if len(self.pending_keys) >= settings.OPENROUTER_WRITE_BATCH_KEYS:
