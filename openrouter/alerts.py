@@ -25,7 +25,16 @@ from openrouter import insights
 from openrouter.models import ApiKey, CreditsSnapshot
 from usage.anomalies import DEFAULT_Z, detect_spike, new_spenders
 from usage.forecast import Forecast, runway_days
-from usage.models import DISMISSED, Alert, AlertKind, AlertRule, AlertState, Budget, alerts_resolve
+from usage.models import (
+    DISMISSED,
+    Alert,
+    AlertKind,
+    AlertRule,
+    AlertState,
+    Budget,
+    alerts_resolve,
+    threshold_problem,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -403,7 +412,7 @@ def _credit_runway(rule: AlertRule, reads: _Reads):
 def _key_limit(rule: AlertRule, reads: _Reads):
     connection, now = reads.connection, reads.now
     fraction = rule.threshold if rule.threshold is not None else Decimal("0.1")
-    if not 0 < fraction <= 1:
+    if threshold_problem(rule.kind, fraction):
         return  # Not a share of a limit (saved before the form checked it): it would fire on every key.
     keys = ApiKey.objects.filter(
         connection=connection,

@@ -1,7 +1,6 @@
 """Budgets and forecast, alert rules, people and reconciliation pages of one OpenRouter connection."""
 
 from datetime import timedelta
-from decimal import Decimal
 
 from django import forms
 from django.contrib import messages
@@ -19,7 +18,7 @@ from openrouter import insights
 from openrouter.alerts import budget_create, default_rules_ensure
 from openrouter.models import ApiKey, Workspace
 from openrouter.report import PRESETS, DetailQuery
-from usage.models import AlertKind, AlertRule, Budget, BudgetScope
+from usage.models import AlertKind, AlertRule, Budget, BudgetScope, threshold_problem
 
 
 class BudgetForm(forms.Form):
@@ -53,34 +52,6 @@ class BudgetForm(forms.Form):
         return data
 
 
-# What a threshold may be, by kind: (lowest, whether the lowest itself is allowed, highest or None,
-# what is expected). Budget kinds have no threshold.
-THRESHOLD_RANGES = {
-    AlertKind.CREDIT_LOW: (Decimal(0), True, None, "a USD balance of 0 or more"),
-    AlertKind.CREDIT_RUNWAY: (Decimal(0), False, Decimal(365), "a number of days above 0, at most 365"),
-    AlertKind.KEY_LIMIT: (
-        Decimal(0),
-        False,
-        Decimal(1),
-        "a fraction of the key's limit left, above 0 and at most 1 (0.1 means 10%)",
-    ),
-    # OpenRouter keeps 30 days of activity: a sync failing for longer loses data for good.
-    AlertKind.SYNC_FAILING: (
-        Decimal(0),
-        False,
-        Decimal(168),
-        "a number of hours above 0, at most 168 (a week)",
-    ),
-    AlertKind.ANOMALY: (
-        Decimal(0),
-        False,
-        Decimal(100),
-        "a robust z-score above 0, at most 100 (6 is usual)",
-    ),
-    AlertKind.NEW_SPENDER: (Decimal(0), True, None, "a USD amount of 0 or more"),
-}
-
-
 class AlertRuleForm(forms.Form):
     enabled = forms.BooleanField(required=False)
     threshold = forms.DecimalField(required=False, max_digits=14, decimal_places=4)
@@ -94,14 +65,8 @@ class AlertRuleForm(forms.Form):
 
     def clean_threshold(self):
         threshold = self.cleaned_data.get("threshold")
-        if threshold is None:
-            return None
-        if self.kind not in THRESHOLD_RANGES:
-            raise forms.ValidationError("This alert has no threshold: leave it empty.")
-        lowest, lowest_allowed, highest, expected = THRESHOLD_RANGES[self.kind]
-        too_low = threshold < lowest or (threshold == lowest and not lowest_allowed)
-        if too_low or (highest is not None and threshold > highest):
-            raise forms.ValidationError(f"Enter {expected}; {threshold.normalize():f} is out of range.")
+        if threshold is not None and (problem := threshold_problem(self.kind, threshold)):
+            raise forms.ValidationError(problem)
         return threshold
 
 

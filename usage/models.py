@@ -1,3 +1,5 @@
+from decimal import Decimal
+
 from django.db import models
 from django.db.models.signals import pre_delete
 from django.dispatch import receiver
@@ -171,6 +173,45 @@ class AlertKind(models.TextChoices):
     SYNC_FAILING = "sync_failing", "Sync failing"
     ANOMALY = "anomaly", "Unusual spend"
     NEW_SPENDER = "new_spender", "New key or model with material spend"
+
+
+# What a threshold may be, by kind: (lowest, whether the lowest itself is allowed, highest or None,
+# what is expected). Budget kinds have no threshold.
+THRESHOLD_RANGES = {
+    AlertKind.CREDIT_LOW: (Decimal(0), True, None, "a USD balance of 0 or more"),
+    AlertKind.CREDIT_RUNWAY: (Decimal(0), False, Decimal(365), "a number of days above 0, at most 365"),
+    AlertKind.KEY_LIMIT: (
+        Decimal(0),
+        False,
+        Decimal(1),
+        "a fraction of the key's limit left, above 0 and at most 1 (0.1 means 10%)",
+    ),
+    # OpenRouter keeps 30 days of activity: a sync failing for longer loses data for good.
+    AlertKind.SYNC_FAILING: (
+        Decimal(0),
+        False,
+        Decimal(168),
+        "a number of hours above 0, at most 168 (a week)",
+    ),
+    AlertKind.ANOMALY: (
+        Decimal(0),
+        False,
+        Decimal(100),
+        "a robust z-score above 0, at most 100 (6 is usual)",
+    ),
+    AlertKind.NEW_SPENDER: (Decimal(0), True, None, "a USD amount of 0 or more"),
+}
+
+
+def threshold_problem(kind: str, threshold: Decimal) -> str | None:
+    """Why `threshold` cannot be a rule of this kind's threshold, or None if it can."""
+    if kind not in THRESHOLD_RANGES:
+        return "This alert has no threshold: leave it empty."
+    lowest, lowest_allowed, highest, expected = THRESHOLD_RANGES[kind]
+    too_low = threshold < lowest or (threshold == lowest and not lowest_allowed)
+    if too_low or (highest is not None and threshold > highest):
+        return f"Enter {expected}; {threshold.normalize():f} is out of range."
+    return None
 
 
 class AlertRule(models.Model):
