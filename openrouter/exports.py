@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from openrouter.models import ApiKey, Workspace
 from usage.models import UNATTRIBUTED_LABEL
-from usage.selectors import DIMENSIONS, FILTERS, METRICS, usage_grouped
+from usage.selectors import DIMENSIONS, FILTERS, METRICS, groups_are_rows, usage_grouped
 
 COLUMNS = [
     ("date", "day"),
@@ -199,10 +199,13 @@ def _copy_csv(connection_ids, start, end, group_by, filters) -> Iterator[str]:
         if value is not None and name in FILTERS:
             where += f" AND {FILTERS[name]} = %(filter_{name})s"
             params[f"filter_{name}"] = value
-    sums = ", ".join(f"SUM({name}) AS {name}" for name in METRICS)
-    grouped = f"SELECT {', '.join([*fields, sums])} FROM usage_usagedaily WHERE {where}"  # noqa: S608
-    if fields:
-        grouped += f" GROUP BY {', '.join(fields)}"
+    if groups_are_rows(group_by, connection_ids):
+        grouped = f"SELECT {', '.join([*fields, *METRICS])} FROM usage_usagedaily WHERE {where}"  # noqa: S608
+    else:
+        sums = ", ".join(f"SUM({name}) AS {name}" for name in METRICS)
+        grouped = f"SELECT {', '.join([*fields, sums])} FROM usage_usagedaily WHERE {where}"  # noqa: S608
+        if fields:
+            grouped += f" GROUP BY {', '.join(fields)}"
     joins = "".join(_names_join(dimension, params) for dimension in NAMED_DIMENSIONS if dimension in group_by)
     columns = export_columns(group_by)
     select = ", ".join(f"{_COLUMN_SQL[name]} AS {name}" for name in columns)

@@ -106,6 +106,18 @@ def usage_grouped(*, group_by: list[str], order_by: list[str] | None = None, met
     """Sums (of `metrics`, every one by default) per combination of the named dimensions (see
     DIMENSIONS), computed in the database."""
     fields = [field for dimension in group_by for field in DIMENSIONS[dimension]]
+    query["connection_ids"] = list(query["connection_ids"])
     rows = usage_rows(dimensions=group_by, **query)
-    grouped = rows.values(*fields).annotate(**{name: Sum(name) for name in metrics})
+    if rows.model is UsageDaily and groups_are_rows(group_by, query["connection_ids"]):
+        grouped = rows.values(*fields, *metrics)
+    else:
+        grouped = rows.values(*fields).annotate(**{name: Sum(name) for name in metrics})
     return grouped.order_by(*(order_by or fields))
+
+
+def groups_are_rows(group_by, connection_ids) -> bool:
+    """Whether grouping one connection's usage rows by these dimensions leaves one row per group.
+    A usage row is unique per connection by every dimension (its natural key), so the sums of such
+    a grouping are the rows themselves: reading them skips the aggregate and the sort it needs
+    (a full export of a million rows sorted them all, spilling to disk, only to sum single rows)."""
+    return len(connection_ids) == 1 and set(group_by) >= set(DIMENSIONS)

@@ -161,3 +161,43 @@ def test_the_rebuild_command_names_what_is_wrong(args):
 
     with pytest.raises(CommandError):
         call_command("usage_summaries_rebuild", *args, stdout=StringIO())
+
+
+def test_grouping_one_connection_by_every_dimension_reads_its_rows_with_the_same_answer(acme, emulator):
+    """A usage row is unique per connection by every dimension, so that grouping skips the aggregate
+    (and its sort); its answer is what summing gives."""
+    from django.db.models import Sum
+
+    from usage.selectors import DIMENSIONS, METRICS, usage_rows
+
+    connection = connect(acme, emulator)
+    sync(connection, emulator)
+    query = {"connection_ids": [connection.pk], **EVERYTHING}
+    fields = [field for dimension in DIMENSIONS for field in DIMENSIONS[dimension]]
+    summed = usage_rows(**query).values(*fields).annotate(**{name: Sum(name) for name in METRICS})
+
+    with CaptureQueriesContext(db) as queries:
+        read = list(usage_grouped(group_by=list(DIMENSIONS), **query))
+
+    assert read == list(summed.order_by(*fields))
+    assert len(read) == UsageDaily.objects.filter(connection=connection).count()
+    assert "GROUP BY" not in queries[0]["sql"] and "SUM(" not in queries[0]["sql"]
+
+
+def test_grouping_several_connections_by_every_dimension_still_sums_them(acme, globex, emulator):
+    """Two connections can hold the same day, workspace, key, model and provider: those rows merge."""
+    first = connect(acme, emulator)
+    sync(first, emulator)
+    second = connect(globex, emulator)
+    copies = list(UsageDaily.objects.filter(connection=first))
+    for row in copies:
+        row.pk, row.company, row.connection = None, globex, second
+    UsageDaily.objects.bulk_create(copies)
+    every = ["day", "workspace", "key", "model", "provider"]
+
+    both = list(usage_grouped(group_by=every, connection_ids=[first.pk, second.pk], **EVERYTHING))
+    one = list(usage_grouped(group_by=every, connection_ids=[first.pk], **EVERYTHING))
+
+    assert len(both) == len(one) == len(copies)
+    assert [row["requests"] for row in both] == [row["requests"] * 2 for row in one]
+    assert [row["spend_usd"] for row in both] == [row["spend_usd"] * 2 for row in one]
