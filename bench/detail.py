@@ -209,6 +209,27 @@ def raw_export_query(conn, connection_id: int, start, end, key: str | None) -> C
     return run
 
 
+def raw_row_read(conn, connection_id: int, start, end, key: str | None) -> Callable[[], None]:
+    """The same rows read without the aggregate, in the export's order: what the export does since a
+    usage row is unique per connection by every dimension (shown beside the baseline, not as it)."""
+    sql = (
+        f"SELECT {EXPORT_FIELDS}, {', '.join((*METRICS, *MONEY))} FROM usage_usagedaily "
+        "WHERE connection_id = %s AND day BETWEEN %s AND %s"
+        + (" AND api_key_hash = %s" if key is not None else "")
+        + f" ORDER BY {EXPORT_FIELDS}"
+    )
+    args = [connection_id, start, end, *([key] if key is not None else [])]
+
+    def run() -> None:
+        with conn.transaction(), conn.cursor(name="bench_rows") as cursor:
+            cursor.itersize = 2000
+            cursor.execute(sql, args)
+            for _ in cursor:
+                pass
+
+    return run
+
+
 def slowest_queries(client, url: str, top: int = 3) -> list[tuple[float, str]]:
     """Each SQL statement of one page view with its time, slowest first."""
     from django.db import connection
@@ -271,6 +292,9 @@ def measure(dataset: Dataset, repeat: int) -> dict:
                 raw_csv()
             figures[name, "csv"] = median_seconds(lambda url=csv_url: get_csv(url), csv_repeat)
             figures[name, "csv_raw"] = median_seconds(raw_csv, csv_repeat)
+            raw_rows = raw_row_read(conn, dataset.connection.pk, dataset.start, dataset.end, key)
+            raw_rows()
+            figures[name, "csv_rows"] = median_seconds(raw_rows, csv_repeat)
             dataset.new_data_version()
             figures[name, "slowest"] = slowest_queries(client, page_url)
     return figures
@@ -326,18 +350,18 @@ def run(sizes) -> Outcome:
 
     details = [
         "| rows | keys | filter | page ms (first view) | page ms (cached) | raw queries ms | ratio (first) "
-        "| CSV ms | raw export query ms | ratio | summaries rebuilt in s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| CSV ms | raw export query ms | ratio | raw row read ms | summaries rebuilt in s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for rows, figures in results.items():
         for name, what in (("all", "none"), ("key", "one key")):
             page, page_raw = figures[name, "page"], figures[name, "page_raw"]
             cached = figures[name, "page_cached"]
-            csv, csv_raw = figures[name, "csv"], figures[name, "csv_raw"]
+            csv, csv_raw, csv_rows = figures[name, "csv"], figures[name, "csv_raw"], figures[name, "csv_rows"]
             details.append(
                 f"| {rows:,} | {figures['keys']:,} | {what} | {page * 1000:,.1f} | {cached * 1000:,.1f} | "
                 f"{page_raw * 1000:,.1f} | {page / page_raw:.2f} | {csv * 1000:,.1f} | {csv_raw * 1000:,.1f} | "
-                f"{csv / csv_raw:.2f} | {figures['summaries']:.2f} |"
+                f"{csv / csv_raw:.2f} | {csv_rows * 1000:,.1f} | {figures['summaries']:.2f} |"
             )
     details += ["", f"Slowest statements of one first view at {label(large)} rows:", ""]
     for name, what in (("all", "no filter"), ("key", "one key")):
@@ -360,6 +384,10 @@ def run(sizes) -> Outcome:
         "same data: the 7 aggregate queries the page needs (totals now and before, day × model chart, key-table count and page, "
         "model and provider filter choices) and the export's grouped query read through a server-side "
         "cursor.",
+        "The export groups by every dimension of one connection, by which a usage row is unique (its "
+        "natural key): it reads the rows without the aggregate and the sort that feeds it, which "
+        "halved a 100k-row export. The baseline stays the grouped query the issue names; “raw row read” "
+        "is the same rows read by raw psycopg in the export's order, the floor of what the export now does.",
         "The baseline answers the page's questions from the usage rows themselves. The page reads the "
         "summaries a sync keeps: usage rows summed over keys (`usage.UsageDailyByModel`, rebuilt in the "
         "sync's last write transaction) for totals, chart, filter choices and the model, provider, "
