@@ -189,39 +189,25 @@ def raw_page_queries(conn, connection_id: int, start, end, key: str | None) -> C
     return run
 
 
-def raw_export_query(conn, connection_id: int, start, end, key: str | None) -> Callable[[], None]:
-    """The export's one grouped query (every dimension), streamed through a server-side cursor."""
+def raw_export_query(
+    conn, connection_id: int, start, end, key: str | None, *, grouped: bool = True
+) -> Callable[[], None]:
+    """The export's one grouped query (every dimension), streamed through a server-side cursor.
+    `grouped=False`: the same rows read without the aggregate, in the export's order, which is what
+    the export does since a usage row is unique per connection by every dimension (shown beside the
+    baseline, not as it)."""
+    metrics = SUMS if grouped else ", ".join((*METRICS, *MONEY))
     sql = (
-        f"SELECT {EXPORT_FIELDS}, {SUMS} FROM usage_usagedaily WHERE connection_id = %s "
+        f"SELECT {EXPORT_FIELDS}, {metrics} FROM usage_usagedaily WHERE connection_id = %s "
         "AND day BETWEEN %s AND %s"
         + (" AND api_key_hash = %s" if key is not None else "")
-        + f" GROUP BY {EXPORT_FIELDS} ORDER BY {EXPORT_FIELDS}"
-    )
-    args = [connection_id, start, end, *([key] if key is not None else [])]
-
-    def run() -> None:
-        with conn.transaction(), conn.cursor(name="bench_export") as cursor:
-            cursor.itersize = 2000
-            cursor.execute(sql, args)
-            for _ in cursor:
-                pass
-
-    return run
-
-
-def raw_row_read(conn, connection_id: int, start, end, key: str | None) -> Callable[[], None]:
-    """The same rows read without the aggregate, in the export's order: what the export does since a
-    usage row is unique per connection by every dimension (shown beside the baseline, not as it)."""
-    sql = (
-        f"SELECT {EXPORT_FIELDS}, {', '.join((*METRICS, *MONEY))} FROM usage_usagedaily "
-        "WHERE connection_id = %s AND day BETWEEN %s AND %s"
-        + (" AND api_key_hash = %s" if key is not None else "")
+        + (f" GROUP BY {EXPORT_FIELDS}" if grouped else "")
         + f" ORDER BY {EXPORT_FIELDS}"
     )
     args = [connection_id, start, end, *([key] if key is not None else [])]
 
     def run() -> None:
-        with conn.transaction(), conn.cursor(name="bench_rows") as cursor:
+        with conn.transaction(), conn.cursor(name="bench_export") as cursor:
             cursor.itersize = 2000
             cursor.execute(sql, args)
             for _ in cursor:
@@ -292,7 +278,9 @@ def measure(dataset: Dataset, repeat: int) -> dict:
                 raw_csv()
             figures[name, "csv"] = median_seconds(lambda url=csv_url: get_csv(url), csv_repeat)
             figures[name, "csv_raw"] = median_seconds(raw_csv, csv_repeat)
-            raw_rows = raw_row_read(conn, dataset.connection.pk, dataset.start, dataset.end, key)
+            raw_rows = raw_export_query(
+                conn, dataset.connection.pk, dataset.start, dataset.end, key, grouped=False
+            )
             raw_rows()
             figures[name, "csv_rows"] = median_seconds(raw_rows, csv_repeat)
             dataset.new_data_version()
