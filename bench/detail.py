@@ -4,7 +4,8 @@ Each connection's rows are loaded with COPY (synthetic, all inside the page's 90
 aggregate covers every row: the worst case). The page and the export are requested through Django's
 test client as a logged-in finance user, so the time is the server's whole answer: middleware, session,
 queries, template or CSV. The baseline runs, with raw psycopg, the aggregate queries the page needs (or
-the one grouped query the export streams).
+the export's grouped query over every dimension; the export itself reads those rows ungrouped, since a
+usage row is unique per connection by them).
 """
 
 import math
