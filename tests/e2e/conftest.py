@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import pytest
+from django.db import connections
 from django.utils import timezone
 from playwright.sync_api import Page, expect, sync_playwright
 
@@ -46,9 +47,21 @@ def reset_producers(app) -> None:
     app.amqp._producer_pool = None
 
 
+def close_worker_thread_connections(sender=None, **kwargs) -> None:
+    """Run in the worker thread after each task. A worker process's connections end with it; this
+    thread's, kept for reuse (CONN_MAX_AGE), outlived the test and kept its test database from being
+    dropped at the end of the run."""
+    if getattr(getattr(sender, "request", None), "is_eager", False):
+        return  # run in the test's own thread, inside its connection
+    from django.db import connections
+
+    connections.close_all()
+
+
 @pytest.fixture
 def celery_worker():
     """A real worker thread consuming from an in-memory broker: the view's send_task reaches it."""
+    from celery import signals
     from celery.contrib.testing.worker import start_worker
 
     from doow.celery import app
@@ -56,10 +69,16 @@ def celery_worker():
     saved = {name: app.conf[name] for name in ("broker_url", "broker_transport_options")}
     app.conf.update(broker_url="memory://", broker_transport_options={})
     reset_producers(app)  # producers made for the old broker must not be reused
-    with start_worker(app, pool="solo", perform_ping_check=False, loglevel="WARNING", shutdown_timeout=30):
-        yield
-    app.conf.update(saved)
-    reset_producers(app)
+    signals.task_postrun.connect(close_worker_thread_connections)
+    try:
+        with start_worker(
+            app, pool="solo", perform_ping_check=False, loglevel="WARNING", shutdown_timeout=30
+        ):
+            yield
+    finally:
+        signals.task_postrun.disconnect(close_worker_thread_connections)
+        app.conf.update(saved)
+        reset_producers(app)
 
 
 @pytest.fixture
@@ -71,6 +90,10 @@ def browser(monkeypatch):
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
         yield browser
+        # While Playwright's event loop runs in this thread, Django keeps the test's connections apart
+        # from the thread's own (asgiref sees a running loop): the test's queries opened one that
+        # nothing else closes, and PostgreSQL cannot drop a test database with a session still on it.
+        connections.close_all()
         browser.close()
 
 
