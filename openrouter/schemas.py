@@ -11,6 +11,7 @@ from decimal import Decimal, InvalidOperation
 
 MAX_MONEY = Decimal("1e12")
 MAX_COUNT = 10**15
+MAX_CONTEXT_LENGTH = 2**31 - 1  # Model.context_length's column
 
 
 class SchemaError(ValueError):
@@ -79,7 +80,7 @@ def _money(
         amount = Decimal(str(value)) if isinstance(value, float) else Decimal(value)
     except InvalidOperation:
         raise SchemaError(f"{where}: {name} is not a valid number") from None
-    if not amount.is_finite() or abs(amount) > MAX_MONEY:
+    if not amount.is_finite() or amount.copy_abs() > MAX_MONEY:  # abs() would overflow on 1E+999999999
         raise SchemaError(f"{where}: {name} is out of range")
     return amount
 
@@ -88,7 +89,15 @@ def _count(record: dict, name: str, where: str, *, optional: bool = False) -> in
     value = _field(record, name, where, optional=optional)
     if value is None and optional:
         return 0
-    if isinstance(value, Decimal) and value == value.to_integral_value():
+    if isinstance(value, Decimal):
+        # JSON numbers with a fraction or exponent arrive as Decimal: only a finite whole one counts.
+        # int() raises on infinity and NaN.
+        if not value.is_finite():
+            raise SchemaError(f"{where}: {name} must be an integer")
+        if value.copy_abs() > MAX_COUNT:  # first, and without abs() and rounding: 1E+999999999 overflows them
+            raise SchemaError(f"{where}: {name} is out of range")
+        if value != value.to_integral_value():
+            raise SchemaError(f"{where}: {name} must be an integer")
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise SchemaError(f"{where}: {name} must be an integer")
@@ -379,7 +388,11 @@ def parse_models(payload) -> list[ModelRecord]:
         pricing = _obj(record.get("pricing") or {}, "/models item pricing")
         context = record.get("context_length")
         if isinstance(context, Decimal):
-            context = int(context)
+            # Informational, so a value that is not a finite whole number is left unknown, not refused.
+            # The range is checked first: rounding 1E+999999999 overflows, and its int() would have a
+            # billion digits.
+            storable = context.is_finite() and 0 <= context <= MAX_CONTEXT_LENGTH
+            context = int(context) if storable and context == context.to_integral_value() else None
         models.append(
             ModelRecord(
                 slug=slug,
@@ -387,7 +400,9 @@ def parse_models(payload) -> list[ModelRecord]:
                 or slug,
                 name=_str(record, "name", where, max_len=300) or slug,
                 context_length=context
-                if isinstance(context, int) and not isinstance(context, bool) and context >= 0
+                if isinstance(context, int)
+                and not isinstance(context, bool)
+                and 0 <= context <= MAX_CONTEXT_LENGTH
                 else None,
                 prompt_price=_price(pricing, "prompt"),
                 completion_price=_price(pricing, "completion"),

@@ -102,6 +102,46 @@ def test_mutated_payloads_parse_or_raise_schema_error(case):
                 assert value.is_finite()
 
 
+# Numbers hypothesis found (NaN, infinity), plus one whose int() would not finish: fixed cases, so
+# that every run checks them whatever the random examples.
+HOSTILE_DECIMALS = ["NaN", "sNaN", "Infinity", "-Infinity", "1E+999999999", "2.5", "-1"]
+
+
+@pytest.mark.parametrize("text", HOSTILE_DECIMALS)
+def test_a_count_that_is_not_a_finite_whole_number_is_a_schema_error(text):
+    payload = valid_payloads()["/activity"]
+    record = dict(payload["data"][0], requests=Decimal(text), cached_tokens=Decimal(text))
+
+    with pytest.raises(schemas.SchemaError):
+        schemas.parse_activity({"data": [record]})
+
+
+@pytest.mark.parametrize("text", ["NaN", "sNaN", "Infinity", "1E+999999999", "-1E+999999999"])
+def test_money_that_is_not_a_finite_amount_in_range_is_a_schema_error(text):
+    record = dict(valid_payloads()["/activity"]["data"][0], usage=Decimal(text))
+
+    with pytest.raises(schemas.SchemaError):
+        schemas.parse_activity({"data": [record]})
+
+
+@pytest.mark.parametrize("text", HOSTILE_DECIMALS)
+def test_a_context_length_that_is_not_a_storable_whole_number_is_left_unknown(text):
+    payload = valid_payloads()["/models"]
+    record = dict(payload["data"][0], context_length=Decimal(text))
+
+    (model,) = schemas.parse_models({"data": [record]})
+
+    assert model.context_length is None
+
+
+def test_a_context_length_too_large_for_its_column_is_left_unknown():
+    record = dict(valid_payloads()["/models"]["data"][0], context_length=2**31)
+
+    (model,) = schemas.parse_models({"data": [record]})
+
+    assert model.context_length is None
+
+
 @given(st.sampled_from(sorted(PARSERS)), hostile_json)
 @settings(max_examples=300, deadline=None)
 def test_arbitrary_json_parses_or_raises_schema_error(path, payload):
