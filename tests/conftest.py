@@ -105,3 +105,12 @@ def emulator_server(emulator, settings):
 
 
 from tests import support  # noqa: E402
+
+
+@pytest.fixture
+def synced_with_people(acme, emulator, alice, fiona, oscar):
+    """Acme's connection after one sync, with its admin, finance and ops members (alert recipients)."""
+    connection = support.connect(acme, emulator)
+    support.sync(connection, emulator)
+    connection.refresh_from_db()
+    return connection

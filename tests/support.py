@@ -24,6 +24,11 @@ def noon(day: date) -> datetime:
     return datetime.combine(day, time(12, 0), tzinfo=UTC)
 
 
+def now_for(emulator) -> datetime:
+    """Noon of the emulator's today: the moment alert and insight tests evaluate at."""
+    return noon(emulator.today)
+
+
 def connect(company, emulator, *, secret=None, name="", actor=None):
     connection, _notice = openrouter_connect(
         company=company,

@@ -11,7 +11,7 @@ from integrations.models import SyncEvent, SyncRun
 from openrouter import insights
 from openrouter.alerts import budget_create, evaluate_alerts
 from openrouter.models import ApiKey, CreditsSnapshot, KeyOwner, Member
-from tests.support import connect, noon, sync, usage_rows_edited
+from tests.support import now_for, sync, usage_rows_edited
 from usage.backtest import backtest_month
 from usage.models import Alert, AlertKind, AlertRule, AlertState, UsageDaily
 
@@ -19,15 +19,8 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def synced(acme, emulator, alice, fiona, oscar):
-    connection = connect(acme, emulator)
-    sync(connection, emulator)
-    connection.refresh_from_db()
-    return connection
-
-
-def now_for(emulator):
-    return noon(emulator.today)
+def synced(synced_with_people):
+    return synced_with_people
 
 
 def test_budget_alerts_fire_once_per_month_and_email_admin_and_finance(synced, emulator):

@@ -23,22 +23,15 @@ from openrouter import alerts, insights
 from openrouter.alerts import budget_create, default_rules_ensure, evaluate_alerts
 from openrouter.models import ApiKey, CreditsSnapshot
 from tests.conftest import client_for
-from tests.support import connect, noon, sync, usage_rows_edited
+from tests.support import now_for, usage_rows_edited
 from usage.models import Alert, AlertKind, AlertRule, AlertState, Budget, UsageDaily
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def synced(acme, emulator, alice, fiona, oscar):
-    connection = connect(acme, emulator)
-    sync(connection, emulator)
-    connection.refresh_from_db()
-    return connection
-
-
-def now_for(emulator):
-    return noon(emulator.today)
+def synced(synced_with_people):
+    return synced_with_people
 
 
 def credits_left(connection, dollars) -> None:
