@@ -39,6 +39,24 @@ def credits_left(connection, dollars) -> None:
     CreditsSnapshot.objects.filter(pk=credits.pk).update(total_credits=credits.total_usage + Decimal(dollars))
 
 
+def credit_alert_handled_by(user, action: str, connection, emulator):
+    """A low-credit alert raised at the emulator's noon, then acknowledged or resolved by `user`
+    through the Alerts page. Returns the alert and when it was raised."""
+    now = now_for(emulator)
+    credits_left(connection, 3)
+    evaluate_alerts(connection=connection, now=now)
+    alert = Alert.objects.get(kind=AlertKind.CREDIT_LOW)
+    client_for(user).post(reverse("usage:alert-update", args=["acme", alert.pk]), {"action": action})
+    return alert, now
+
+
+def credits_recover_then_run_low_again(connection, now) -> None:
+    """The balance recovers (evaluated an hour later), then drops below the threshold again."""
+    credits_left(connection, 1000)
+    evaluate_alerts(connection=connection, now=now + timedelta(hours=1))
+    credits_left(connection, 2)
+
+
 def connection_budget(connection, monthly_usd):
     return budget_create(
         connection=connection, scope="connection", target="", target_label="", monthly_usd=monthly_usd
@@ -94,14 +112,8 @@ def test_credit_low_is_raised_again_when_the_balance_drops_again_the_same_day(sy
 
 
 def test_a_reopened_alert_is_open_unacknowledged_and_listed_as_newly_raised(synced, emulator, fiona):
-    now = now_for(emulator)
-    credits_left(synced, 3)
-    evaluate_alerts(connection=synced, now=now)
-    alert = Alert.objects.get(kind=AlertKind.CREDIT_LOW)
-    client_for(fiona).post(reverse("usage:alert-update", args=["acme", alert.pk]), {"action": "acknowledge"})
-    credits_left(synced, 1000)
-    evaluate_alerts(connection=synced, now=now + timedelta(hours=1))
-    credits_left(synced, 2)
+    alert, now = credit_alert_handled_by(fiona, "acknowledge", synced, emulator)
+    credits_recover_then_run_low_again(synced, now)
     later = now + timedelta(hours=2)
 
     evaluate_alerts(connection=synced, now=later)
@@ -131,11 +143,7 @@ def test_an_open_or_acknowledged_alert_is_not_emailed_again(synced, emulator, fi
 
 
 def test_an_alert_resolved_by_hand_is_not_reopened_while_its_condition_still_holds(synced, emulator, fiona):
-    now = now_for(emulator)
-    credits_left(synced, 3)
-    evaluate_alerts(connection=synced, now=now)
-    alert = Alert.objects.get(kind=AlertKind.CREDIT_LOW)
-    client_for(fiona).post(reverse("usage:alert-update", args=["acme", alert.pk]), {"action": "resolve"})
+    alert, now = credit_alert_handled_by(fiona, "resolve", synced, emulator)
     mail.outbox.clear()
 
     raised = evaluate_alerts(connection=synced, now=now + timedelta(hours=1))  # the balance is still low
@@ -150,14 +158,8 @@ def test_an_alert_resolved_by_hand_is_not_reopened_while_its_condition_still_hol
 def test_an_alert_resolved_by_hand_is_raised_again_once_its_condition_cleared_and_holds_again(
     synced, emulator, fiona
 ):
-    now = now_for(emulator)
-    credits_left(synced, 3)
-    evaluate_alerts(connection=synced, now=now)
-    alert = Alert.objects.get(kind=AlertKind.CREDIT_LOW)
-    client_for(fiona).post(reverse("usage:alert-update", args=["acme", alert.pk]), {"action": "resolve"})
-    credits_left(synced, 1000)
-    evaluate_alerts(connection=synced, now=now + timedelta(hours=1))
-    credits_left(synced, 2)
+    alert, now = credit_alert_handled_by(fiona, "resolve", synced, emulator)
+    credits_recover_then_run_low_again(synced, now)
 
     raised = evaluate_alerts(connection=synced, now=now + timedelta(hours=2))
 
