@@ -274,9 +274,8 @@ def _raise(rule: AlertRule, reads: _Reads, firing: _Firing, existing: Alert | No
 
 def _reopen(rule: AlertRule, firing: _Firing, now: datetime) -> Alert | None:
     """The period's alert resolved (its condition cleared, its rule was off, or a dismissal ended)
-    and holds again:
-    open it as if newly raised, dated now (the Alerts page sorts by created_at). The update claims it,
-    so of two evaluations at once only one reopens and emails."""
+    and holds again: open it as if newly raised, dated now (the Alerts page sorts by created_at). The
+    update claims it, so of two evaluations at once only one reopens and emails."""
     same = Alert.objects.filter(rule=rule, subject=firing.subject, period=firing.period)
     reopened = same.filter(state=AlertState.RESOLVED).update(
         state=AlertState.OPEN,
