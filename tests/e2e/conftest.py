@@ -53,8 +53,6 @@ def close_worker_thread_connections(sender=None, **kwargs) -> None:
     dropped at the end of the run."""
     if getattr(getattr(sender, "request", None), "is_eager", False):
         return  # run in the test's own thread, inside its connection
-    from django.db import connections
-
     connections.close_all()
 
 
