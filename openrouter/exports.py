@@ -201,12 +201,11 @@ def _copy_csv(connection_ids, start, end, group_by, filters) -> Iterator[str]:
             where += f" AND {FILTERS[name]} = %(filter_{name})s"
             params[f"filter_{name}"] = value
     if groups_are_rows(group_by, connection_ids):
-        grouped = f"SELECT {', '.join([*fields, *METRICS])} FROM usage_usagedaily WHERE {where}"  # noqa: S608
+        metrics, group = list(METRICS), ""
     else:
-        sums = ", ".join(f"SUM({name}) AS {name}" for name in METRICS)
-        grouped = f"SELECT {', '.join([*fields, sums])} FROM usage_usagedaily WHERE {where}"  # noqa: S608
-        if fields:
-            grouped += f" GROUP BY {', '.join(fields)}"
+        metrics = [f"SUM({name}) AS {name}" for name in METRICS]
+        group = f" GROUP BY {', '.join(fields)}" if fields else ""
+    grouped = f"SELECT {', '.join([*fields, *metrics])} FROM usage_usagedaily WHERE {where}{group}"  # noqa: S608
     joins = "".join(_names_join(dimension, params) for dimension in NAMED_DIMENSIONS if dimension in group_by)
     columns = export_columns(group_by)
     select = ", ".join(f"{_COLUMN_SQL[name]} AS {name}" for name in columns)
