@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 from decimal import Decimal
+from urllib.parse import urlsplit
 
 from bench.ingest import COLUMNS
 from bench.results import Outcome, Row
@@ -226,14 +227,10 @@ def export_body(dataset: Dataset, key: str | None) -> Callable[[], None]:
     from openrouter import exports
     from openrouter.report import DetailQuery
 
-    query = DetailQuery.from_params(QueryDict("range=90d" + (f"&key={key}" if key else "")))
-    selection = {
-        "connection_ids": [dataset.connection.pk],
-        "start": query.start,
-        "end": query.end,
-        "group_by": exports.parse_group_by(None),
-        "filters": query.filters,
-    }
+    query = DetailQuery.from_params(QueryDict(urlsplit(dataset.url("csv", key)).query))
+    selection = exports.export_selection(
+        connection_id=dataset.connection.pk, query=query, group_by=exports.parse_group_by(None)
+    )
 
     def run() -> None:
         for _ in exports.csv_chunks(**selection):

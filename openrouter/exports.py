@@ -100,6 +100,18 @@ def _money(value) -> str:
     return f"{whole}.{(frac + '00')[: max(2, len(frac))]}"
 
 
+def export_selection(*, connection_id: int, query, group_by: list[str]) -> dict:
+    """What an export of one connection reads, from the detail page's query (`DetailQuery`): the
+    keyword arguments of `csv_chunks` and `export_records`."""
+    return {
+        "connection_ids": [connection_id],
+        "start": query.start,
+        "end": query.end,
+        "group_by": group_by,
+        "filters": query.filters,
+    }
+
+
 def csv_chunks(
     *, connection_ids: list[int], start: date, end: date, group_by: list[str], filters=None
 ) -> Iterator[str]:

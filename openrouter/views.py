@@ -82,13 +82,7 @@ def export(request: HttpRequest, connection_id: int, fmt: str) -> StreamingHttpR
         group_by = exports.parse_group_by(request.GET.get("group_by"))
     except ValueError as exc:
         return HttpResponse(str(exc), status=400, content_type="text/plain")
-    selection = {
-        "connection_ids": [connection.pk],
-        "start": query.start,
-        "end": query.end,
-        "group_by": group_by,
-        "filters": query.filters,
-    }
+    selection = exports.export_selection(connection_id=connection.pk, query=query, group_by=group_by)
     if fmt == "csv":
         body = exports.csv_chunks(**selection)
     else:
