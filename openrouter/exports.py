@@ -178,17 +178,20 @@ def _row_quoting_carriage_returns(record: dict, columns: list[str]) -> str:
 _MONEY_SQL = (
     "CASE WHEN scale(trim_scale(g.{0})) < 2 THEN round(g.{0}, 2)::text ELSE trim_scale(g.{0})::text END"
 )
-# A text column's cell, escaped as write_csv escapes it (see FORMULA_STARTS).
+# A text column's cell, escaped as write_csv escapes it (see FORMULA_STARTS). One ascii() per cell
+# finds both a formula's first character and empty text (0): left() and NULLIF cost a 10k-row export
+# a tenth of its time.
 _TEXT_SQL = (
-    "CASE WHEN left({0}, 1) IN ('=', '+', '-', '@', chr(9), chr(13)) THEN '''' || {0} "
-    "ELSE NULLIF({0}, '') END"
+    "CASE ascii({0}) WHEN 0 THEN NULL "
+    + " ".join(f"WHEN {ord(start)} THEN '''' || {{0}}" for start in FORMULA_STARTS)
+    + " ELSE {0} END"
 )
 _COLUMN_SQL = {
     "date": "g.day::text",
     "workspace_id": _TEXT_SQL.format("g.workspace_id"),
-    "workspace_name": _TEXT_SQL.format("w.name"),
+    "workspace_name": "w.name",  # escaped once per name, in _names_join
     "api_key_hash": _TEXT_SQL.format("g.api_key_hash"),
-    "api_key_name": f"CASE WHEN g.api_key_hash = '' THEN %(unattributed)s ELSE {_TEXT_SQL.format('k.name')} END",
+    "api_key_name": "CASE WHEN g.api_key_hash = '' THEN %(unattributed)s ELSE k.name END",
     "model": _TEXT_SQL.format("g.model"),
     "model_permaslug": _TEXT_SQL.format("g.model_permaslug"),
     "provider_name": _TEXT_SQL.format("g.provider_name"),
@@ -221,7 +224,13 @@ def _copy_csv(connection_ids, start, end, group_by, filters) -> Iterator[str]:
     joins = "".join(_names_join(dimension, params) for dimension in NAMED_DIMENSIONS if dimension in group_by)
     columns = export_columns(group_by)
     select = ", ".join(f"{_COLUMN_SQL[name]} AS {name}" for name in columns)
-    order = f" ORDER BY {', '.join(f'g.{field}' for field in fields)}" if fields else ""
+    order = ""
+    if fields:
+        # Numbered in order before they are named and formatted, then written by number: sorting the
+        # formatted rows by their dimensions cost a 10k-row export a third more (each comparison reads
+        # past every formatted cell), and the hash joins that name the rows keep no order.
+        grouped = f"SELECT *, row_number() OVER (ORDER BY {', '.join(fields)}) AS export_position FROM ({grouped}) u"  # noqa: S608
+        order = " ORDER BY g.export_position"
     # Every identifier above is a constant of this module; values travel as parameters.
     sql = f"COPY (SELECT {select} FROM ({grouped}) g{joins}{order}) TO STDOUT (FORMAT csv, HEADER, NULL '')"  # noqa: S608
     # Naming every key must be a hash join: with statistics that lag behind a big sync (a new
@@ -243,12 +252,14 @@ NAMED_DIMENSIONS = {
 
 def _names_join(dimension: str, params: dict) -> str:
     """The join that names the grouped rows' workspaces or keys: the newest name per value across
-    the connections. With a filter on that dimension it reads the filtered name only (a key's
-    export read and sorted every key's name of the organization, 5 of its 9 ms at 2,000 keys)."""
+    the connections, escaped for the CSV once per name instead of once per row. With a filter on
+    that dimension it reads the filtered name only (a key's export read and sorted every key's name
+    of the organization, 5 of its 9 ms at 2,000 keys)."""
     alias, table, column = NAMED_DIMENSIONS[dimension]
     named = f" AND {column} = %(filter_{dimension})s" if f"filter_{dimension}" in params else ""
+    name = _TEXT_SQL.format("name")
     return (
-        f" LEFT JOIN (SELECT DISTINCT ON ({column}) {column}, name FROM {table}"  # noqa: S608
+        f" LEFT JOIN (SELECT DISTINCT ON ({column}) {column}, {name} AS name FROM {table}"  # noqa: S608
         f" WHERE connection_id = ANY(%(ids)s){named} ORDER BY {column}, id DESC) {alias}"
         f" ON {alias}.{column} = g.{FILTERS[dimension]}"
     )
