@@ -59,10 +59,15 @@ def export_columns(group_by: list[str]) -> list[str]:
 def export_records(
     *, connection_ids: list[int], start: date, end: date, group_by: list[str], filters=None
 ) -> Iterator[dict]:
+    # Oldest first, so that each value keeps its newest name across the connections (as _names_join).
     workspace_names = dict(
-        Workspace.objects.filter(connection_id__in=connection_ids).values_list("workspace_id", "name")
+        Workspace.objects.filter(connection_id__in=connection_ids)
+        .order_by("id")
+        .values_list("workspace_id", "name")
     )
-    key_names = dict(ApiKey.objects.filter(connection_id__in=connection_ids).values_list("key_hash", "name"))
+    key_names = dict(
+        ApiKey.objects.filter(connection_id__in=connection_ids).order_by("id").values_list("key_hash", "name")
+    )
     columns = export_columns(group_by)
     rows = usage_grouped(
         connection_ids=connection_ids, start=start, end=end, filters=filters, group_by=group_by

@@ -200,3 +200,46 @@ def test_both_csv_writers_agree_on_any_names(synced, emulator, workspace, key_na
             exports.write_csv(exports.export_records(**selection), exports.export_columns(group_by))
         )
         assert written == reference
+
+
+def test_a_company_with_two_connections_exports_the_same_bytes_from_both_writers(acme, emulator):
+    """Rows of the same day, key, model and provider in two connections are summed, and each key and
+    workspace is named by its newest name across them, by PostgreSQL's COPY as by the Python writer."""
+    from openrouter import exports
+    from openrouter.emulator import Emulator, EmulatorConfig
+    from openrouter.models import ApiKey, Workspace
+    from tests.support import TODAY
+    from usage.models import UNATTRIBUTED_LABEL, UsageDaily
+
+    first = connect(acme, emulator)
+    sync(first, emulator)
+    # A second organization of the company, holding copies of the first one's rows and names.
+    second = connect(acme, Emulator(EmulatorConfig(seed=8, keys=2, today=TODAY)), name="Second")
+    copies = list(UsageDaily.objects.filter(connection=first))
+    for row in copies:
+        row.pk, row.connection = None, second
+    UsageDaily.objects.bulk_create(copies)
+    for model in (Workspace, ApiKey):
+        renamed = list(model.objects.filter(connection=first).order_by("-pk"))
+        for item in renamed:
+            item.pk, item.connection, item.name = None, second, f"Renamed {item.name}"
+        model.objects.bulk_create(renamed)
+    start, end = emulator.truth.activity_window()
+
+    for group_by in (exports.ALL_DIMENSIONS, ["key"], ["day", "workspace"]):
+        selection = {
+            "connection_ids": [first.pk, second.pk],
+            "start": start,
+            "end": end,
+            "group_by": group_by,
+        }
+        written = "".join(exports.csv_chunks(**selection))
+        reference = "".join(
+            exports.write_csv(exports.export_records(**selection), exports.export_columns(group_by))
+        )
+        assert written == reference
+        rows = list(csv.DictReader(io.StringIO(written, newline="")))
+        assert sum(Decimal(row["spend_usd"]) for row in rows) == 2 * stored_total(first)
+        named = {row.get("api_key_name") or row.get("workspace_name") for row in rows} - {"", None}
+        if "key" in group_by or "workspace" in group_by:
+            assert named and all(name.startswith("Renamed ") or name == UNATTRIBUTED_LABEL for name in named)
