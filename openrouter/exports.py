@@ -232,8 +232,8 @@ def _copy_csv(connection_ids, start, end, group_by, filters) -> Iterator[str]:
     order = ""
     if fields:
         # Numbered in order before they are named and formatted, then written by number: sorting the
-        # formatted rows by their dimensions cost a 10k-row export a third more (each comparison reads
-        # past every formatted cell), and the hash joins that name the rows keep no order.
+        # formatted rows by their dimensions (the sort carried every formatted cell) cost a 10k-row
+        # export a third more, and the hash joins that name the rows keep no order of their own.
         grouped = f"SELECT *, row_number() OVER (ORDER BY {', '.join(fields)}) AS export_position FROM ({grouped}) u"  # noqa: S608
         order = " ORDER BY g.export_position"
     # Every identifier above is a constant of this module; values travel as parameters.
