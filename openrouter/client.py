@@ -269,9 +269,10 @@ class OpenRouterClient:
 
 
 def _error_message(response: httpx.Response, path: str) -> str:
-    """OpenRouter's own error message (it never echoes the key), else a generic one."""
+    """OpenRouter's own error message (it never echoes the key), else a generic one. A NUL becomes
+    U+FFFD: the message is stored in the event log, and PostgreSQL refuses NUL in text and JSON."""
     try:
-        message = str(response.json()["error"]["message"])[:300]
+        message = str(response.json()["error"]["message"])[:300].replace("\x00", "\ufffd")
     except (ValueError, KeyError, TypeError):
         message = ""
     return f"OpenRouter refused {path} ({response.status_code}){': ' + message if message else ''}."

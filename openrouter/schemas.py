@@ -43,8 +43,18 @@ def _field(record: dict, name: str, where: str, *, optional: bool = False):
 
 
 def _str(
-    record: dict, name: str, where: str, *, optional: bool = False, nullable: bool = False, max_len: int = 500
+    record: dict,
+    name: str,
+    where: str,
+    *,
+    optional: bool = False,
+    nullable: bool = False,
+    max_len: int = 500,
+    free_text: bool = False,
 ):
+    """A string field. JSON allows NUL (\\u0000), which PostgreSQL refuses in text: in free text
+    (names anyone with a key can set) it becomes U+FFFD, so one name cannot fail every sync of its
+    organization; in an identifier, which Doow sends back to OpenRouter, it is a broken answer."""
     value = _field(record, name, where, optional=optional)
     if value is None:
         if optional or nullable:
@@ -52,6 +62,10 @@ def _str(
         raise SchemaError(f"{where}: {name} must not be null")
     if not isinstance(value, str):
         raise SchemaError(f"{where}: {name} must be a string")
+    if "\x00" in value:
+        if not free_text:
+            raise SchemaError(f"{where}: {name} holds a NUL character")
+        value = value.replace("\x00", "\ufffd")
     if len(value) > max_len:
         raise SchemaError(f"{where}: {name} is longer than {max_len} characters")
     return value
@@ -191,7 +205,7 @@ def parse_current_key(payload) -> CurrentKey:
     if management is None:
         management = bool(_bool(record, "is_provisioning_key", where, optional=True))
     return CurrentKey(
-        label=masked_key_label(_str(record, "label", where) or ""),
+        label=masked_key_label(_str(record, "label", where, free_text=True) or ""),
         is_management_key=management,
         organization_id=_str(record, "organization_id", where, optional=True, nullable=True),
         creator_user_id=_str(record, "creator_user_id", where, optional=True, nullable=True),
@@ -227,8 +241,8 @@ def parse_key(record, where: str = "/keys item") -> KeyRecord:
         raise SchemaError(f"{where}: hash must not be empty")
     return KeyRecord(
         hash=key_hash,
-        name=_str(record, "name", where, max_len=300) or "",
-        label=masked_key_label(_str(record, "label", where, max_len=300) or ""),
+        name=_str(record, "name", where, max_len=300, free_text=True) or "",
+        label=masked_key_label(_str(record, "label", where, max_len=300, free_text=True) or ""),
         disabled=_bool(record, "disabled", where),
         workspace_id=_str(record, "workspace_id", where, optional=True, nullable=True, max_len=100) or "",
         creator_user_id=_str(record, "creator_user_id", where, optional=True, nullable=True, max_len=100),
@@ -322,8 +336,9 @@ def parse_workspaces(payload) -> tuple[list[WorkspaceRecord], int | None]:
         items.append(
             WorkspaceRecord(
                 id=_str(record, "id", where, max_len=100),
-                name=_str(record, "name", where, max_len=200) or "",
-                slug=_str(record, "slug", where, optional=True, nullable=True, max_len=200) or "",
+                name=_str(record, "name", where, max_len=200, free_text=True) or "",
+                slug=_str(record, "slug", where, optional=True, nullable=True, max_len=200, free_text=True)
+                or "",
                 created_at=_datetime(record, "created_at", where, optional=True, nullable=True),
             )
         )
@@ -347,9 +362,16 @@ def parse_members(payload) -> tuple[list[MemberRecord], int | None]:
         items.append(
             MemberRecord(
                 id=_str(record, "id", where, max_len=100),
-                email=_str(record, "email", where, optional=True, nullable=True, max_len=254) or "",
-                first_name=_str(record, "first_name", where, optional=True, nullable=True, max_len=150) or "",
-                last_name=_str(record, "last_name", where, optional=True, nullable=True, max_len=150) or "",
+                email=_str(record, "email", where, optional=True, nullable=True, max_len=254, free_text=True)
+                or "",
+                first_name=_str(
+                    record, "first_name", where, optional=True, nullable=True, max_len=150, free_text=True
+                )
+                or "",
+                last_name=_str(
+                    record, "last_name", where, optional=True, nullable=True, max_len=150, free_text=True
+                )
+                or "",
                 role=_str(record, "role", where, optional=True, nullable=True, max_len=50) or "",
             )
         )
@@ -398,7 +420,7 @@ def parse_models(payload) -> list[ModelRecord]:
                 slug=slug,
                 permaslug=_str(record, "canonical_slug", where, optional=True, nullable=True, max_len=200)
                 or slug,
-                name=_str(record, "name", where, max_len=300) or slug,
+                name=_str(record, "name", where, max_len=300, free_text=True) or slug,
                 context_length=context
                 if isinstance(context, int)
                 and not isinstance(context, bool)

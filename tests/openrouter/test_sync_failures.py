@@ -264,3 +264,26 @@ def test_keys_read_after_midnight_do_not_overwrite_the_previous_days_snapshot(
     assert len(late) < len(on_day), "the first page was read before midnight"
     taken = snapshots.filter(day=day + timedelta(days=1)).values_list("taken_at", flat=True)
     assert all(t.date() == day + timedelta(days=1) for t in taken)
+
+
+def test_a_refusal_whose_message_holds_a_nul_character_is_recorded(connection, emulator):
+    """OpenRouter's message goes into the event log, where PostgreSQL refuses NUL in text and JSON:
+    the refusal is recorded with U+FFFD in its place, not lost to a database error."""
+    import respx
+
+    def answer(request):
+        if request.url.path.endswith("/credits"):
+            return httpx.Response(402, json={"error": {"code": 402, "message": "Pay\x00up"}})
+        return emulator.transport().handle_request(request)
+
+    with respx.mock(base_url=EMULATOR_BASE_URL, assert_all_called=False) as router:
+        router.route().mock(side_effect=answer)
+        result = sync_connection(connection.pk, base_url=EMULATOR_BASE_URL, sleep=lambda s: None)
+
+    run = SyncRun.objects.get(pk=result.run_id)
+    assert run.error_summary == "http_402"
+    details = [event.detail for event in SyncEvent.objects.filter(run=run) if event.detail]
+    assert {
+        "status": "http_402",
+        "provider_message": "OpenRouter refused /credits (402): Pay\ufffdup.",
+    } in details

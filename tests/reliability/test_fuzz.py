@@ -187,3 +187,65 @@ def test_a_sync_fed_hostile_activity_writes_nothing(acme, items):
     assert result.status in ("failed", "partial", "succeeded")
     if result.status != "succeeded":
         assert not UsageDaily.objects.filter(connection=connection).exists()
+
+
+@pytest.mark.django_db
+def test_a_nul_character_in_a_name_is_shown_as_a_replacement_and_the_sync_goes_on(acme):
+    """Names are free text that anyone with a key can set, and JSON allows \\u0000, which PostgreSQL
+    refuses in text: the sync stores U+FFFD in its place instead of failing at every attempt."""
+    import respx
+
+    from openrouter.models import ApiKey, Member, Workspace
+    from openrouter.sync import sync_connection
+    from tests.support import TODAY, connect, noon
+
+    emulator = Emulator(EmulatorConfig(seed=5, keys=4, today=TODAY))
+    connection = connect(acme, emulator)
+
+    def answer(request):
+        response = emulator.transport().handle_request(request)
+        path = request.url.path
+        if not path.endswith(("/keys", "/workspaces", "/organization/members")):
+            return response
+        payload = json.loads(response.read())
+        for record in payload["data"]:
+            for field in ("name", "first_name", "email"):
+                if isinstance(record.get(field), str):
+                    record[field] = "Evil\x00" + record[field]
+        return httpx.Response(200, json=payload)
+
+    with respx.mock(base_url="http://emulator/api/v1", assert_all_called=False) as router:
+        router.route().mock(side_effect=answer)
+        result = sync_connection(
+            connection.pk, base_url="http://emulator/api/v1", sleep=lambda s: None, now=noon(TODAY)
+        )
+
+    assert result.status == "succeeded", result
+    names = [
+        *ApiKey.objects.filter(connection=connection).values_list("name", flat=True),
+        *Workspace.objects.filter(connection=connection).values_list("name", flat=True),
+        *Member.objects.filter(connection=connection).values_list("first_name", flat=True),
+    ]
+    assert names and all(name.startswith("Evil\ufffd") for name in names)
+
+
+@pytest.mark.parametrize(
+    ("parse", "record", "field"),
+    [
+        (schemas.parse_keys, {"hash": "ab\x00cd", "name": "k"}, "hash"),
+        (schemas.parse_activity, {"model": "openai/\x00gpt"}, "model"),
+        (schemas.parse_workspaces, {"id": "ws\x00", "name": "w"}, "id"),
+    ],
+)
+def test_a_nul_character_in_an_identifier_is_a_schema_error(parse, record, field):
+    """Identifiers come from OpenRouter itself and are sent back to it: one holding a NUL is a broken
+    answer, refused clearly rather than stored altered."""
+    path = {
+        schemas.parse_keys: "/keys",
+        schemas.parse_activity: "/activity",
+        schemas.parse_workspaces: "/workspaces",
+    }
+    payload = valid_payloads()[path[parse]]
+    item = dict(payload["data"][0], **record)
+    with pytest.raises(schemas.SchemaError, match=f"{field}.*NUL"):
+        parse({**payload, "data": [item]})
