@@ -269,10 +269,10 @@ class OpenRouterClient:
 
 
 def _error_message(response: httpx.Response, path: str) -> str:
-    """OpenRouter's own error message (it never echoes the key), else a generic one. A NUL becomes
-    U+FFFD: the message is stored in the event log, and PostgreSQL refuses NUL in text and JSON."""
+    """OpenRouter's own error message (it never echoes the key), else a generic one. A NUL or a lone
+    surrogate becomes U+FFFD: the message is stored in the event log, which cannot hold either."""
     try:
-        message = str(response.json()["error"]["message"])[:300].replace("\x00", "\ufffd")
+        message = schemas.UNSTORABLE_TEXT.sub("\ufffd", str(response.json()["error"]["message"])[:300])
     except (ValueError, KeyError, TypeError):
         message = ""
     return f"OpenRouter refused {path} ({response.status_code}){': ' + message if message else ''}."

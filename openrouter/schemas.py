@@ -5,6 +5,7 @@ SchemaError, and nothing partial is returned. Money arrives as JSON numbers and 
 (the client parses floats as Decimal), never summed as float.
 """
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
@@ -42,6 +43,10 @@ def _field(record: dict, name: str, where: str, *, optional: bool = False):
     return record[name]
 
 
+# Characters JSON can carry and no database stores as text: NUL and lone UTF-16 surrogates.
+UNSTORABLE_TEXT = re.compile("[\x00\ud800-\udfff]")
+
+
 def _str(
     record: dict,
     name: str,
@@ -52,9 +57,10 @@ def _str(
     max_len: int = 500,
     free_text: bool = False,
 ):
-    """A string field. JSON allows NUL (\\u0000), which PostgreSQL refuses in text: in free text
-    (names anyone with a key can set) it becomes U+FFFD, so one name cannot fail every sync of its
-    organization; in an identifier, which Doow sends back to OpenRouter, it is a broken answer."""
+    """A string field. JSON allows NUL (\\u0000) and lone surrogates (\\ud800), which no database
+    stores as text: in free text (names anyone with a key can set) each becomes U+FFFD, so one name
+    cannot fail every sync of its organization; in an identifier, which Doow sends back to
+    OpenRouter, it is a broken answer."""
     value = _field(record, name, where, optional=optional)
     if value is None:
         if optional or nullable:
@@ -62,10 +68,10 @@ def _str(
         raise SchemaError(f"{where}: {name} must not be null")
     if not isinstance(value, str):
         raise SchemaError(f"{where}: {name} must be a string")
-    if "\x00" in value:
+    if UNSTORABLE_TEXT.search(value):
         if not free_text:
-            raise SchemaError(f"{where}: {name} holds a NUL character")
-        value = value.replace("\x00", "\ufffd")
+            raise SchemaError(f"{where}: {name} holds a NUL character or a lone surrogate")
+        value = UNSTORABLE_TEXT.sub("\ufffd", value)
     if len(value) > max_len:
         raise SchemaError(f"{where}: {name} is longer than {max_len} characters")
     return value

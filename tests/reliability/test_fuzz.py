@@ -190,9 +190,10 @@ def test_a_sync_fed_hostile_activity_writes_nothing(acme, items):
 
 
 @pytest.mark.django_db
-def test_a_nul_character_in_a_name_is_shown_as_a_replacement_and_the_sync_goes_on(acme):
-    """Names are free text that anyone with a key can set, and JSON allows \\u0000, which PostgreSQL
-    refuses in text: the sync stores U+FFFD in its place instead of failing at every attempt."""
+def test_a_nul_or_a_lone_surrogate_in_a_name_is_shown_as_a_replacement_and_the_sync_goes_on(acme):
+    """Names are free text that anyone with a key can set, and JSON allows \\u0000 and \\ud800, which
+    no database stores as text: the sync stores U+FFFD in their place instead of failing at every
+    attempt."""
     import respx
 
     from openrouter.models import ApiKey, Member, Workspace
@@ -211,8 +212,11 @@ def test_a_nul_character_in_a_name_is_shown_as_a_replacement_and_the_sync_goes_o
         for record in payload["data"]:
             for field in ("name", "first_name", "email"):
                 if isinstance(record.get(field), str):
-                    record[field] = "Evil\x00" + record[field]
-        return httpx.Response(200, json=payload)
+                    record[field] = "Evil\x00\ud800" + record[field]
+        # json.dumps escapes them as JSON may (\u0000, \ud800); httpx's json= would write raw UTF-8.
+        return httpx.Response(
+            200, content=json.dumps(payload).encode(), headers={"content-type": "application/json"}
+        )
 
     with respx.mock(base_url="http://emulator/api/v1", assert_all_called=False) as router:
         router.route().mock(side_effect=answer)
@@ -226,7 +230,7 @@ def test_a_nul_character_in_a_name_is_shown_as_a_replacement_and_the_sync_goes_o
         *Workspace.objects.filter(connection=connection).values_list("name", flat=True),
         *Member.objects.filter(connection=connection).values_list("first_name", flat=True),
     ]
-    assert names and all(name.startswith("Evil\ufffd") for name in names)
+    assert names and all(name.startswith("Evil\ufffd\ufffd") for name in names)
 
 
 @pytest.mark.parametrize(
@@ -235,9 +239,10 @@ def test_a_nul_character_in_a_name_is_shown_as_a_replacement_and_the_sync_goes_o
         (schemas.parse_keys, {"hash": "ab\x00cd", "name": "k"}, "hash"),
         (schemas.parse_activity, {"model": "openai/\x00gpt"}, "model"),
         (schemas.parse_workspaces, {"id": "ws\x00", "name": "w"}, "id"),
+        (schemas.parse_keys, {"hash": "ab\udc00cd", "name": "k"}, "hash"),
     ],
 )
-def test_a_nul_character_in_an_identifier_is_a_schema_error(parse, record, field):
+def test_a_nul_or_a_lone_surrogate_in_an_identifier_is_a_schema_error(parse, record, field):
     """Identifiers come from OpenRouter itself and are sent back to it: one holding a NUL is a broken
     answer, refused clearly rather than stored altered."""
     path = {
