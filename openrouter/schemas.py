@@ -57,10 +57,11 @@ def _str(
     max_len: int = 500,
     free_text: bool = False,
 ):
-    """A string field. JSON allows NUL (\\u0000) and lone surrogates (\\ud800), which no database
-    stores as text: in free text (names anyone with a key can set) each becomes U+FFFD, so one name
-    cannot fail every sync of its organization; in an identifier, which Doow sends back to
-    OpenRouter, it is a broken answer."""
+    """A string field. Free text (names anyone with a key can set) is made storable rather than
+    refused, so that one name cannot fail every sync of its organization: NUL (\\u0000) and lone
+    surrogates (\\ud800), which JSON allows and no database stores as text, become U+FFFD, and a
+    name longer than its column is cut to it, ending in "…". In an identifier, which Doow sends back
+    to OpenRouter, either is a broken answer."""
     value = _field(record, name, where, optional=optional)
     if value is None:
         if optional or nullable:
@@ -73,7 +74,9 @@ def _str(
             raise SchemaError(f"{where}: {name} holds a NUL character or a lone surrogate")
         value = UNSTORABLE_TEXT.sub("\ufffd", value)
     if len(value) > max_len:
-        raise SchemaError(f"{where}: {name} is longer than {max_len} characters")
+        if not free_text:
+            raise SchemaError(f"{where}: {name} is longer than {max_len} characters")
+        value = value[: max_len - 1] + "…"
     return value
 
 

@@ -254,3 +254,31 @@ def test_a_nul_or_a_lone_surrogate_in_an_identifier_is_a_schema_error(parse, rec
     item = dict(payload["data"][0], **record)
     with pytest.raises(schemas.SchemaError, match=f"{field}.*NUL"):
         parse({**payload, "data": [item]})
+
+
+@pytest.mark.parametrize(
+    ("parse", "path", "field", "column"),
+    [
+        (schemas.parse_keys, "/keys", "name", 300),
+        (schemas.parse_workspaces, "/workspaces", "name", 200),
+        (schemas.parse_members, "/organization/members", "first_name", 150),
+        (schemas.parse_models, "/models", "name", 300),
+    ],
+)
+def test_a_name_longer_than_its_column_is_cut_to_it(parse, path, field, column):
+    """Refusing a name longer than Doow stores would stop every sync of its organization: it is cut
+    to the column, and the cut shows."""
+    payload = valid_payloads()[path]
+    item = dict(payload["data"][0], **{field: "x" * 5000})
+
+    parsed = parse({**payload, "data": [item]})
+
+    record = (parsed[0] if isinstance(parsed, tuple) else parsed)[0]
+    assert getattr(record, field) == "x" * (column - 1) + "…"
+
+
+def test_an_identifier_longer_than_its_column_is_a_schema_error():
+    payload = valid_payloads()["/keys"]
+    item = dict(payload["data"][0], hash="a" * 101)
+    with pytest.raises(schemas.SchemaError, match="hash is longer than 100"):
+        schemas.parse_keys({**payload, "data": [item]})
