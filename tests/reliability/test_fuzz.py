@@ -234,44 +234,39 @@ def test_a_nul_or_a_lone_surrogate_in_a_name_is_shown_as_a_replacement_and_the_s
 
 
 @pytest.mark.parametrize(
-    ("parse", "record", "field"),
+    ("path", "record", "field"),
     [
-        (schemas.parse_keys, {"hash": "ab\x00cd", "name": "k"}, "hash"),
-        (schemas.parse_activity, {"model": "openai/\x00gpt"}, "model"),
-        (schemas.parse_workspaces, {"id": "ws\x00", "name": "w"}, "id"),
-        (schemas.parse_keys, {"hash": "ab\udc00cd", "name": "k"}, "hash"),
+        ("/keys", {"hash": "ab\x00cd", "name": "k"}, "hash"),
+        ("/activity", {"model": "openai/\x00gpt"}, "model"),
+        ("/workspaces", {"id": "ws\x00", "name": "w"}, "id"),
+        ("/keys", {"hash": "ab\udc00cd", "name": "k"}, "hash"),
     ],
 )
-def test_a_nul_or_a_lone_surrogate_in_an_identifier_is_a_schema_error(parse, record, field):
+def test_a_nul_or_a_lone_surrogate_in_an_identifier_is_a_schema_error(path, record, field):
     """Identifiers come from OpenRouter itself and are sent back to it: one holding a NUL is a broken
     answer, refused clearly rather than stored altered."""
-    path = {
-        schemas.parse_keys: "/keys",
-        schemas.parse_activity: "/activity",
-        schemas.parse_workspaces: "/workspaces",
-    }
-    payload = valid_payloads()[path[parse]]
+    payload = valid_payloads()[path]
     item = dict(payload["data"][0], **record)
     with pytest.raises(schemas.SchemaError, match=f"{field}.*NUL"):
-        parse({**payload, "data": [item]})
+        PARSERS[path]({**payload, "data": [item]})
 
 
 @pytest.mark.parametrize(
-    ("parse", "path", "field", "column"),
+    ("path", "field", "column"),
     [
-        (schemas.parse_keys, "/keys", "name", 300),
-        (schemas.parse_workspaces, "/workspaces", "name", 200),
-        (schemas.parse_members, "/organization/members", "first_name", 150),
-        (schemas.parse_models, "/models", "name", 300),
+        ("/keys", "name", 300),
+        ("/workspaces", "name", 200),
+        ("/organization/members", "first_name", 150),
+        ("/models", "name", 300),
     ],
 )
-def test_a_name_longer_than_its_column_is_cut_to_it(parse, path, field, column):
+def test_a_name_longer_than_its_column_is_cut_to_it(path, field, column):
     """Refusing a name longer than Doow stores would stop every sync of its organization: it is cut
     to the column, and the cut shows."""
     payload = valid_payloads()[path]
     item = dict(payload["data"][0], **{field: "x" * 5000})
 
-    parsed = parse({**payload, "data": [item]})
+    parsed = PARSERS[path]({**payload, "data": [item]})
 
     record = (parsed[0] if isinstance(parsed, tuple) else parsed)[0]
     assert getattr(record, field) == "x" * (column - 1) + "…"
