@@ -81,6 +81,18 @@ def test_bad_arguments_fail_clearly(synced):
         export("--from", "2026-11-10", "--to", "2026-11-01")
 
 
+def csv_from_both_writers(**selection) -> tuple[str, str]:
+    """The export as PostgreSQL writes it (COPY; elsewhere the Python writer) and as the Python writer
+    writes it, the reference."""
+    from openrouter import exports
+
+    written = "".join(exports.csv_chunks(**selection))
+    reference = "".join(
+        exports.write_csv(exports.export_records(**selection), exports.export_columns(selection["group_by"]))
+    )
+    return written, reference
+
+
 EXPORT_SHAPES = [
     (["day", "workspace", "key", "model", "provider"], {}),
     (["key"], {}),
@@ -95,7 +107,6 @@ EXPORT_SHAPES = [
 @pytest.mark.parametrize(("group_by", "filters"), EXPORT_SHAPES)
 def test_every_csv_writer_writes_the_same_bytes(synced, emulator, group_by, filters):
     """PostgreSQL writes the CSV itself (COPY); the Python writer is the reference: same bytes."""
-    from openrouter import exports
     from openrouter.models import ApiKey, Workspace
     from usage.selectors import FILTERS
 
@@ -111,12 +122,7 @@ def test_every_csv_writer_writes_the_same_bytes(synced, emulator, group_by, filt
     }
     selection = {"connection_ids": [synced.pk], "start": start, "end": end, "group_by": group_by}
 
-    written = "".join(exports.csv_chunks(**selection, filters=filters))
-    reference = "".join(
-        exports.write_csv(
-            exports.export_records(**selection, filters=filters), exports.export_columns(group_by)
-        )
-    )
+    written, reference = csv_from_both_writers(**selection, filters=filters)
 
     assert written == reference
     assert len(written.splitlines()) > 1
@@ -145,10 +151,7 @@ def test_names_a_spreadsheet_would_run_as_formulas_are_exported_as_text(synced, 
         "group_by": exports.ALL_DIMENSIONS,
     }
 
-    written = "".join(exports.csv_chunks(**selection))
-    reference = "".join(
-        exports.write_csv(exports.export_records(**selection), exports.export_columns(exports.ALL_DIMENSIONS))
-    )
+    written, reference = csv_from_both_writers(**selection)
 
     assert written == reference
     rows = list(csv.DictReader(io.StringIO(written, newline="")))
@@ -195,10 +198,7 @@ def test_both_csv_writers_agree_on_any_names(synced, emulator, workspace, key_na
     start, end = emulator.truth.activity_window()
     for group_by in (exports.ALL_DIMENSIONS, ["workspace", "key", "model"]):
         selection = {"connection_ids": [synced.pk], "start": start, "end": end, "group_by": group_by}
-        written = "".join(exports.csv_chunks(**selection))
-        reference = "".join(
-            exports.write_csv(exports.export_records(**selection), exports.export_columns(group_by))
-        )
+        written, reference = csv_from_both_writers(**selection)
         assert written == reference
 
 
@@ -233,10 +233,7 @@ def test_a_company_with_two_connections_exports_the_same_bytes_from_both_writers
             "end": end,
             "group_by": group_by,
         }
-        written = "".join(exports.csv_chunks(**selection))
-        reference = "".join(
-            exports.write_csv(exports.export_records(**selection), exports.export_columns(group_by))
-        )
+        written, reference = csv_from_both_writers(**selection)
         assert written == reference
         rows = list(csv.DictReader(io.StringIO(written, newline="")))
         assert sum(Decimal(row["spend_usd"]) for row in rows) == 2 * stored_total(first)
