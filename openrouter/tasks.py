@@ -1,6 +1,6 @@
 import logging
 
-from celery import shared_task
+from celery import shared_task, signals
 from celery.exceptions import MaxRetriesExceededError
 from django.conf import settings
 from django.utils import timezone
@@ -9,6 +9,14 @@ from openrouter.client import OpenRouterClient, backoff_seconds
 from openrouter.sync import models_upsert, sync_connection
 
 logger = logging.getLogger(__name__)
+
+
+@signals.worker_init.connect
+def load_http_client(**kwargs) -> None:
+    """Build the TLS context and import the HTTP stack once, in the worker's main process: the pool's
+    processes are forked from it and share both, where each would otherwise spend ~50 ms of CPU on
+    them during its first sync."""
+    OpenRouterClient(None).close()
 
 
 def retry_countdown(*, retries: int, retry_after: float | None) -> int:

@@ -5,6 +5,7 @@ from datetime import timedelta
 from unittest import mock
 
 import pytest
+from celery import signals
 from celery.exceptions import Retry
 from django.conf import settings
 from django.utils import timezone
@@ -13,10 +14,11 @@ from integrations import tasks as integrations_tasks
 from integrations.models import Connection, SyncRun
 from integrations.services import connection_disconnect
 from integrations.tasks import enqueue_due_syncs
+from openrouter import client as openrouter_client
 from openrouter.emulator import Fault
 from openrouter.models import ApiKey
 from openrouter.sync import SyncResult
-from openrouter.tasks import retry_countdown, sync_connection_task
+from openrouter.tasks import load_http_client, retry_countdown, sync_connection_task
 from tests.support import connect, stored_total, sync, thread_with_own_connection
 from usage.models import UsageDaily
 
@@ -29,6 +31,14 @@ def test_retry_countdown_honours_retry_after_and_stays_below_the_visibility_time
         assert 15 <= retry_countdown(retries=retries, retry_after=None) <= cap
     assert cap + settings.CELERY_TASK_TIME_LIMIT < settings.CELERY_VISIBILITY_TIMEOUT
     assert settings.CELERY_TASK_SOFT_TIME_LIMIT < settings.CELERY_TASK_TIME_LIMIT
+
+
+def test_the_worker_builds_the_tls_context_before_it_forks_its_pool():
+    receivers = [ref() for _key, ref in signals.worker_init.receivers]
+    assert load_http_client in receivers  # worker_init runs in the main process, before the fork
+    openrouter_client._ssl_context.cache_clear()
+    load_http_client()
+    assert openrouter_client._ssl_context.cache_info().currsize == 1
 
 
 @pytest.mark.parametrize(
