@@ -61,3 +61,6 @@ def test_every_benchmark_runs_at_a_tiny_size(tmp_path):
         rows.append([cell.strip() for cell in line.split("|")[1:-1]])
     assert {row[0][:2] for row in rows} == {"1.", "2.", "3.", "4.", "5."}
     assert all(row[-1] in ("yes", "no") for row in rows)
+    # The top fan-out concurrency runs more than once; its row names every run's efficiency.
+    (fanout,) = [row for row in rows if row[0].startswith("4.")]
+    assert "best of 2 runs" in fanout[1]
