@@ -129,7 +129,7 @@ def sync_connection(
     base_url: str | None = None,
 ) -> SyncResult:
     """Run one sync in the calling process. Safe to call concurrently: only one holds the lease."""
-    connection = Connection.objects.select_related("company").filter(pk=connection_id).first()
+    connection = Connection.objects.filter(pk=connection_id).first()
     if connection is None or connection.state == ConnectionState.DISCONNECTED or not connection.secret:
         return SyncResult(status=SyncRunStatus.SKIPPED)
     token = sync_claim(connection_id=connection_id)
