@@ -258,7 +258,7 @@ def run(sizes) -> Outcome:
         "each level.",
         f"Concurrency {top_concurrency} runs {sizes.fanout_top_runs} times and its row reports the best run, "
         "as `timeit` reports the fastest: there the syncs keep both cores busy, so efficiency follows the "
-        "machine's speed, which drifts between minutes on a shared host (machine CPU for the same 500 "
-        "syncs measured 31.6 s and 41.5 s ten minutes apart, 70% and 60%). Every run is in the table.",
+        "machine's speed, which drifts from one minute to the next on a shared host (see the machine CPU "
+        "the same 500 syncs took in each run). Every run is in the table.",
     ]
     return outcome
