@@ -272,7 +272,7 @@ def _error_message(response: httpx.Response, path: str) -> str:
     """OpenRouter's own error message (it never echoes the key), else a generic one. A NUL or a lone
     surrogate becomes U+FFFD: the message is stored in the event log, which cannot hold either."""
     try:
-        message = schemas.UNSTORABLE_TEXT.sub("\ufffd", str(response.json()["error"]["message"])[:300])
+        message = schemas.storable_text(str(response.json()["error"]["message"])[:300])
     except (ValueError, KeyError, TypeError):
         message = ""
     return f"OpenRouter refused {path} ({response.status_code}){': ' + message if message else ''}."

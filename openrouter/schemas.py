@@ -47,6 +47,11 @@ def _field(record: dict, name: str, where: str, *, optional: bool = False):
 UNSTORABLE_TEXT = re.compile("[\x00\ud800-\udfff]")
 
 
+def storable_text(value: str) -> str:
+    """`value` with each NUL or lone surrogate replaced by U+FFFD."""
+    return UNSTORABLE_TEXT.sub("\ufffd", value)
+
+
 def _str(
     record: dict,
     name: str,
@@ -74,7 +79,7 @@ def _str(
     if (not value.isascii() or "\x00" in value) and UNSTORABLE_TEXT.search(value):
         if not free_text:
             raise SchemaError(f"{where}: {name} holds a NUL character or a lone surrogate")
-        value = UNSTORABLE_TEXT.sub("\ufffd", value)
+        value = storable_text(value)
     if len(value) > max_len:
         if not free_text:
             raise SchemaError(f"{where}: {name} is longer than {max_len} characters")
