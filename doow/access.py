@@ -22,13 +22,14 @@ def membership_for(user, company_slug: str, roles: Iterable[str] = ALL_ROLES) ->
 
     An outsider gets 404, so a company's existence never leaks; a member with the wrong role gets 403.
     """
-    membership = (
-        Membership.objects.select_related("company").filter(user=user, company__slug=company_slug).first()
-        if user.is_authenticated
-        else None
-    )
-    if membership is None:
+    if not user.is_authenticated:
         raise Http404("No such company")
+    try:
+        # get(), not first(): one membership per user and company, and first() would order by the
+        # company's name, a sort compiled and run on every request for one row.
+        membership = Membership.objects.select_related("company").get(user=user, company__slug=company_slug)
+    except Membership.DoesNotExist:
+        raise Http404("No such company") from None
     if membership.role not in roles:
         raise PermissionDenied("Your role in this company does not allow this.")
     return membership

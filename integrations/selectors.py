@@ -19,6 +19,16 @@ def connection_get(*, company: Company, connection_id: int) -> Connection:
     return get_object_or_404(Connection, company=company, pk=connection_id)
 
 
+def connection_find(connection_id: int) -> Connection | None:
+    """A connection by id for background work (no request, so no company to scope it by), or None
+    if it was deleted. Not filter().first(): that sorts by the model's ordering, a join with the
+    company for one row, paid by every task."""
+    try:
+        return Connection.objects.get(pk=connection_id)
+    except Connection.DoesNotExist:
+        return None
+
+
 def sync_event_list(
     *, company: Company, connection: Connection | None = None, level=None, kind=None, day=None, after_id=None
 ) -> QuerySet[SyncEvent]:

@@ -44,6 +44,7 @@ from integrations.models import (
     SyncRunStatus,
 )
 from integrations.providers import ProviderError
+from integrations.selectors import connection_find
 from integrations.services import (
     connection_mark_attention,
     connection_secret,
@@ -129,7 +130,7 @@ def sync_connection(
     base_url: str | None = None,
 ) -> SyncResult:
     """Run one sync in the calling process. Safe to call concurrently: only one holds the lease."""
-    connection = Connection.objects.filter(pk=connection_id).first()
+    connection = connection_find(connection_id)
     if connection is None or connection.state == ConnectionState.DISCONNECTED or not connection.secret:
         return SyncResult(status=SyncRunStatus.SKIPPED)
     token = sync_claim(connection_id=connection_id)
@@ -634,7 +635,9 @@ class _SyncJob:
                 missing_since=self.now
             )
             if seen_page_size and seen_page_size != page_size:
-                config = Connection.objects.get(pk=self.connection.pk).config
+                config = (
+                    Connection.objects.filter(pk=self.connection.pk).values_list("config", flat=True).get()
+                )
                 config[PAGE_SIZE_CONFIG] = seen_page_size
                 Connection.objects.filter(pk=self.connection.pk).update(config=config)
 

@@ -50,11 +50,12 @@ def record_give_up(connection_id: int, result, *, attempts: int) -> None:
     """The task's retries are used up: say so in the connection's event log (the last run's own
     message promised a retry). The connection stays scheduled: sync_run_finish set its next sync,
     and one without (next_sync_at empty) is due at the next beat tick."""
-    from integrations.models import Connection, ConnectionState, EventKind, EventLevel, SyncRun
+    from integrations.models import ConnectionState, EventKind, EventLevel, SyncRun
+    from integrations.selectors import connection_find
     from integrations.services import sync_event_add
 
     logger.warning("Sync of connection %s gave up after %s attempts", connection_id, attempts)
-    connection = Connection.objects.filter(pk=connection_id).first()
+    connection = connection_find(connection_id)
     if connection is None or connection.state == ConnectionState.DISCONNECTED:
         return
     run = SyncRun.objects.filter(pk=result.run_id).first() if result.run_id else None
@@ -86,10 +87,10 @@ def refresh_models_task() -> int:
 @shared_task(name="openrouter.evaluate_alerts", ignore_result=True)
 def evaluate_alerts_task(connection_id: int) -> int:
     """After each sync: budgets, credits, key limits, sync health and anomalies (openrouter/alerts.py)."""
-    from integrations.models import Connection
+    from integrations.selectors import connection_find
     from openrouter.alerts import evaluate_alerts
 
-    connection = Connection.objects.filter(pk=connection_id).first()
+    connection = connection_find(connection_id)
     if connection is None:
         return 0
     return len(evaluate_alerts(connection=connection))
@@ -99,11 +100,11 @@ def evaluate_alerts_task(connection_id: int) -> int:
 def warm_reports_task(connection_id: int) -> bool:
     """Compute the detail page's default view after a sync wrote new data, so the first reader
     does not wait for aggregates over the whole month (usage/cache.py keeps them)."""
-    from integrations.models import Connection
+    from integrations.selectors import connection_find
     from openrouter import insights
     from openrouter.report import DetailQuery, detail_report
 
-    connection = Connection.objects.filter(pk=connection_id).first()
+    connection = connection_find(connection_id)
     if connection is None:
         return False
     detail_report(connection=connection, query=DetailQuery())
