@@ -81,6 +81,28 @@ def test_upsert_fills_unnamed_fields_with_model_defaults(connection):
     assert (key.label, key.disabled, key.usage, key.limit, key.fetched_usage) == ("", False, 0, None, None)
 
 
+def test_upserts_of_one_model_with_other_fields_each_write_their_own(connection):
+    """The statements are worked out once per model and field names: another set of names, or of
+    fields to update, gets statements of its own, never the first one's."""
+
+    def upsert_key(fields, values, update_fields):
+        bulk.upsert(
+            ApiKey,
+            ("company_id", "connection_id", "key_hash", *fields),
+            [(connection.company_id, connection.pk, "k1", *values)],
+            unique_fields=("connection_id", "key_hash"),
+            update_fields=update_fields,
+        )
+
+    upsert_key(("name",), ("first",), ("name",))
+    upsert_key(("name", "label"), ("second", "label one"), ("name", "label"))
+    upsert_key(("label", "name"), ("label two", "third"), ("name",))  # the label is not updated
+    upsert_key(("name",), ("fourth",), ("name",))
+
+    key = ApiKey.objects.get(connection=connection, key_hash="k1")
+    assert (key.name, key.label) == ("fourth", "label one")
+
+
 def test_upsert_without_update_fields_keeps_existing_rows(connection):
     upsert_usage(connection, [usage_row(connection, "a", "1")])
     bulk.upsert(
