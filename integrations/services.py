@@ -287,14 +287,22 @@ def sync_lease_seconds() -> int:
 
 
 def sync_claim(*, connection_id: int) -> str | None:
-    """Claim the connection for one sync. Returns a lease token, or None if another sync holds it."""
+    """Claim the connection for one sync and show it syncing. Returns a lease token, or None if
+    another sync holds it (nothing is changed then)."""
     now = timezone.now()
     token = std_secrets.token_hex(16)
     claimed = (
         Connection.objects.filter(pk=connection_id)
         .exclude(state=ConnectionState.DISCONNECTED)
         .filter(Q(sync_lease_until__isnull=True) | Q(sync_lease_until__lt=now))
-        .update(sync_lease_until=now + timedelta(seconds=sync_lease_seconds()), sync_lease_token=token)
+        .update(
+            sync_lease_until=now + timedelta(seconds=sync_lease_seconds()),
+            sync_lease_token=token,
+            # In the claim's statement, not one of its own: a small sync makes ~35 statements.
+            state=ConnectionState.SYNCING,
+            last_sync_attempt_at=now,
+            sync_progress={"phase": "starting"},
+        )
     )
     return token if claimed == 1 else None
 
@@ -306,8 +314,9 @@ def sync_release(*, connection_id: int, token: str) -> None:
 
 
 def sync_run_start(*, connection: Connection, trigger: str, attempt: int = 1) -> SyncRun:
-    """Open a run. Called with the lease held, so any other run still marked running belongs to a
-    worker that died (its lease lapsed): close it as failed so the log tells the truth."""
+    """Open a run. Called with the lease held (sync_claim, which showed the connection syncing), so
+    any other run still marked running belongs to a worker that died (its lease lapsed): close it as
+    failed so the log tells the truth."""
     now = timezone.now()
     orphans = list(SyncRun.objects.filter(connection=connection, status=SyncRunStatus.RUNNING))
     for orphan in orphans:
@@ -324,9 +333,6 @@ def sync_run_start(*, connection: Connection, trigger: str, attempt: int = 1) ->
         )
     run = SyncRun.objects.create(
         company_id=connection.company_id, connection=connection, trigger=trigger, attempt=attempt
-    )
-    Connection.objects.filter(pk=connection.pk).exclude(state=ConnectionState.DISCONNECTED).update(
-        state=ConnectionState.SYNCING, last_sync_attempt_at=now, sync_progress={"phase": "starting"}
     )
     sync_event_add(
         connection=connection,

@@ -331,7 +331,7 @@ class _SyncJob:
         # Organization-level records read (credits, workspaces, members), written with the next batch.
         self.pending_writes: list[Callable[[], object]] = []
         self.unshown_progress: dict | None = None
-        self.progress_shown_at = time.monotonic()  # sync_run_start showed "starting"
+        self.progress_shown_at = time.monotonic()  # sync_claim showed "starting"
 
     # --- bookkeeping
 
