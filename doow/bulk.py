@@ -115,9 +115,10 @@ def _upsert_sql(
     model: type[models.Model], fields: tuple, unique_fields: tuple, update_fields: tuple
 ) -> _UpsertSql:
     """The statements of an upsert, worked out once per process: they depend on the model and the
-    field names alone, and quoting every name and looking up every field again on each call cost a
-    small sync ~5% of its CPU. Identifiers come from model metadata, quoted; values are never
-    spliced into the SQL."""
+    field names alone. Quoting every name (each through Django's connection proxy) and looking up
+    every field on each call was a tenth of a small sync's CPU (55 → 49 ms per sync, measured
+    interleaved). Identifiers come from model metadata, quoted; values are never spliced into the
+    SQL."""
     meta = model._meta
     named, defaults = _column_split(model, fields)
     columns = (*named, *defaults)
