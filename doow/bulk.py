@@ -78,11 +78,12 @@ def upsert(
             update_fields=update_fields or None,
         )
         return len(rows)
+    columns, fill = _columns_with_defaults(model, fields)
+    named = columns[: len(fields)]
     sql = _upsert_sql(model, tuple(fields), tuple(unique_fields), tuple(update_fields))
-    fill = [_default(field) for field in sql.defaults]
     if len(rows) < COPY_MIN_ROWS:
         # A few rows: one INSERT of column arrays; a staging table would cost more than the rows.
-        arrays = [_column(field, [row[i] for row in rows]) for i, field in enumerate(sql.named)]
+        arrays = [_column(field, [row[i] for row in rows]) for i, field in enumerate(named)]
         arrays += [[value] * len(rows) for value in fill]
         with connection.cursor() as cursor:
             cursor.execute(sql.insert_arrays, arrays)
@@ -101,8 +102,6 @@ def upsert(
 
 @dataclass(frozen=True)
 class _UpsertSql:
-    named: tuple  # the fields of the rows' values, in order
-    defaults: tuple  # every other column but the primary key, filled with its default
     insert_arrays: str
     create_staging: str
     copy_to_staging: str
@@ -136,8 +135,6 @@ def _upsert_sql(
     conflict_clause = f"ON CONFLICT ({conflict}) {action}"
     casts = ", ".join(f"%s::{field.db_type(connection)}[]" for field in columns)
     return _UpsertSql(
-        named=named,
-        defaults=defaults,
         insert_arrays=f"INSERT INTO {table} ({names}) SELECT * FROM unnest({casts}) {conflict_clause}",  # noqa: S608
         create_staging=f"CREATE TEMP TABLE {staging} ON COMMIT DROP AS SELECT {names} FROM {table} WITH NO DATA",  # noqa: S608
         copy_to_staging=f"COPY {staging} ({names}) FROM STDIN",
