@@ -40,6 +40,14 @@ def listed_keys(*, connection: Connection, workspace: str | None = None, key: st
     return keys
 
 
+def _any(keys) -> bool:
+    """Whether any of these keys is listed, read in the order of the (connection, key) index.
+    exists() let the planner scan the key table from its start, as if each connection's keys were
+    spread evenly through it, where they sit together as their first sync wrote them: 7 ms on the
+    bench for 2,200 keys stored behind 15,000 of another connection, and more with every tenant."""
+    return keys.order_by("key_hash").values_list("key_hash", flat=True).first() is not None
+
+
 def counters_read_today(
     *,
     connection: Connection,
@@ -129,7 +137,7 @@ def forecasts(
     spending = (
         set(listed.values_list(key_field, flat=True).distinct().order_by())
         if key_field
-        else ({""} if listed.exists() else set())
+        else ({""} if _any(listed) else set())
     )
     return {
         target: month_end_forecast(

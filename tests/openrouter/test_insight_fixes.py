@@ -175,6 +175,18 @@ def test_a_workspace_whose_keys_were_all_deleted_is_projected_to_spend_nothing_m
     assert forecast.daily_rate == 0 and forecast.expected == forecast.month_to_date
 
 
+def test_a_connection_keeps_its_run_rate_while_one_key_is_listed_and_ends_with_its_last(synced, emulator):
+    now = noon(emulator.today)
+    keep = listed(synced).order_by("key_hash").last()
+    ApiKey.objects.filter(connection=synced).exclude(pk=keep.pk).update(missing_since=now)
+    assert insights.forecast(connection=synced, now=now).daily_rate > 0
+
+    ApiKey.objects.filter(pk=keep.pk).update(missing_since=now)
+    forecast = insights.forecast(connection=synced, now=now)
+
+    assert forecast.daily_rate == 0 and forecast.expected == forecast.month_to_date
+
+
 # --- Credits drawn between snapshots against the activity of the same span
 
 
