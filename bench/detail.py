@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from bench.ingest import COLUMNS
 from bench.results import Outcome, Row
-from bench.support import company, connect, finance_user, median_seconds, noon
+from bench.support import company, connect, finance_user, interleaved_medians, noon
 
 DAYS = 90
 ROWS_PER_KEY_DAY = 5  # endpoints (model x provider) a key uses each day: an org grows by keys
@@ -308,67 +308,86 @@ def slowest_queries(get: WsgiGet, url: str, top: int = 3) -> list[tuple[float, s
     return sorted(timings, reverse=True)[:top]
 
 
-def measure(dataset: Dataset, repeat: int) -> dict:
+def measure(datasets: list[Dataset], repeat: int) -> dict[int, dict]:
+    """Every figure of every size, by size. The sizes are measured together, round after round, as
+    a figure and its baseline are: the scaling targets compare 1M rows with 10k, and measured
+    minutes apart those two landed on different moods of a shared host (a 10k first view of 59 ms
+    in one run, 135 ms in another, on the same code)."""
     import psycopg
     from django.db import connection as django_connection
 
     # The page gets a database connection of its own, as a web process has and as the baselines'
     # do: the one that just loaded and summarized a million rows made a first view at 1M rows
     # 10-25 ms slower.
-    get = WsgiGet(dataset.user)
+    gets = {dataset.rows: WsgiGet(dataset.user) for dataset in datasets}
     django_connection.close()
 
-    def fetch(url):
+    def fetcher(dataset: Dataset, url: str) -> Callable[[], None]:
         """The page or the export, its whole body read."""
-        status = get(url)
-        assert status == 200, (url, status)
 
-    figures = {}
+        def fetch() -> None:
+            status = gets[dataset.rows](url)
+            assert status == 200, (url, status)
+
+        return fetch
+
+    figures: dict[int, dict] = {dataset.rows: {} for dataset in datasets}
     with psycopg.connect(**django_connection.get_connection_params(), autocommit=True) as conn:
-        for name, key in (("all", None), ("key", dataset.filter_key)):
-            # Every row of 1M takes seconds, so three samples (after the warm-up) are its median.
-            csv_repeat = min(repeat, 3) if key is None and dataset.rows >= 1_000_000 else repeat
-            page_url, csv_url = dataset.url("page", key), dataset.url("csv", key)
-            fetch(page_url)  # warm-up: first-use imports, template loading
-            raw_page = raw_page_queries(conn, dataset.connection.pk, dataset.start, dataset.end, key)
-            raw_page()
-            # First view after a sync: the sync moved the data version, so nothing is cached.
-            figures[name, "page"] = median_seconds(
-                lambda url=page_url: fetch(url), repeat, before=dataset.new_data_version
-            )
-            fetch(page_url)
-            figures[name, "page_cached"] = median_seconds(lambda url=page_url: fetch(url), repeat)
-            figures[name, "page_raw"] = median_seconds(raw_page, repeat)
-            raw_csv = raw_export_query(conn, dataset.connection.pk, dataset.start, dataset.end, key)
-            if csv_repeat > 1:
-                fetch(csv_url)
-                raw_csv()
-            figures[name, "csv"] = median_seconds(lambda url=csv_url: fetch(url), csv_repeat)
-            figures[name, "csv_raw"] = median_seconds(raw_csv, csv_repeat)
-            raw_rows = raw_export_query(
-                conn, dataset.connection.pk, dataset.start, dataset.end, key, grouped=False
-            )
-            raw_rows()
-            figures[name, "csv_rows"] = median_seconds(raw_rows, csv_repeat)
-            body = export_body(dataset, key)
-            body()
-            figures[name, "csv_body"] = median_seconds(body, csv_repeat)
-            dataset.new_data_version()
-            figures[name, "slowest"] = slowest_queries(get, page_url)
+        for name in ("all", "key"):
+            page_steps, csv_steps = [], []
+            for dataset in datasets:
+                key = dataset.filter_key if name == "key" else None
+                start, end, pk = dataset.start, dataset.end, dataset.connection.pk
+                page = fetcher(dataset, dataset.url("page", key))
+                csv = fetcher(dataset, dataset.url("csv", key))
+                raw_page = raw_page_queries(conn, pk, start, end, key)
+                raw_csv = raw_export_query(conn, pk, start, end, key)
+                raw_rows = raw_export_query(conn, pk, start, end, key, grouped=False)
+                body = export_body(dataset, key)
+                for warm_up in (page, raw_page, csv, raw_csv, raw_rows, body):
+                    warm_up()  # first-use imports, template loading, the rows in PostgreSQL's cache
+                rows = dataset.rows
+                # First view after a sync: the sync moved the data version, so nothing is cached.
+                # The same view again is then served from the cache the first view filled.
+                page_steps += [
+                    ((rows, "page"), page, dataset.new_data_version),
+                    ((rows, "page_cached"), page, None),
+                    ((rows, "page_raw"), raw_page, None),
+                ]
+                csv_steps += [
+                    ((rows, "csv"), csv, None),
+                    ((rows, "csv_raw"), raw_csv, None),
+                    ((rows, "csv_rows"), raw_rows, None),
+                    ((rows, "csv_body"), body, None),
+                ]
+            # Every row of 1M takes seconds, so three rounds are the unfiltered export's median.
+            largest = max(dataset.rows for dataset in datasets)
+            csv_repeat = min(repeat, 3) if name == "all" and largest >= 1_000_000 else repeat
+            for steps, rounds in ((page_steps, repeat), (csv_steps, csv_repeat)):
+                for (rows, kind), seconds in interleaved_medians(steps, rounds).items():
+                    figures[rows][name, kind] = seconds
+            for dataset in datasets:
+                dataset.new_data_version()
+                key = dataset.filter_key if name == "key" else None
+                figures[dataset.rows][name, "slowest"] = slowest_queries(
+                    gets[dataset.rows], dataset.url("page", key)
+                )
     return figures
 
 
 def run(sizes) -> Outcome:
     outcome = Outcome("3. Detail page at scale")
-    results = {}
+    datasets = []
     for index, rows in enumerate(sizes.detail_rows):
         began = time.perf_counter()
-        dataset = Dataset(rows, seed=300 + index)
-        loaded = time.perf_counter() - began
-        results[rows] = measure(dataset, sizes.detail_repeat)
-        results[rows]["keys"] = dataset.keys
-        results[rows]["summaries"] = dataset.summaries_seconds
-        print(f"   {label(rows)} rows: loaded in {loaded:.0f} s, measured", flush=True)
+        datasets.append(Dataset(rows, seed=300 + index))
+        print(f"   {label(rows)} rows: loaded in {time.perf_counter() - began:.0f} s", flush=True)
+    began = time.perf_counter()
+    results = measure(datasets, sizes.detail_repeat)
+    for dataset in datasets:
+        results[dataset.rows]["keys"] = dataset.keys
+        results[dataset.rows]["summaries"] = dataset.summaries_seconds
+    print(f"   measured in {time.perf_counter() - began:.0f} s", flush=True)
 
     small, large = min(results), max(results)
     big = results[large]
@@ -442,10 +461,13 @@ def run(sizes) -> Outcome:
         "before each GET, as every sync write transaction does, so no cached report applies (the page "
         "computes every aggregate and caches it); cached = the same view again, which reads only the "
         "header, labels and cache. CSV = the whole streamed body of `export.csv` (all dimensions), timed "
-        "like the page (every row of 1M: median of 3 after the warm-up). Baselines with raw psycopg on the "
+        "like the page (unfiltered, with 1M rows among the sizes: median of 3 rounds after the warm-up). Baselines with raw psycopg on the "
         "same data: the 7 aggregate queries the page needs (totals now and before, day × model chart, key-table count and page, "
         "model and provider filter choices) and the export's grouped query read through a server-side "
-        "cursor.",
+        "cursor. A figure and its baselines are sampled in turn, round after round, every size in the same "
+        "round (first view, repeat view and raw queries of each size; then CSV, raw export query, raw row "
+        "read and CSV body of each size), once all sizes are loaded, so that a slow minute of the shared "
+        "host slows both sides of a ratio, and both ends of a scaling figure, alike.",
         "The export groups by every dimension of one connection, by which a usage row is unique (its "
         "natural key): it reads the rows without the aggregate and the sort that feeds it, which "
         "halved a 100k-row export. The baseline stays the grouped query the issue names; “raw row read” "

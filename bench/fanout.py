@@ -210,17 +210,17 @@ def run(sizes) -> Outcome:
                 levels.append(level)
                 print(
                     f"   concurrency {concurrency} (run {number}): {level['wall']:.1f} s, "
-                    f"ideal {level['ideal']:.1f} s, {level['efficiency']:.0%}",
+                    f"ideal {level['ideal']:.1f} s, {level['efficiency']:.1%}",
                     flush=True,
                 )
     top_runs = [level for level in levels if level["concurrency"] == top_concurrency]
     top = max(top_runs, key=lambda level: level["efficiency"])
-    efficiencies = ", ".join(f"{level['efficiency']:.0%}" for level in top_runs)
+    efficiencies = ", ".join(f"{level['efficiency']:.1%}" for level in top_runs)
     runs_note = f"; best of {len(top_runs)} runs: {efficiencies}" if len(top_runs) > 1 else ""
     outcome.rows.append(
         Row(
             f"4. fan-out: {sizes.fanout_connections} connections, concurrency {top_concurrency}",
-            f"{top['wall']:.1f} s wall ({top['efficiency']:.0%} efficiency{runs_note})",
+            f"{top['wall']:.1f} s wall ({top['efficiency']:.1%} efficiency{runs_note})",
             f"{top['ideal']:.1f} s ideal",
             top["wall"] / top["ideal"],
             f"efficiency ≥ {TARGET_EFFICIENCY:.0%}",
@@ -233,7 +233,7 @@ def run(sizes) -> Outcome:
         "|---|---|---|---|---|---|---|---|---|---|---|",
         *(
             f"| {lv['concurrency']} | {lv['run']} | {lv['requests']:,} | {lv['ideal']:.1f} | {lv['wall']:.1f} | "
-            f"{lv['efficiency']:.0%} | {lv['worker_cpu']:.1f} | {lv['emulator_cpu']:.1f} | "
+            f"{lv['efficiency']:.1%} | {lv['worker_cpu']:.1f} | {lv['emulator_cpu']:.1f} | "
             f"{lv['machine_cpu']:.1f} | {lv['machine_cpu'] / CORES:.1f} | {lv['failed']} |"
             for lv in levels
         ),

@@ -15,17 +15,21 @@ def noon(day: date) -> datetime:
     return datetime.combine(day, dtime(12, 0), tzinfo=UTC)
 
 
-def median_seconds(fn, repeat: int, before=None) -> float:
-    """Median wall time of `repeat` calls (after the caller's warm-up); `before()` runs untimed
-    ahead of each call."""
-    times = []
+def interleaved_medians(steps, repeat: int) -> dict:
+    """Median wall time of each step's call over `repeat` rounds, the steps taken in turn within a
+    round: a slow minute on a shared host then slows a figure and its baseline alike, where timing
+    all of one before all of the other let it land on one side (a one-key export's baseline once
+    measured 8 ms between rounds of 3–5 ms). `steps`: (name, call, before) with `before()` run
+    untimed ahead of each call, or None."""
+    times: dict = {name: [] for name, _, _ in steps}
     for _ in range(repeat):
-        if before is not None:
-            before()
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, call, before in steps:
+            if before is not None:
+                before()
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(samples) for name, samples in times.items()}
 
 
 def company(slug: str):
