@@ -5,6 +5,7 @@ ops follows the event log live, the admin disconnects. Screenshots land in test-
 import csv
 import io
 import re
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -66,8 +67,10 @@ def test_admin_finance_and_ops_journey(live_server, personas, slow_emulator_serv
     admin.wait_for_url(re.compile(r"range=7d"))
     expect(admin.locator("#f-range")).to_have_value("7d")
 
-    # Typing dates makes a custom range.
-    start, end = emulator.today.replace(day=1), emulator.today.replace(day=20)
+    # Typing dates makes a custom range: twenty completed days, so it holds usage whatever the date
+    # (the 1st to the 20th of the month held none on the 1st).
+    end = emulator.today - timedelta(days=1)
+    start = end - timedelta(days=19)
     admin.fill("#f-from", start.isoformat())
     admin.fill("#f-to", end.isoformat())
     expect(admin.locator("#f-range")).to_have_value("custom")
