@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -59,9 +60,22 @@ def wait_for(condition, *, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def wait_out_midnight(margin: float = 120) -> None:
+    """The emulator's day is fixed when it is made, while the worker syncs by the real clock: a run
+    that straddled midnight UTC would have the worker read the next day's window from an emulator
+    still serving the previous one. Close to midnight, start after it."""
+    now = timezone.now()
+    to_midnight = (
+        now.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1) - now
+    ).total_seconds()
+    if to_midnight < margin:
+        time.sleep(to_midnight + 1)
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_killed_worker_sync_is_completed_by_the_next_run(acme):
     # Dated today: the worker syncs by the real clock (a fixed date broke this test at midnight UTC).
+    wait_out_midnight()
     emulator = Emulator(EmulatorConfig(seed=21, keys=30, today=timezone.now().date()))
     connection = connect(acme, emulator)
     # Slow key activity down so the kill lands with some keys written and others not.
