@@ -63,7 +63,8 @@ def connect(company_obj, secret: str, transport=None):
 
 class ServedEmulator:
     """`manage.py openrouter_emulator` in its own process, so neither its CPU nor its memory is
-    counted against the sync being measured. Its "today" is the real UTC date, as the workers' is."""
+    counted against the sync being measured. Its "today" is the real UTC date, as the workers' is, and
+    moves on at midnight UTC as theirs does."""
 
     def __init__(self, *, seed: int, keys: int, workspaces: int = 3, latency: float = 0.0, days: int = 30):
         args = [python(), "manage.py", "openrouter_emulator", "--port", "0", "--seed", str(seed)]

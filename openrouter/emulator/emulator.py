@@ -242,10 +242,10 @@ class Emulator:
 
         return AsyncEmulatorTransport(self)
 
-    def serve(self, host: str = "127.0.0.1", port: int = 0):
+    def serve(self, host: str = "127.0.0.1", port: int = 0, *, follows_utc_date: bool = False):
         from .server import EmulatorServer
 
-        return EmulatorServer(self, host, port)
+        return EmulatorServer(self, host, port, follows_utc_date=follows_utc_date)
 
 
 def _fault_kinds(faults: list[Fault]):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import threading
 import time
 import urllib.parse
@@ -17,6 +18,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer(self) -> None:
         emu = self.server.emu
+        if self.server.follows_utc_date:
+            today = utc_today()
+            if today != emu.today:  # midnight UTC passed: a new completed day, as OpenRouter's
+                emu.set_today(today)
         url = urllib.parse.urlsplit(self.path)
         length = int(self.headers.get("Content-Length") or 0)
         if length:
@@ -47,16 +52,24 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
+def utc_today() -> datetime.date:
+    return datetime.datetime.now(datetime.UTC).date()
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
 
 class EmulatorServer:
-    def __init__(self, emu, host: str = "127.0.0.1", port: int = 0):
+    """`follows_utc_date`: "today" moves to the real UTC date at the first request after midnight, as
+    OpenRouter's window does, for a server that runs for days (the dev command). Tests keep theirs."""
+
+    def __init__(self, emu, host: str = "127.0.0.1", port: int = 0, *, follows_utc_date: bool = False):
         self.emu = emu
         self._server = _Server((host, port), _Handler)
         self._server.emu = emu
+        self._server.follows_utc_date = follows_utc_date
         self._server.stopping = threading.Event()
         self.host, self.port = self._server.server_address[:2]
         self.base_url = f"http://{self.host}:{self.port}/api/v1"

@@ -298,6 +298,37 @@ def test_server_hang_outlasts_the_client_timeout():
     assert time.perf_counter() - started < 3  # shutdown does not wait for the hanging request
 
 
+def test_a_server_that_follows_the_utc_date_moves_on_at_midnight(monkeypatch):
+    """A long-running server (the dev command) starts the next day at midnight UTC, as OpenRouter's
+    window does: the day that ended becomes a completed day of /activity."""
+    import openrouter.emulator.server as server_module
+
+    emu = Emulator(EmulatorConfig(seed=21, keys=30, today=TODAY))
+    monkeypatch.setattr(server_module, "utc_today", lambda: TODAY)
+    headers = {"Authorization": f"Bearer {emu.management_key}"}
+    with (
+        emu.serve(follows_utc_date=True) as server,
+        httpx.Client(base_url=server.base_url, headers=headers) as http,
+    ):
+        days = {row["date"][:10] for row in http.get("/activity").json()["data"]}
+        assert emu.today == TODAY and str(TODAY) not in days
+        monkeypatch.setattr(server_module, "utc_today", lambda: TODAY + datetime.timedelta(days=1))
+        days = {row["date"][:10] for row in http.get("/activity").json()["data"]}
+        assert emu.today == TODAY + datetime.timedelta(days=1)
+        assert str(TODAY) in days and str(TODAY - datetime.timedelta(days=30)) not in days
+
+
+def test_a_server_keeps_its_day_unless_told_to_follow_the_date(monkeypatch):
+    import openrouter.emulator.server as server_module
+
+    emu = Emulator(EmulatorConfig(seed=21, keys=30, today=TODAY))
+    monkeypatch.setattr(server_module, "utc_today", lambda: TODAY + datetime.timedelta(days=3))
+    with emu.serve() as server:
+        headers = {"Authorization": f"Bearer {emu.management_key}"}
+        assert httpx.get(f"{server.base_url}/credits", headers=headers).status_code == 200
+    assert emu.today == TODAY
+
+
 def test_management_command_serves_until_interrupted():
     env = {**os.environ, "DEBUG": "true", "PYTHONUNBUFFERED": "1"}
     command = [

@@ -20,7 +20,10 @@ class Command(BaseCommand):
         parser.add_argument("--members", type=int, default=4)
         parser.add_argument("--models", type=int, default=12)
         parser.add_argument("--days", type=int, default=30)
-        parser.add_argument("--today", help="emulated UTC date YYYY-MM-DD (default: the real UTC date)")
+        parser.add_argument(
+            "--today",
+            help="emulated UTC date YYYY-MM-DD (default: the real UTC date, moving on at midnight UTC)",
+        )
         parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every response")
 
     def handle(self, *args, **options):
@@ -43,10 +46,12 @@ class Command(BaseCommand):
         except ValueError as err:
             raise CommandError(str(err)) from err
         emulator = Emulator(config)
-        server = emulator.serve(options["host"], options["port"])
+        follows = not options["today"]
+        server = emulator.serve(options["host"], options["port"], follows_utc_date=follows)
         # These are the emulator's own fake keys, derived from the seed: printing them is the point.
         self.stdout.write(
-            f"OpenRouter emulator serving at {server.base_url} (today {today}, seed {config.seed})"
+            f"OpenRouter emulator serving at {server.base_url} (today {today}"
+            f"{', following the UTC date' if follows else ''}, seed {config.seed})"
         )
         self.stdout.write(f"management key: {emulator.management_key}")
         self.stdout.write(f"normal key:     {emulator.normal_key}")
