@@ -19,9 +19,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(self) -> None:
         emu = self.server.emu
         if self.server.follows_utc_date:
-            today = utc_today()
-            if today != emu.today:  # midnight UTC passed: a new completed day, as OpenRouter's
-                emu.set_today(today)
+            # After midnight UTC a new completed day, as OpenRouter's; set_today keeps an unchanged day.
+            emu.set_today(utc_today())
         url = urllib.parse.urlsplit(self.path)
         length = int(self.headers.get("Content-Length") or 0)
         if length:
