@@ -121,14 +121,15 @@ def forecasts(
         names = [usage_field, "day"] if usage_field else ["day"]
         for row in of_targets(rows, usage_field).values(*names).annotate(spend=Sum("spend_usd")).order_by():
             daily[row[usage_field] if usage_field else ""][row["day"]] = row["spend"] or Decimal(0)
-        group = [key_field] if key_field else []
-        partial = {
-            (row[key_field] if key_field else ""): row["total"] or Decimal(0)
-            for row in of_targets(counters_read_today(connection=connection, now=now), key_field)
-            .values(*group)
-            .annotate(total=Sum("usage_daily"))
-            .order_by()
-        }
+        read_today = of_targets(counters_read_today(connection=connection, now=now), key_field)
+        if key_field:
+            partial = {
+                row[key_field]: row["total"] or Decimal(0)
+                for row in read_today.values(key_field).annotate(total=Sum("usage_daily")).order_by()
+            }
+        else:
+            # One sum over every key: values() without a field would group by every column, one row per key.
+            partial = {"": read_today.aggregate(total=Sum("usage_daily"))["total"] or Decimal(0)}
         return dict(daily), partial
 
     daily, partial = cached(connection, "forecasts", (by, targets, start, end), compute)

@@ -2,7 +2,7 @@
 rule thresholds, one row per person, budgets in bounded queries, negative baselines."""
 
 from datetime import UTC, date, datetime, time, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
 from django.contrib.messages import get_messages
@@ -101,6 +101,30 @@ def test_todays_partial_counts_only_the_keys_whose_counters_were_read_today(sync
     synced.refresh_from_db()
 
     assert insights.today_partial(connection=synced, now=now) == everything - key.usage_daily
+
+
+def test_the_connections_month_to_date_counts_every_keys_spend_today(synced, emulator):
+    """The whole connection's forecast adds today's counters of every key read today, as its
+    workspaces' and keys' forecasts and "Today so far" do (it once took one key's)."""
+    now = noon(emulator.today)
+    today = insights.today_partial(connection=synced, now=now)
+    assert listed(synced).filter(usage_daily__gt=0).count() > 1
+    completed = UsageDaily.objects.filter(
+        connection=synced, day__gte=emulator.today.replace(day=1), day__lt=emulator.today
+    ).aggregate(total=Sum("spend_usd"))["total"] or Decimal(0)
+
+    whole = insights.forecast(connection=synced, now=now)
+    workspaces = insights.forecasts(
+        connection=synced,
+        by="workspace",
+        targets=listed(synced).values_list("workspace_id", flat=True),
+        now=now,
+    )
+
+    assert whole.month_to_date == (completed + today).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+    assert abs(sum(f.month_to_date for f in workspaces.values()) - whole.month_to_date) <= Decimal(
+        "0.01"
+    ) * len(workspaces)
 
 
 def test_reconciliation_after_midnight_before_a_sync_does_not_compare_yesterdays_counters(
