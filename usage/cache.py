@@ -15,6 +15,10 @@ from django.core.cache import cache
 
 T = TypeVar("T")
 
+# Raised whenever the computation behind a cached result changes (a fix to a figure): results the
+# code before it cached stay under the old keys, so a deploy never serves them until the next sync.
+REPORTS_VERSION = 2
+
 
 def cache_key(connection, name: str, params) -> str:
     # created_at tells apart connections that reuse an id (a re-created development database).
@@ -25,7 +29,7 @@ def cache_key(connection, name: str, params) -> str:
         connection.data_version,
     )
     digest = hashlib.sha256(repr((identity, name, params)).encode()).hexdigest()
-    return f"report:{digest}"
+    return f"report:v{REPORTS_VERSION}:{digest}"
 
 
 def cached(connection, name: str, params, compute: Callable[[], T]) -> T:
