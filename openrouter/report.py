@@ -130,11 +130,12 @@ class DetailQuery:
     page: str = "1"
     metric: str = "spend"
     problem: str = ""  # what was wrong with the asked range, if anything (the page shows the default)
+    today: date = field(default_factory=lambda: timezone.now().date())  # UTC, as the presets
 
     @classmethod
     def from_params(cls, params, *, today: date | None = None) -> "DetailQuery":
         today = today or timezone.now().date()
-        query = cls(preset=params.get("range") or DEFAULT_PRESET)
+        query = cls(preset=params.get("range") or DEFAULT_PRESET, today=today)
         if query.preset not in PRESETS:
             query.preset, query.problem = DEFAULT_PRESET, "Unknown date range."
         start, end = _parse_date(params.get("from")), _parse_date(params.get("to"))
@@ -178,9 +179,19 @@ class DetailQuery:
         return (self.end - self.start).days + 1
 
     @property
-    def previous(self) -> tuple[date, date]:
-        """The period of equal length just before this one."""
-        return self.start - timedelta(days=self.days), self.start - timedelta(days=1)
+    def reported_days(self) -> int:
+        """The range's days before today: OpenRouter reports a UTC day once it has ended."""
+        last = min(self.end, self.today - timedelta(days=1))
+        return max(0, (last - self.start).days + 1)
+
+    @property
+    def previous(self) -> tuple[date, date] | None:
+        """The period just before this one, as long as the range's reported days: a range running
+        through today (this month) is compared day for day, not with one day more than it holds.
+        None while no day of the range has ended."""
+        if not self.reported_days:
+            return None
+        return self.start - timedelta(days=self.reported_days), self.start - timedelta(days=1)
 
     @property
     def filter_items(self) -> tuple:
@@ -248,19 +259,21 @@ def detail_report(*, connection: Connection, query: DetailQuery) -> dict:
         lambda: usage_totals(start=query.start, end=query.end, **base),
     )
     totals["total_tokens"] = totals["prompt_tokens"] + totals["completion_tokens"]
-    prev_start, prev_end = query.previous
     # The whole range's average, for the model table's footer.
     totals["cost_per_million"] = (
         Decimal(totals["spend_usd"]) * 1_000_000 / totals["total_tokens"] if totals["total_tokens"] else None
     )
-    previous = cached(
-        connection,
-        "totals",
-        (prev_start, prev_end, filters),
-        lambda: usage_totals(start=prev_start, end=prev_end, **base),
-    )
-    previous["total_tokens"] = previous["prompt_tokens"] + previous["completion_tokens"]
-    deltas = {name: _delta(totals[name], previous[name]) for name in (*METRICS, "total_tokens")}
+    previous, deltas = None, {}
+    if query.previous:
+        prev_start, prev_end = query.previous
+        previous = cached(
+            connection,
+            "totals",
+            (prev_start, prev_end, filters),
+            lambda: usage_totals(start=prev_start, end=prev_end, **base),
+        )
+        previous["total_tokens"] = previous["prompt_tokens"] + previous["completion_tokens"]
+        deltas = {name: _delta(totals[name], previous[name]) for name in (*METRICS, "total_tokens")}
     has_usage = bool(totals["requests"] or totals["spend_usd"] or totals["byok_spend_usd"])
     status = connection_status(connection)
     return {
@@ -364,7 +377,18 @@ def _notices(connection: Connection, query: DetailQuery, has_usage: bool, latest
             }
         )
     if not has_usage and connection.last_synced_at is not None:
-        if query.filters or UsageDaily.objects.filter(connection=connection).exists():
+        if not query.reported_days:
+            notices.append(
+                {
+                    "level": "info",
+                    "code": "no_reported_day",
+                    "title": "No day of this range has ended yet",
+                    "text": f"OpenRouter reports a UTC day once it has ended, and no day from "
+                    f"{query.start:%-d %b %Y} to {query.end:%-d %b %Y} has yet. Pick a range with earlier "
+                    "days to see their figures.",
+                }
+            )
+        elif query.filters or UsageDaily.objects.filter(connection=connection).exists():
             notices.append(
                 {
                     "level": "info",

@@ -187,22 +187,48 @@ def test_a_presets_own_dates_keep_the_preset():
 
 
 @pytest.mark.parametrize(
-    ("preset", "start", "end"),
+    ("preset", "start", "end", "previous"),
     [
-        ("7d", "2026-11-17", "2026-11-23"),
-        ("30d", "2026-10-25", "2026-11-23"),
-        ("90d", "2026-08-26", "2026-11-23"),
-        ("this_month", "2026-11-01", "2026-11-24"),
-        ("last_month", "2026-10-01", "2026-10-31"),
+        ("7d", "2026-11-17", "2026-11-23", ("2026-11-10", "2026-11-16")),
+        ("30d", "2026-10-25", "2026-11-23", ("2026-09-25", "2026-10-24")),
+        ("90d", "2026-08-26", "2026-11-23", ("2026-05-28", "2026-08-25")),
+        # Runs through today, which OpenRouter has not reported: its 23 ended days against 23 before.
+        ("this_month", "2026-11-01", "2026-11-24", ("2026-10-09", "2026-10-31")),
+        ("last_month", "2026-10-01", "2026-10-31", ("2026-08-31", "2026-09-30")),
     ],
 )
-def test_presets(preset, start, end):
+def test_presets(preset, start, end, previous):
     query = DetailQuery.from_params(QueryDict(f"range={preset}"), today=TODAY)
     assert (query.start.isoformat(), query.end.isoformat()) == (start, end)
-    previous_start, previous_end = query.previous
-    assert (previous_end - previous_start).days + 1 == query.days and previous_end + timedelta(
-        days=1
-    ) == query.start
+    assert tuple(day.isoformat() for day in query.previous) == previous
+
+
+def test_a_range_of_which_no_day_has_ended_has_nothing_to_compare_with():
+    first = date(2026, 12, 1)
+    this_month = DetailQuery.from_params(QueryDict("range=this_month"), today=first)
+    ahead = DetailQuery.from_params(QueryDict("range=custom&from=2026-12-01&to=2026-12-05"), today=first)
+    assert this_month.reported_days == ahead.reported_days == 0
+    assert this_month.previous is None and ahead.previous is None
+
+
+def test_this_month_on_its_first_day_shows_no_change_and_says_no_day_has_ended(
+    synced, alice, emulator, monkeypatch
+):
+    """On the 1st, "this month" is today alone: no figures yet, and nothing to compare them with
+    (it once showed -100% against yesterday, and said nothing was spent)."""
+    monkeypatch.setattr(report.timezone, "now", lambda: noon(TODAY.replace(month=12, day=1)))
+    page = client_for(alice).get(url(synced, "range=this_month")).content.decode()
+
+    assert "none has ended yet, so there is no change to show" in page
+    assert "vs previous period" not in page
+    assert "No day of this range has ended yet" in page
+    assert "Nothing was spent" not in page
+
+
+def test_this_month_compares_its_ended_days_with_as_many_before(synced, alice):
+    page = client_for(alice).get(url(synced, "range=this_month")).content.decode()
+
+    assert "changes compare its 23 ended days with 9 Oct – 31 Oct 2026" in page
 
 
 INVALID_RANGES = [
