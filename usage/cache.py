@@ -15,8 +15,9 @@ from django.core.cache import cache
 
 T = TypeVar("T")
 
-# Raised whenever the computation behind a cached result changes (a fix to a figure): results the
-# code before it cached stay under the old keys, so a deploy never serves them until the next sync.
+# Raised whenever the computation behind a cached result changes (a fix to a figure): what the code
+# before it cached stays under keys no longer read, where it would otherwise be served under the same
+# data version until the next sync.
 REPORTS_VERSION = 2
 
 
