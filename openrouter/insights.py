@@ -10,7 +10,7 @@ from django.db.models import Count, Max, Sum
 from django.utils import timezone
 
 from doow.models import Membership, User
-from integrations.models import Connection
+from integrations.models import Connection, CredentialScope
 from openrouter.models import ApiKey, ApiKeySnapshot, CreditsSnapshot, KeyOwner, Member, Workspace
 from openrouter.templatetags.openrouter import usd
 from usage.cache import cached
@@ -132,7 +132,18 @@ def forecasts(
             partial = {"": read_today.aggregate(total=Sum("usage_daily"))["total"] or Decimal(0)}
         return dict(daily), partial
 
-    daily, partial = cached(connection, "forecasts", (by, targets, start, end), compute)
+    from_counters = connection.scope == CredentialScope.SINGLE_KEY
+    if from_counters:
+        daily, month = cached(
+            connection,
+            "forecasts_from_counters",
+            (by, start, today),
+            lambda: _counter_history(connection=connection, key_field=key_field, start=start, today=today),
+        )
+        partial = {}
+    else:
+        daily, partial = cached(connection, "forecasts", (by, targets, start, end), compute)
+        month = {}
     # Whether each slice can still spend, read each time (one small indexed query).
     listed = of_targets(listed_keys(connection=connection), key_field)
     spending = (
@@ -147,9 +158,42 @@ def forecasts(
             today_partial=partial.get(target, Decimal(0)),
             day_fraction=_day_fraction(now),
             stopped=target not in spending,
+            month_to_date=month.get(target, Decimal(0)) if from_counters else None,
         )
         for target in targets
     }
+
+
+def _counter_history(
+    *, connection: Connection, key_field: str | None, start: date, today: date
+) -> tuple[dict[str, dict[date, Decimal]], dict[str, Decimal]]:
+    """Daily spend and month to date of a normal key's connection, which has no daily activity
+    (OpenRouter shows /activity only to a management key): each completed day is the key's daily
+    counter as the last sync of that day read it, and the month to date is OpenRouter's own month
+    counter as last read this month (0 before the month's first read)."""
+    target_of = {
+        key.key_hash: getattr(key, key_field) if key_field else ""
+        for key in ApiKey.objects.filter(connection=connection).only("key_hash", "workspace_id")
+    }
+    daily: dict[str, dict[date, Decimal]] = defaultdict(dict)
+    latest_this_month: dict[str, tuple[str, Decimal]] = {}
+    snapshots = (
+        ApiKeySnapshot.objects.filter(connection=connection, day__gte=start, day__lte=today)
+        .order_by("day")
+        .values_list("key_hash", "day", "usage_daily", "usage_monthly")
+    )
+    for key_hash, day, usage_daily, usage_monthly in snapshots:
+        target = target_of.get(key_hash)
+        if target is None:
+            continue
+        if day < today:
+            daily[target][day] = daily[target].get(day, Decimal(0)) + usage_daily
+        if day >= today.replace(day=1):
+            latest_this_month[key_hash] = (target, usage_monthly)  # ordered by day: the newest wins
+    month: dict[str, Decimal] = defaultdict(Decimal)
+    for target, usage_monthly in latest_this_month.values():
+        month[target] += usage_monthly
+    return dict(daily), dict(month)
 
 
 def forecast(

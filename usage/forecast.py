@@ -30,6 +30,7 @@ def month_end_forecast(
     today_partial: Decimal = Decimal(0),
     day_fraction: float = 0.5,
     stopped: bool = False,
+    month_to_date: Decimal | None = None,
 ) -> Forecast:
     """Forecast the month's total spend.
 
@@ -37,12 +38,14 @@ def month_end_forecast(
     spend so far today, `day_fraction` how much of today has passed. The run-rate is the mean of the
     last RUN_RATE_DAYS completed days; the range uses their 20th and 80th percentiles, so one odd day
     widens it without moving the expectation much. `stopped`: nothing can spend any more (the key
-    was deleted), so the month ends at its month to date.
+    was deleted), so the month ends at its month to date. `month_to_date`, when known from elsewhere
+    (OpenRouter's own month counter), replaces this month's completed days plus `today_partial`.
     """
     month_start = today.replace(day=1)
     month_days = calendar.monthrange(today.year, today.month)[1]
-    completed = sum((value for day, value in daily.items() if month_start <= day < today), Decimal(0))
-    month_to_date = completed + today_partial
+    if month_to_date is None:
+        completed = sum((value for day, value in daily.items() if month_start <= day < today), Decimal(0))
+        month_to_date = completed + today_partial
     recent = [
         Decimal(daily.get(date.fromordinal(today.toordinal() - offset), 0))
         for offset in range(1, RUN_RATE_DAYS + 1)

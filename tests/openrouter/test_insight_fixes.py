@@ -17,7 +17,7 @@ from openrouter.alerts import budget_create, default_rules_ensure, evaluate_aler
 from openrouter.emulator import Emulator, EmulatorConfig
 from openrouter.models import ApiKey, ApiKeySnapshot, CreditsSnapshot, Member
 from tests.conftest import client_for
-from tests.support import connect, noon, sync
+from tests.support import TODAY, connect, noon, sync
 from usage.anomalies import detect_spike
 from usage.models import AlertKind, AlertRule, UsageDaily
 
@@ -464,3 +464,33 @@ def test_real_spend_on_a_negative_baseline_is_a_spike_without_a_meaningless_rati
 
     assert spike is not None and spike.amount == 40
     assert spike.times_usual is None
+
+
+# --- A normal key's connection: no daily activity, only the key's own counters
+
+
+def test_a_normal_keys_forecast_reads_its_counters(acme, emulator, fiona):
+    """A single-key connection has no usage rows (OpenRouter shows /activity only to a management
+    key): its month to date is OpenRouter's month counter and its run-rate the daily counters the last
+    sync of each day read. It once showed today's counter as the month and a run-rate of $0/day."""
+    normal = connect(acme, emulator, secret=emulator.normal_key)
+    for day in [TODAY - timedelta(days=offset) for offset in (3, 2, 1, 0)]:
+        emulator.set_today(day)
+        sync(normal, emulator)
+    normal.refresh_from_db()
+    snapshots = {s.day: s for s in ApiKeySnapshot.objects.filter(connection=normal)}
+    assert len(snapshots) == 4 and snapshots[TODAY].usage_monthly > snapshots[TODAY].usage_daily
+
+    today = insights.forecast(connection=normal, now=noon(TODAY))
+    assert today.month_to_date == snapshots[TODAY].usage_monthly.quantize(Decimal("0.01"), ROUND_HALF_UP)
+    completed = sum(snapshots[TODAY - timedelta(days=offset)].usage_daily for offset in (3, 2, 1))
+    assert today.daily_rate == (completed / 14).quantize(Decimal("0.01"), ROUND_HALF_UP) > 0
+    assert today.expected > today.month_to_date
+
+    # The next morning, before a sync: the month counter as last read; on the 1st, a new month.
+    tomorrow = insights.forecast(connection=normal, now=noon(TODAY + timedelta(days=1)))
+    assert tomorrow.month_to_date == today.month_to_date
+    assert insights.forecast(connection=normal, now=DEC_1_AFTER_MIDNIGHT).month_to_date == 0
+
+    page = client_for(fiona).get(url("budgets", normal)).content.decode()
+    assert "a normal key's figures come from its own counters" in page
