@@ -394,6 +394,8 @@ def reconciliation(
 ) -> list[ReconciliationLine]:
     """The figures finance signs off on, each difference explained or flagged."""
     now = now or timezone.now()
+    if connection.scope == CredentialScope.SINGLE_KEY:
+        return _single_key_reconciliation(connection=connection, now=now)
     rows = UsageDaily.objects.filter(connection=connection, day__gte=start, day__lte=end)
     account = rows.aggregate(total=Sum("spend_usd"), byok=Sum("byok_spend_usd"))
     account_total = account["total"] or Decimal(0)
@@ -453,6 +455,25 @@ def reconciliation(
         )
     lines.append(_month_counters_line(connection=connection, now=now))
     return lines
+
+
+def _single_key_reconciliation(*, connection: Connection, now: datetime) -> list[ReconciliationLine]:
+    """A normal key sees its own counters only: what it cannot see is said, not shown as $0.00, and
+    its month counter has no daily activity to be compared with."""
+    hidden = "Not visible to a normal key: OpenRouter shows {} only to a management key."
+    counters = counters_read_today(connection=connection, now=now).aggregate(month=Sum("usage_monthly"))
+    return [
+        ReconciliationLine("OpenRouter account-wide activity", None, hidden.format("/activity")),
+        ReconciliationLine("Sum over listed API keys", None, hidden.format("each key's /activity")),
+        ReconciliationLine("Credits used between snapshots", None, hidden.format("/credits")),
+        ReconciliationLine(
+            "Key counters this month (usage_monthly)",
+            counters["month"],
+            "OpenRouter's own month-to-date counter of the key, read today."
+            if counters["month"] is not None
+            else "No sync has read the key's counters today yet.",
+        ),
+    ]
 
 
 def _day_shares(start_at: datetime, end_at: datetime) -> dict[date, Decimal]:

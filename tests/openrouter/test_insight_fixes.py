@@ -494,3 +494,34 @@ def test_a_normal_keys_forecast_reads_its_counters(acme, emulator, fiona):
 
     page = client_for(fiona).get(url("budgets", normal)).content.decode()
     assert "a normal key's figures come from its own counters" in page
+
+
+def test_a_normal_keys_reconciliation_says_what_it_cannot_see_and_flags_nothing(acme, emulator):
+    """OpenRouter shows /activity and /credits only to a management key: a normal key's reconciliation
+    says so instead of showing $0.00 activity, and its month counter, with no daily activity to be
+    compared with, is shown as OpenRouter's figure, not flagged as unexplained."""
+    normal = connect(acme, emulator, secret=emulator.normal_key)
+    sync(normal, emulator)
+    normal.refresh_from_db()
+    counter = ApiKeySnapshot.objects.get(connection=normal, day=emulator.today)
+    assert counter.usage_monthly > counter.usage_daily  # a gap the activity of a management key would explain
+
+    lines = {
+        line.label: line
+        for line in insights.reconciliation(
+            connection=normal,
+            start=emulator.today - timedelta(days=30),
+            end=emulator.today - timedelta(days=1),
+            now=noon(emulator.today),
+        )
+    }
+
+    for label in (
+        "OpenRouter account-wide activity",
+        "Sum over listed API keys",
+        "Credits used between snapshots",
+    ):
+        assert lines[label].amount is None and "only to a management key" in lines[label].explanation
+    month = lines["Key counters this month (usage_monthly)"]
+    assert month.amount == counter.usage_monthly and not month.flagged
+    assert not any(line.flagged for line in lines.values())
