@@ -159,6 +159,7 @@ def forecasts(
             day_fraction=_day_fraction(now),
             stopped=target not in spending,
             month_to_date=month.get(target, Decimal(0)) if from_counters else None,
+            missing_days_unknown=from_counters,
         )
         for target in targets
     }

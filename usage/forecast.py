@@ -31,6 +31,7 @@ def month_end_forecast(
     day_fraction: float = 0.5,
     stopped: bool = False,
     month_to_date: Decimal | None = None,
+    missing_days_unknown: bool = False,
 ) -> Forecast:
     """Forecast the month's total spend.
 
@@ -40,16 +41,19 @@ def month_end_forecast(
     widens it without moving the expectation much. `stopped`: nothing can spend any more (the key
     was deleted), so the month ends at its month to date. `month_to_date`, when known from elsewhere
     (OpenRouter's own month counter), replaces this month's completed days plus `today_partial`.
+    `missing_days_unknown`: a day missing from `daily` was not observed (not that nothing was spent),
+    so the run-rate is the mean of the recent days that were.
     """
     month_start = today.replace(day=1)
     month_days = calendar.monthrange(today.year, today.month)[1]
     if month_to_date is None:
         completed = sum((value for day, value in daily.items() if month_start <= day < today), Decimal(0))
         month_to_date = completed + today_partial
-    recent = [
-        Decimal(daily.get(date.fromordinal(today.toordinal() - offset), 0))
-        for offset in range(1, RUN_RATE_DAYS + 1)
-    ]
+    recent_days = [date.fromordinal(today.toordinal() - offset) for offset in range(1, RUN_RATE_DAYS + 1)]
+    if missing_days_unknown:
+        recent = [Decimal(daily[day]) for day in recent_days if day in daily] or [Decimal(0)]
+    else:
+        recent = [Decimal(daily.get(day, 0)) for day in recent_days]
     rate = sum(recent, Decimal(0)) / len(recent)
     if stopped:
         rate = low_rate = high_rate = Decimal(0)

@@ -472,7 +472,8 @@ def test_real_spend_on_a_negative_baseline_is_a_spike_without_a_meaningless_rati
 def test_a_normal_keys_forecast_reads_its_counters(acme, emulator, fiona):
     """A single-key connection has no usage rows (OpenRouter shows /activity only to a management
     key): its month to date is OpenRouter's month counter and its run-rate the daily counters the last
-    sync of each day read. It once showed today's counter as the month and a run-rate of $0/day."""
+    sync of each day read (days no sync read left out). It once showed today's counter as the month
+    and a run-rate of $0/day."""
     normal = connect(acme, emulator, secret=emulator.normal_key)
     for day in [TODAY - timedelta(days=offset) for offset in (3, 2, 1, 0)]:
         emulator.set_today(day)
@@ -484,7 +485,7 @@ def test_a_normal_keys_forecast_reads_its_counters(acme, emulator, fiona):
     today = insights.forecast(connection=normal, now=noon(TODAY))
     assert today.month_to_date == snapshots[TODAY].usage_monthly.quantize(Decimal("0.01"), ROUND_HALF_UP)
     completed = sum(snapshots[TODAY - timedelta(days=offset)].usage_daily for offset in (3, 2, 1))
-    assert today.daily_rate == (completed / 14).quantize(Decimal("0.01"), ROUND_HALF_UP) > 0
+    assert today.daily_rate == (completed / 3).quantize(Decimal("0.01"), ROUND_HALF_UP) > 0
     assert today.expected > today.month_to_date
 
     # The next morning, before a sync: the month counter as last read; on the 1st, a new month.

@@ -92,6 +92,23 @@ def test_forecast_of_a_steady_month():
     assert forecast.daily_rate == Decimal("10.00")
 
 
+def test_a_forecast_from_observed_days_leaves_the_unobserved_out_and_takes_a_given_month_to_date():
+    today = date(2026, 11, 16)
+    daily = {today - timedelta(days=1): Decimal(10), today - timedelta(days=2): Decimal(10)}  # 12 days unseen
+    seen = month_end_forecast(
+        daily=daily, today=today, day_fraction=0.5, month_to_date=Decimal(150), missing_days_unknown=True
+    )
+    assert seen.month_to_date == Decimal("150.00")  # the counter given, not the two days seen
+    assert seen.daily_rate == Decimal("10.00") and seen.expected == Decimal("295.00")  # 150 + 14.5 days × $10
+    nothing_seen = month_end_forecast(
+        daily={}, today=today, month_to_date=Decimal(3), missing_days_unknown=True
+    )
+    assert nothing_seen.daily_rate == 0 and nothing_seen.expected == Decimal("3.00")
+
+    as_zero = month_end_forecast(daily=daily, today=today, day_fraction=0.5)
+    assert as_zero.daily_rate == Decimal("1.43")  # $20 over 14 days: an activity day missing spent nothing
+
+
 def test_forecast_range_brackets_a_noisy_month():
     today = date(2026, 11, 20)
     rng = random.Random(3)
