@@ -350,7 +350,7 @@ def _budget_check(rule: AlertRule, reads: _Reads):
         return
     forecast = reads.budget_forecasts[budget.pk]
     amount = budget.monthly_usd
-    label = f"{budget.get_scope_display()} {budget.target_label}".strip()
+    label = budget.label
     spent = forecast.month_to_date
     detail = {"spent": spent, "budget": amount, "projected": forecast.expected}
     if rule.kind == AlertKind.BUDGET_80 and spent >= amount * Decimal("0.8"):

@@ -155,12 +155,14 @@ class Budget(models.Model):
         ordering = ["scope", "target_label"]
 
     def __str__(self) -> str:
-        target = (
-            "Whole connection"
-            if self.scope == BudgetScope.CONNECTION
-            else f"{self.get_scope_display()} {self.target_label}"
-        )
-        return f"{target}: ${self.monthly_usd}/month"
+        return f"{self.label}: ${self.monthly_usd}/month"
+
+    @property
+    def label(self) -> str:
+        """What the budget covers, as its alerts (and their mails) name it."""
+        if self.scope == BudgetScope.CONNECTION:
+            return self.get_scope_display()
+        return f"{self.get_scope_display()} {self.target_label}".strip()
 
 
 class AlertKind(models.TextChoices):

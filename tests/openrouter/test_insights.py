@@ -5,12 +5,14 @@ from decimal import Decimal
 
 import pytest
 from django.core import mail
+from django.urls import reverse
 from django.utils import timezone
 
 from integrations.models import SyncEvent, SyncRun
 from openrouter import insights
 from openrouter.alerts import budget_create, evaluate_alerts
 from openrouter.models import ApiKey, CreditsSnapshot, KeyOwner, Member
+from tests.conftest import client_for
 from tests.support import now_for, sync, usage_rows_edited
 from usage.backtest import backtest_month
 from usage.models import Alert, AlertKind, AlertRule, AlertState, UsageDaily
@@ -45,6 +47,20 @@ def test_budget_alerts_fire_once_per_month_and_email_admin_and_finance(synced, e
     assert len(budget_mails) == 2
     assert sorted(budget_mails[0].to) == ["alice@acme.test", "fiona@acme.test"]
     assert SyncEvent.objects.filter(connection=synced, kind="alert", code="alert_budget_100").count() == 1
+
+
+def test_a_connection_budget_alert_names_the_connection_once(synced, emulator, fiona):
+    """A budget set on the page for the whole connection (its label is "Whole connection") once
+    raised "Whole connection Whole connection: …"."""
+    client_for(fiona).post(
+        reverse("openrouter:budgets", args=["acme", synced.pk]),
+        {"scope": "connection", "target": "", "monthly_usd": "1"},
+    )
+
+    raised = evaluate_alerts(connection=synced, now=now_for(emulator))
+
+    titles = {alert.title for alert in raised if alert.kind == AlertKind.BUDGET_100}
+    assert titles == {"Whole connection: monthly budget of $1.00 reached"}
 
 
 def test_projected_overrun_alert(synced, emulator):
