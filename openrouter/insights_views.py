@@ -1,13 +1,10 @@
 """Budgets and forecast, alert rules, people and reconciliation pages of one OpenRouter connection."""
 
-from datetime import timedelta
-
 from django import forms
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
-from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from doow.access import ADMINS, USAGE_READERS, company_view
@@ -231,7 +228,7 @@ def key_owner(request: HttpRequest, connection_id: int) -> HttpResponse:
 def reconciliation(request: HttpRequest, connection_id: int) -> HttpResponse:
     connection = connection_get(company=request.company, connection_id=connection_id)
     query = DetailQuery.from_params(request.GET)
-    end = min(query.end, timezone.now().date() - timedelta(days=1))
+    end = query.last_reported_day
     return render(
         request,
         "openrouter/reconciliation.html",

@@ -179,10 +179,14 @@ class DetailQuery:
         return (self.end - self.start).days + 1
 
     @property
+    def last_reported_day(self) -> date:
+        """The range's last day OpenRouter has reported: it reports a UTC day once it has ended.
+        Before the range's start when none has."""
+        return min(self.end, self.today - timedelta(days=1))
+
+    @property
     def reported_days(self) -> int:
-        """The range's days before today: OpenRouter reports a UTC day once it has ended."""
-        last = min(self.end, self.today - timedelta(days=1))
-        return max(0, (last - self.start).days + 1)
+        return max(0, (self.last_reported_day - self.start).days + 1)
 
     @property
     def previous(self) -> tuple[date, date] | None:
@@ -263,9 +267,9 @@ def detail_report(*, connection: Connection, query: DetailQuery) -> dict:
     totals["cost_per_million"] = (
         Decimal(totals["spend_usd"]) * 1_000_000 / totals["total_tokens"] if totals["total_tokens"] else None
     )
-    previous, deltas = None, {}
-    if query.previous:
-        prev_start, prev_end = query.previous
+    previous, deltas, previous_range = None, {}, query.previous
+    if previous_range:
+        prev_start, prev_end = previous_range
         previous = cached(
             connection,
             "totals",
@@ -285,7 +289,7 @@ def detail_report(*, connection: Connection, query: DetailQuery) -> dict:
         "chart_title": CHART_TITLES[query.metric],
         "totals": totals,
         "previous": previous,
-        "previous_range": query.previous,
+        "previous_range": previous_range,
         "deltas": deltas,
         "has_any_usage": has_usage,
         "chart": _chart(connection, query, base) if has_usage else None,
@@ -314,7 +318,6 @@ def connection_status(connection: Connection) -> dict:
 def _notices(connection: Connection, query: DetailQuery, has_usage: bool, latest_run) -> list[dict]:
     """The troubleshooting list, narrowed to what explains this view. Each: level, code, title, text."""
     notices = []
-    today = timezone.now().date()
     if connection.state == ConnectionState.NEEDS_ATTENTION:
         notices.append(
             {
@@ -365,7 +368,7 @@ def _notices(connection: Connection, query: DetailQuery, has_usage: bool, latest
             }
         )
     complete = connection.complete_through
-    if query.end >= today or (complete is not None and query.end > complete):
+    if query.end >= query.today or (complete is not None and query.end > complete):
         through = f"through {complete:%-d %b} UTC" if complete else "for no day yet"
         notices.append(
             {
