@@ -56,6 +56,18 @@ def test_budget_targets_are_validated(fiona, synced):
     assert not Budget.objects.exists()
 
 
+def test_a_refused_budget_keeps_the_workspace_or_key_it_was_for(fiona, synced):
+    key = ApiKey.objects.filter(connection=synced).order_by("name").last()
+    response = client_for(fiona).post(
+        url("budgets", synced), {"scope": "key", "target": key.key_hash, "monthly_usd": "0.5"}
+    )
+    page = response.content.decode()
+    assert "greater than or equal to 1" in page
+    assert f'<option value="{key.key_hash}" selected>' in page
+    assert page.count(" selected>") == 2  # the scope and the key, nothing else
+    assert not Budget.objects.exists()
+
+
 def test_a_key_budget_and_its_deletion(fiona, synced):
     key = ApiKey.objects.filter(connection=synced).first()
     client = client_for(fiona)
