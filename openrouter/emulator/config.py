@@ -20,6 +20,10 @@ class EmulatorConfig:
     # Days of history before `today`; keys are created inside it and their usage counts from creation.
     days: int = 30
     today: datetime.date = DEFAULT_TODAY
+    # How much of `today` has passed, which sets today's partial counters and last-used times. None: a
+    # fixed share drawn per date (5-94% of the day), as tests rely on. The dev server passes the real
+    # UTC time and moves it on (Emulator.set_now), so nothing it serves is dated in the future.
+    time_of_day: datetime.time | None = None
     # Keys deleted after they had usage: their spend stays in /activity and /credits but not in /keys.
     deleted_keys: int | None = None
     # Seconds added to every response (per-run latency); per-request latency is a Fault.

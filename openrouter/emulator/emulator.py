@@ -11,7 +11,7 @@ from array import array
 from . import api, money, views
 from .config import EmulatorConfig
 from .faults import Fault, FaultSet
-from .generator import Counters, Snapshot, World
+from .generator import Counters, Snapshot, World, percent_of_day
 from .log import RequestLog, RequestLogEntry, key_fingerprint
 
 API_PREFIX = "/api/v1"
@@ -86,6 +86,15 @@ class Emulator:
                 self._today = day
                 self._snapshot = None
                 self._listings.clear()
+
+    def set_now(self, now: datetime.datetime) -> None:
+        """Today and how much of it has passed follow `now`, as a server on the real clock needs:
+        today's counters grow through the day and no key was last used in the future."""
+        now = now.astimezone(datetime.UTC)
+        with self._lock:
+            self.set_today(now.date())
+            if self.world.set_partial_percent(self.today_ord, percent_of_day(now.time())):
+                self._snapshot = None
 
     # -- derived figures (cached per "today") -----------------------------------------------------------
 
@@ -242,10 +251,10 @@ class Emulator:
 
         return AsyncEmulatorTransport(self)
 
-    def serve(self, host: str = "127.0.0.1", port: int = 0, *, follows_utc_date: bool = False):
+    def serve(self, host: str = "127.0.0.1", port: int = 0, *, follows_clock: bool = False):
         from .server import EmulatorServer
 
-        return EmulatorServer(self, host, port, follows_utc_date=follows_utc_date)
+        return EmulatorServer(self, host, port, follows_clock=follows_clock)
 
 
 def _fault_kinds(faults: list[Fault]):

@@ -167,6 +167,11 @@ ROW_FIELDS = 8
 COUNTER_FIELDS = 9
 
 
+def percent_of_day(moment: datetime.time) -> int:
+    """Whole percent of a UTC day passed at `moment` (0..99): the emulated day moves in 1% steps."""
+    return (moment.hour * 3600 + moment.minute * 60 + moment.second) // 864
+
+
 def _at(ordinal: int, seconds: int = 0) -> datetime.datetime:
     day = datetime.date.fromordinal(ordinal)
     return datetime.datetime.combine(day, datetime.time(), tzinfo=UTC) + datetime.timedelta(seconds=seconds)
@@ -207,6 +212,12 @@ class World:
             )
             for e in self.endpoints
         )
+        # (day ordinal, percent) once the emulated moment is given rather than drawn.
+        self._percent_set: tuple[int, int] | None = None
+        if config.time_of_day is not None:
+            self.set_partial_percent(self.config_today_ord, percent_of_day(config.time_of_day))
+        # Keys created today were created before the world's first moment, which later moments keep.
+        self._created_today_percent = self.partial_percent(self.config_today_ord)
         self.profile = functools.lru_cache(maxsize=8192)(self._build_profile)
         self._index_lock = threading.Lock()
         self._key_index: tuple[array, array, array, array] | None = None
@@ -297,7 +308,7 @@ class World:
             offset = int((days + 1) * r.random() ** 1.5)  # more old keys than new ones
         created_ord = self.origin_ord + min(offset, days)
         if created_ord == today:  # created earlier today, before the emulated "now"
-            created_at = _at(created_ord, r.randrange(max(60, 864 * self.partial_percent(today) - 120)))
+            created_at = _at(created_ord, r.randrange(max(60, 864 * self._created_today_percent - 120)))
         else:
             created_at = _at(created_ord, 6 * 3600 + r.randrange(12 * 3600))
 
@@ -415,8 +426,17 @@ class World:
         return tuple(rows)
 
     def partial_percent(self, today_ord: int) -> int:
-        """How much of today's generated usage has happened "so far" (5..94 %), fixed per date."""
+        """How much of today's generated usage has happened "so far": as set for that day (0..99 %),
+        else fixed per date (5..94 %)."""
+        if self._percent_set is not None and self._percent_set[0] == today_ord:
+            return self._percent_set[1]
         return 5 + rng.draws(self._key, _TAG_PARTIAL, today_ord)[0] % 90
+
+    def set_partial_percent(self, today_ord: int, percent: int) -> bool:
+        """Set how much of that day has passed; True if that changed any figure of it."""
+        changed = self.partial_percent(today_ord) != percent
+        self._percent_set = (today_ord, percent)
+        return changed
 
     def now(self, today_ord: int) -> datetime.datetime:
         return _at(today_ord, 864 * self.partial_percent(today_ord))

@@ -18,9 +18,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer(self) -> None:
         emu = self.server.emu
-        if self.server.follows_utc_date:
-            # After midnight UTC a new completed day, as OpenRouter's; set_today keeps an unchanged day.
-            emu.set_today(utc_today())
+        if self.server.follows_clock:
+            # After midnight UTC a new completed day, as OpenRouter's, and today's counters grow through
+            # the day; an unchanged moment (1% of a day) keeps what the emulator has worked out.
+            emu.set_now(utc_now())
         url = urllib.parse.urlsplit(self.path)
         length = int(self.headers.get("Content-Length") or 0)
         if length:
@@ -51,8 +52,8 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-def utc_today() -> datetime.date:
-    return datetime.datetime.now(datetime.UTC).date()
+def utc_now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
 
 
 class _Server(ThreadingHTTPServer):
@@ -61,14 +62,16 @@ class _Server(ThreadingHTTPServer):
 
 
 class EmulatorServer:
-    """`follows_utc_date`: "today" moves to the real UTC date at the first request after midnight, as
-    OpenRouter's window does, for a server that runs for days (the dev command). Tests keep theirs."""
+    """`follows_clock`: the emulated moment is the real UTC time of each request, for a server that
+    runs for days (the dev command): "today" moves to the real UTC date at the first request after
+    midnight, as OpenRouter's window does, and today's counters grow with the time of day. Tests keep
+    their fixed moment."""
 
-    def __init__(self, emu, host: str = "127.0.0.1", port: int = 0, *, follows_utc_date: bool = False):
+    def __init__(self, emu, host: str = "127.0.0.1", port: int = 0, *, follows_clock: bool = False):
         self.emu = emu
         self._server = _Server((host, port), _Handler)
         self._server.emu = emu
-        self._server.follows_utc_date = follows_utc_date
+        self._server.follows_clock = follows_clock
         self._server.stopping = threading.Event()
         self.host, self.port = self._server.server_address[:2]
         self.base_url = f"http://{self.host}:{self.port}/api/v1"

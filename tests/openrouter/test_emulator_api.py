@@ -298,31 +298,71 @@ def test_server_hang_outlasts_the_client_timeout():
     assert time.perf_counter() - started < 3  # shutdown does not wait for the hanging request
 
 
-def test_a_server_that_follows_the_utc_date_moves_on_at_midnight(monkeypatch):
+def at(day: datetime.date, hour: int, minute: int = 0) -> datetime.datetime:
+    return datetime.datetime.combine(day, datetime.time(hour, minute), tzinfo=datetime.UTC)
+
+
+def test_a_server_that_follows_the_clock_moves_on_at_midnight(monkeypatch):
     """A long-running server (the dev command) starts the next day at midnight UTC, as OpenRouter's
     window does: the day that ended becomes a completed day of /activity."""
     import openrouter.emulator.server as server_module
 
-    emu = Emulator(EmulatorConfig(seed=21, keys=30, today=TODAY))
-    monkeypatch.setattr(server_module, "utc_today", lambda: TODAY)
+    emu = Emulator(EmulatorConfig(seed=21, keys=30, today=TODAY, time_of_day=datetime.time(9)))
+    monkeypatch.setattr(server_module, "utc_now", lambda: at(TODAY, 9))
     headers = {"Authorization": f"Bearer {emu.management_key}"}
     with (
-        emu.serve(follows_utc_date=True) as server,
+        emu.serve(follows_clock=True) as server,
         httpx.Client(base_url=server.base_url, headers=headers) as http,
     ):
         days = {row["date"][:10] for row in http.get("/activity").json()["data"]}
         assert emu.today == TODAY and str(TODAY) not in days
-        monkeypatch.setattr(server_module, "utc_today", lambda: TODAY + datetime.timedelta(days=1))
+        monkeypatch.setattr(server_module, "utc_now", lambda: at(TODAY + datetime.timedelta(days=1), 0, 5))
         days = {row["date"][:10] for row in http.get("/activity").json()["data"]}
         assert emu.today == TODAY + datetime.timedelta(days=1)
         assert str(TODAY) in days and str(TODAY - datetime.timedelta(days=30)) not in days
 
 
-def test_a_server_keeps_its_day_unless_told_to_follow_the_date(monkeypatch):
+def test_a_server_that_follows_the_clock_dates_nothing_after_it_and_counts_today_as_it_passes(monkeypatch):
+    """The demo's emulator starts at 02:00 UTC: no key was last used (or created) later than the
+    request's time, and today's counters and the credits' usage grow as the day goes on."""
+    import openrouter.emulator.server as server_module
+
+    emu = Emulator(EmulatorConfig(seed=21, keys=30, today=TODAY, time_of_day=datetime.time(2)))
+    headers = {"Authorization": f"Bearer {emu.management_key}"}
+
+    def read(http, now):
+        monkeypatch.setattr(server_module, "utc_now", lambda: now)
+        keys = http.get("/keys", params={"include_disabled": "true"}).json()["data"]
+        return keys, http.get("/credits").json()["data"]["total_usage"]
+
+    with (
+        emu.serve(follows_clock=True) as server,
+        httpx.Client(base_url=server.base_url, headers=headers) as http,
+    ):
+        early, early_usage = read(http, at(TODAY, 2, 10))
+        late, late_usage = read(http, at(TODAY, 20))
+    for keys, now in ((early, at(TODAY, 2, 10)), (late, at(TODAY, 20))):
+        last_used = [datetime.datetime.fromisoformat(k["last_used_at"]) for k in keys if k["last_used_at"]]
+        created = [datetime.datetime.fromisoformat(k["created_at"]) for k in keys]
+        assert last_used and max(last_used) <= now
+        assert max(created) <= at(TODAY, 2)
+        assert any(used.date() == TODAY for used in last_used)
+    assert {k["hash"]: k["created_at"] for k in early} == {k["hash"]: k["created_at"] for k in late}
+    early_daily = sum(k["usage_daily"] for k in early)
+    late_daily = sum(k["usage_daily"] for k in late)
+    assert 0 < early_daily < late_daily
+    # The account's usage grows with them (and with keys deleted today, which /keys no longer lists).
+    assert late_usage - early_usage >= late_daily - early_daily - 1e-6
+    # Each key's day so far only grows, and never past what its whole day will be.
+    early_by_key = {k["hash"]: k["usage_daily"] for k in early}
+    assert all(k["usage_daily"] >= early_by_key[k["hash"]] for k in late)
+
+
+def test_a_server_keeps_its_day_unless_told_to_follow_the_clock(monkeypatch):
     import openrouter.emulator.server as server_module
 
     emu = Emulator(EmulatorConfig(seed=21, keys=30, today=TODAY))
-    monkeypatch.setattr(server_module, "utc_today", lambda: TODAY + datetime.timedelta(days=3))
+    monkeypatch.setattr(server_module, "utc_now", lambda: at(TODAY + datetime.timedelta(days=3), 12))
     with emu.serve() as server:
         headers = {"Authorization": f"Bearer {emu.management_key}"}
         assert httpx.get(f"{server.base_url}/credits", headers=headers).status_code == 200

@@ -22,17 +22,15 @@ class Command(BaseCommand):
         parser.add_argument("--days", type=int, default=30)
         parser.add_argument(
             "--today",
-            help="emulated UTC date YYYY-MM-DD (default: the real UTC date, moving on at midnight UTC)",
+            help="emulated UTC date YYYY-MM-DD (default: the real UTC clock, today's usage growing with it)",
         )
         parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every response")
 
     def handle(self, *args, **options):
+        follows = not options["today"]
+        now = datetime.datetime.now(datetime.UTC)
         try:
-            today = (
-                datetime.date.fromisoformat(options["today"])
-                if options["today"]
-                else datetime.datetime.now(datetime.UTC).date()
-            )
+            today = datetime.date.fromisoformat(options["today"]) if options["today"] else now.date()
             config = EmulatorConfig(
                 seed=options["seed"],
                 keys=options["keys"],
@@ -41,17 +39,17 @@ class Command(BaseCommand):
                 models=options["models"],
                 days=options["days"],
                 today=today,
+                time_of_day=now.time() if follows else None,
                 latency=options["latency"],
             )
         except ValueError as err:
             raise CommandError(str(err)) from err
         emulator = Emulator(config)
-        follows = not options["today"]
-        server = emulator.serve(options["host"], options["port"], follows_utc_date=follows)
+        server = emulator.serve(options["host"], options["port"], follows_clock=follows)
         # These are the emulator's own fake keys, derived from the seed: printing them is the point.
         self.stdout.write(
             f"OpenRouter emulator serving at {server.base_url} (today {today}"
-            f"{', following the UTC date' if follows else ''}, seed {config.seed})"
+            f"{', following the UTC clock' if follows else ''}, seed {config.seed})"
         )
         self.stdout.write(f"management key: {emulator.management_key}")
         self.stdout.write(f"normal key:     {emulator.normal_key}")
