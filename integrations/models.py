@@ -96,6 +96,13 @@ class Connection(models.Model):
     def is_live(self) -> bool:
         return self.state != ConnectionState.DISCONNECTED
 
+    @property
+    def is_syncing(self) -> bool:
+        """A worker holds the sync lease now. The state alone can say syncing after its worker died."""
+        from django.utils import timezone
+
+        return self.sync_lease_until is not None and self.sync_lease_until > timezone.now()
+
 
 class SyncRunStatus(models.TextChoices):
     RUNNING = "running", "Running"

@@ -107,6 +107,11 @@ def sync_now(request: HttpRequest, connection_id: int) -> HttpResponse:
     connection = connection_get(company=request.company, connection_id=connection_id)
     if connection.state == ConnectionState.DISCONNECTED or not connection.secret:
         messages.error(request, "This connection is disconnected. Connect it again to sync.")
+    elif connection.is_syncing:
+        # Another task would only be skipped by the lease, or read everything again right after it.
+        messages.info(
+            request, f"{connection.name} is syncing now; its figures appear as soon as that sync ends."
+        )
     else:
         sync_event_add(
             connection=connection,

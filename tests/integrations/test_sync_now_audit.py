@@ -7,7 +7,8 @@ import pytest
 from django.urls import reverse
 
 from doow.models import AuditEntry
-from integrations.services import connection_disconnect
+from integrations.models import SyncEvent
+from integrations.services import connection_disconnect, sync_claim, sync_release
 from tests.conftest import client_for
 from tests.support import connect
 
@@ -58,3 +59,21 @@ def test_a_refused_sync_now_writes_no_audit_row(acme, alice, oscar, emulator, se
     client_for(alice).post(sync_now_url(connection))
     assert AuditEntry.objects.count() == before
     assert not AuditEntry.objects.filter(action="connection.sync_requested").exists()
+
+
+def test_sync_now_while_a_sync_runs_queues_nothing_and_says_so(
+    acme, alice, emulator, send_task, django_capture_on_commit_callbacks
+):
+    connection = connect(acme, emulator, name="Prod org")
+    token = sync_claim(connection_id=connection.pk)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client_for(alice).post(sync_now_url(connection), follow=True)
+    assert "Prod org is syncing now" in response.content.decode()
+    assert not send_task.called
+    assert not AuditEntry.objects.filter(action="connection.sync_requested").exists()
+    assert not SyncEvent.objects.filter(connection=connection, code="sync_requested").exists()
+
+    sync_release(connection_id=connection.pk, token=token)
+    with django_capture_on_commit_callbacks(execute=True):
+        client_for(alice).post(sync_now_url(connection))
+    assert send_task.call_count == 1
