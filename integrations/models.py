@@ -43,7 +43,7 @@ class Connection(models.Model):
     # The ciphertext (integrations.crypto); never decrypted for display.
     secret = models.TextField(blank=True, editable=False)
     secret_last4 = models.CharField(max_length=4, blank=True, editable=False)
-    # Bumped on disconnect: a sync that started under an older generation must not write.
+    # Bumped on disconnect and on a replaced key: a sync that started under an older generation must not write.
     generation = models.PositiveIntegerField(default=0)
     # Bumped by every transaction that writes the provider's data of this connection (usage rows,
     # keys): report caches are keyed by it, so a cached figure is never older than the data.

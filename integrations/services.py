@@ -33,6 +33,10 @@ class DuplicateConnection(Exception):
     pass
 
 
+class CredentialMismatch(Exception):
+    """A replacement credential that reads another account than the connection's."""
+
+
 def sync_event_add(
     *,
     connection: Connection,
@@ -130,6 +134,73 @@ def connection_create(
         return connection
 
 
+@sensitive_variables("secret")
+def connection_replace_secret(
+    *, connection: Connection, secret: str, verified: VerifiedCredential, actor=None, request=None
+) -> Connection:
+    """Store a verified replacement credential of the same account on this connection, so its history,
+    budgets and owners stay with it (a disconnect and a new connection would start from the provider's
+    window); a disconnected connection is connected again this way. Any sync in flight stops writing
+    (generation bump) and its lease is released, so the sync queued here starts with the new key.
+
+    The transaction is opened here, not by a decorator, for the reason connection_create gives."""
+    with transaction.atomic():
+        locked = Connection.objects.select_for_update().get(pk=connection.pk)
+        if verified.scope != locked.scope or verified.external_account_id != locked.external_account_id:
+            raise CredentialMismatch(
+                f"That key reads {verified.account_label or 'another account'}, not "
+                f"{locked.account_label or 'the account'} this connection reads."
+            )
+        was_disconnected = locked.state == ConnectionState.DISCONNECTED
+        if (
+            was_disconnected
+            and Connection.objects.filter(
+                company_id=locked.company_id,
+                provider=locked.provider,
+                external_account_id=locked.external_account_id,
+            )
+            .exclude(state=ConnectionState.DISCONNECTED)
+            .exists()
+        ):
+            raise DuplicateConnection(
+                f"This company already has a live connection to {locked.account_label or 'that account'}."
+            )
+        Connection.objects.filter(pk=locked.pk).update(
+            secret=crypto.encrypt(secret, context=locked.secret_context),
+            secret_last4=secret[-4:],
+            account_label=verified.account_label,
+            config=verified.config,
+            state=ConnectionState.SYNCING,
+            attention_reason="",
+            generation=F("generation") + 1,
+            disconnected_at=None,
+            sync_lease_until=None,
+            sync_lease_token="",
+            sync_progress={},
+            next_sync_at=timezone.now(),
+        )
+        locked.refresh_from_db()
+        sync_event_add(
+            connection=locked,
+            kind=EventKind.CREDENTIAL,
+            code="credential_replaced",
+            message=f"Key {'connected again' if was_disconnected else 'replaced'} by "
+            f"{getattr(actor, 'email', None) or 'an operator'}: {locked.masked_secret} now reads "
+            f"{locked.account_label}.",
+            detail={"scope": verified.scope, "account": verified.external_account_id},
+        )
+        audit_record(
+            company=locked.company,
+            action="connection.reconnected" if was_disconnected else "connection.key_replaced",
+            request=request,
+            actor=actor,
+            target=f"{locked.provider}:{locked.pk}",
+            detail={"scope": verified.scope, "account": verified.external_account_id},
+        )
+        connection_enqueue_sync(connection=locked, trigger="manual")
+        return locked
+
+
 def connection_enqueue_sync(*, connection: Connection, trigger: str) -> None:
     """Send the provider's sync task by name once the surrounding transaction commits."""
     from doow.celery import app
@@ -151,7 +222,7 @@ def connection_secret(connection: Connection) -> str:
         connection_mark_attention(
             connection=connection,
             reason="The stored credential could not be decrypted with the configured key ring. "
-            "Check DOOW_ENCRYPTION_KEYS, or reconnect with the key.",
+            "Check DOOW_ENCRYPTION_KEYS, or paste the key again with Replace key (Company settings).",
             code="decrypt_failed",
             kind=EventKind.CREDENTIAL,
             detail={"error": str(exc)},
@@ -162,9 +233,10 @@ def connection_secret(connection: Connection) -> str:
 def connection_mark_attention(
     *, connection: Connection, reason: str, code: str, kind: str, run: SyncRun | None = None, detail=None
 ) -> None:
-    Connection.objects.filter(pk=connection.pk).exclude(state=ConnectionState.DISCONNECTED).update(
-        state=ConnectionState.NEEDS_ATTENTION, attention_reason=reason
-    )
+    # Under the caller's generation: a sync that read a key replaced since says nothing of the new one.
+    Connection.objects.filter(pk=connection.pk, generation=connection.generation).exclude(
+        state=ConnectionState.DISCONNECTED
+    ).update(state=ConnectionState.NEEDS_ATTENTION, attention_reason=reason)
     connection.state, connection.attention_reason = ConnectionState.NEEDS_ATTENTION, reason
     sync_event_add(
         connection=connection,

@@ -1,15 +1,9 @@
 from django import forms
 
 
-class ConnectForm(forms.Form):
+class KeyForm(forms.Form):
     """The pasted key is never rendered back: PasswordInput(render_value=False) leaves it empty on errors."""
 
-    name = forms.CharField(
-        max_length=120,
-        required=False,
-        label="Connection name",
-        help_text="Optional, e.g. “Production org”. Defaults to the OpenRouter organization.",
-    )
     key = forms.CharField(
         label="OpenRouter management key",
         max_length=300,
@@ -17,3 +11,13 @@ class ConnectForm(forms.Form):
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off", "spellcheck": "false"}),
         help_text="Create one in OpenRouter → Settings → Management keys. Doow only reads usage with it.",
     )
+
+
+class ConnectForm(KeyForm):
+    name = forms.CharField(
+        max_length=120,
+        required=False,
+        label="Connection name",
+        help_text="Optional, e.g. “Production org”. Defaults to the OpenRouter organization.",
+    )
+    field_order = ["name", "key"]

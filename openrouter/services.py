@@ -5,9 +5,14 @@ import logging
 from django.views.decorators.debug import sensitive_variables
 
 from doow.models import Company
-from integrations.models import Connection
-from integrations.providers import ProviderError
-from integrations.services import DuplicateConnection, connection_create
+from integrations.models import Connection, CredentialScope
+from integrations.providers import ProviderError, VerifiedCredential
+from integrations.services import (
+    CredentialMismatch,
+    DuplicateConnection,
+    connection_create,
+    connection_replace_secret,
+)
 from openrouter.provider import OpenRouterProvider
 
 logger = logging.getLogger(__name__)
@@ -23,28 +28,11 @@ def openrouter_connect(
 ) -> tuple[Connection, str]:
     """Verify the key with OpenRouter and store it. Returns (connection, notice for the admin)."""
     secret = secret.strip()
-    if not secret:
-        raise ConnectError("Paste an OpenRouter key.")
-    # Keys are printable ASCII; anything else (a curly quote from a document, a control character)
-    # could not even travel in an HTTP header.
-    if not (20 <= len(secret) <= 300 and secret.isascii() and secret.isprintable()) or " " in secret:
-        raise ConnectError("That does not look like an OpenRouter key. Copy the whole key from OpenRouter.")
-    provider = OpenRouterProvider()
-    try:
-        verified = provider.verify(secret, transport=transport)
-    except ProviderError as exc:
-        logger.info("OpenRouter key verification failed for company %s: %s", company.slug, exc.code)
-        if exc.code in ("http_401", "http_403"):
-            raise ConnectError(
-                "OpenRouter did not accept this key: it is invalid, revoked or expired. Nothing was stored."
-            ) from None
-        raise ConnectError(
-            "Could not reach OpenRouter to verify the key. Nothing was stored; please try again in a minute."
-        ) from None
+    verified = _verify(secret, company=company, transport=transport)
     try:
         connection = connection_create(
             company=company,
-            provider=provider.key,
+            provider=OpenRouterProvider.key,
             name=name.strip() or f"OpenRouter {verified.account_label}"[:120],
             secret=secret,
             verified=verified,
@@ -54,3 +42,62 @@ def openrouter_connect(
     except DuplicateConnection as exc:
         raise ConnectError(f"{exc} Disconnect it first to connect it again.") from None
     return connection, verified.notice
+
+
+@sensitive_variables("secret")
+def openrouter_replace_key(
+    *, connection: Connection, secret: str, actor=None, request=None, transport=None
+) -> Connection:
+    """Verify a new key of the connection's own organization (or normal key) and store it in place
+    of the old one, which may have been revoked, or of none after a disconnect."""
+    secret = secret.strip()
+    verified = _verify(secret, company=connection.company, transport=transport)
+    problem = _replacement_problem(connection, verified)
+    if problem:
+        raise ConnectError(f"{problem} Nothing was changed.")
+    try:
+        return connection_replace_secret(
+            connection=connection, secret=secret, verified=verified, actor=actor, request=request
+        )
+    except (CredentialMismatch, DuplicateConnection) as exc:
+        raise ConnectError(f"{exc} Nothing was changed.") from None
+
+
+def _replacement_problem(connection: Connection, verified: VerifiedCredential) -> str:
+    if connection.scope == CredentialScope.SINGLE_KEY:
+        if verified.external_account_id != connection.external_account_id:
+            return (
+                "This connection reads one API key, which another key cannot stand in for: connect the "
+                "new key as a connection of its own."
+            )
+    elif verified.scope != CredentialScope.ORGANIZATION:
+        return "This connection reads a whole organization: its key must be a management key of it."
+    elif verified.external_account_id != connection.external_account_id:
+        return (
+            f"That key belongs to {verified.account_label}, not to {connection.account_label}, which this "
+            f"connection reads. Use a management key of {connection.account_label}, or connect "
+            f"{verified.account_label} as a connection of its own."
+        )
+    return ""
+
+
+@sensitive_variables("secret")
+def _verify(secret: str, *, company: Company, transport=None) -> VerifiedCredential:
+    """What OpenRouter says the pasted key is, or ConnectError in words for the admin."""
+    if not secret:
+        raise ConnectError("Paste an OpenRouter key.")
+    # Keys are printable ASCII; anything else (a curly quote from a document, a control character)
+    # could not even travel in an HTTP header.
+    if not (20 <= len(secret) <= 300 and secret.isascii() and secret.isprintable()) or " " in secret:
+        raise ConnectError("That does not look like an OpenRouter key. Copy the whole key from OpenRouter.")
+    try:
+        return OpenRouterProvider().verify(secret, transport=transport)
+    except ProviderError as exc:
+        logger.info("OpenRouter key verification failed for company %s: %s", company.slug, exc.code)
+        if exc.code in ("http_401", "http_403"):
+            raise ConnectError(
+                "OpenRouter did not accept this key: it is invalid, revoked or expired. Nothing was stored."
+            ) from None
+        raise ConnectError(
+            "Could not reach OpenRouter to verify the key. Nothing was stored; please try again in a minute."
+        ) from None

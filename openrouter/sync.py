@@ -81,15 +81,15 @@ MIDNIGHT_MARGIN = timedelta(minutes=5)
 PROGRESS_INTERVAL_SECONDS = 1.0
 
 PERMANENT_HINTS = {
-    "http_401": "OpenRouter refused the stored key (401): it was probably revoked or expired. Reconnect with a valid management key.",
-    "http_403": "OpenRouter refused access (403): the key lacks organization scope or belongs to another organization. Use a management key of this organization.",
+    "http_401": "OpenRouter refused the stored key (401): it was probably revoked or expired. An admin can paste a valid one with Replace key (Company settings).",
+    "http_403": "OpenRouter refused access (403): the key lacks organization scope or belongs to another organization. An admin can paste a management key of this organization with Replace key (Company settings).",
     "http_402": "OpenRouter answered 402 (payment required): the account has no credits left for this request.",
     "http_404": "OpenRouter does not know this endpoint for this account (404).",
 }
 
 
 class Aborted(Exception):
-    """The connection was disconnected (or reconnected) while this sync ran."""
+    """The connection was disconnected, or its key replaced, while this sync ran."""
 
 
 class FetchStopped(Exception):
@@ -180,7 +180,8 @@ def _run_claimed(connection, trigger, attempt, transport, sleep, now, base_url) 
             run=run,
             status=SyncRunStatus.ABORTED,
             level=EventLevel.WARNING,
-            message="Sync aborted: the connection was disconnected while it ran. Nothing more was written.",
+            message="Sync aborted: the connection was disconnected, or its key replaced, while it ran. "
+            "Nothing more was written.",
             error_summary="aborted_disconnected",
         )
         return SyncResult(status=SyncRunStatus.ABORTED, run_id=run.pk)

@@ -6,6 +6,7 @@ app_name = "openrouter"
 urlpatterns = [
     path("connect/", views.connect, name="connect"),
     path("<int:connection_id>/", views.detail, name="detail"),
+    path("<int:connection_id>/key/", views.replace_key, name="replace-key"),
     path("<int:connection_id>/export.<str:fmt>", views.export, name="export"),
     path("<int:connection_id>/budgets/", insights_views.budgets, name="budgets"),
     path(

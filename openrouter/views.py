@@ -8,9 +8,9 @@ from django.views.decorators.http import require_GET, require_http_methods
 from doow.access import ADMINS, USAGE_READERS, company_view
 from integrations.selectors import connection_get
 from openrouter import exports, insights
-from openrouter.forms import ConnectForm
+from openrouter.forms import ConnectForm, KeyForm
 from openrouter.report import DetailQuery, connection_status, detail_report
-from openrouter.services import ConnectError, openrouter_connect
+from openrouter.services import ConnectError, openrouter_connect, openrouter_replace_key
 
 
 @sensitive_post_parameters("key")
@@ -39,6 +39,39 @@ def connect(request: HttpRequest) -> HttpResponse:
                 messages.warning(request, notice)
             return redirect("company-settings", company_slug=request.company.slug)
     return render(request, "openrouter/connect.html", {"form": form})
+
+
+@sensitive_post_parameters("key")
+@sensitive_variables("form")
+@never_cache
+@require_http_methods(["GET", "POST"])
+@company_view(ADMINS)
+def replace_key(request: HttpRequest, connection_id: int) -> HttpResponse:
+    """A new key for the same organization in place of the old one (rotated, leaked or revoked), or
+    for a disconnected connection: its history, budgets and owners stay with it."""
+    connection = connection_get(company=request.company, connection_id=connection_id)
+    form = KeyForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        was_disconnected = not connection.is_live
+        try:
+            connection = openrouter_replace_key(
+                connection=connection, secret=form.cleaned_data["key"], actor=request.user, request=request
+            )
+        except ConnectError as exc:
+            form.add_error("key", str(exc))
+        else:
+            messages.success(
+                request,
+                f"{connection.name} {'is connected again' if was_disconnected else 'has its new key'} "
+                f"({connection.masked_secret}) and a sync has started."
+                + (
+                    ""
+                    if was_disconnected
+                    else " Revoke the old key in OpenRouter (Settings → Management keys)."
+                ),
+            )
+            return redirect("company-settings", company_slug=request.company.slug)
+    return render(request, "openrouter/replace_key.html", {"connection": connection, "form": form})
 
 
 @require_GET

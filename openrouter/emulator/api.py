@@ -36,7 +36,7 @@ def authenticate(emu: Emulator, secret: str | None) -> str | int:
         raise ApiError(401, "No auth credentials found")
     if secret in emu.revoked:
         raise ApiError(401, "User not found.")
-    if secret == emu.world.management_key:
+    if emu.is_management_key(secret):
         return MANAGEMENT
     i = emu.world.index_of_secret(secret)
     if i is None or i >= emu.world.listed_count:  # deleted keys are gone

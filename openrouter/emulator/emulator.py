@@ -8,7 +8,7 @@ import threading
 import urllib.parse
 from array import array
 
-from . import api, money, views
+from . import api, money, rng, views
 from .config import EmulatorConfig
 from .faults import Fault, FaultSet
 from .generator import Counters, Snapshot, World, percent_of_day
@@ -43,6 +43,7 @@ class Emulator:
         self._snapshot: Snapshot | None = None
         self._listings: dict[tuple, array] = {}
         self.revoked: set[str] = set()
+        self._other_management_keys: set[str] = set()
         self.faults = FaultSet(config.seed)
         self.request_log = RequestLog()
         from .truth import Truth
@@ -59,6 +60,17 @@ class Emulator:
     def normal_key(self) -> str:
         """The secret of the first listed key (default workspace, enabled, never expires, has usage)."""
         return self.world.key_secret(0)
+
+    def new_management_key(self) -> str:
+        """Another management key of the same organization, as an admin creates one to rotate the first."""
+        with self._lock:
+            number = len(self._other_management_keys) + 1
+            secret = "sk-or-v1-" + rng.hex_id(f"doow-emulator-management:{self.config.seed}:{number}")
+            self._other_management_keys.add(secret)
+            return secret
+
+    def is_management_key(self, secret: str) -> bool:
+        return secret == self.world.management_key or secret in self._other_management_keys
 
     def key_secret(self, key_hash: str) -> str:
         i = self.world.index_of_hash(key_hash)

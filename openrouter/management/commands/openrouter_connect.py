@@ -3,8 +3,9 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
+from integrations.models import Connection
 from openrouter.management.commands._common import company_by_slug
-from openrouter.services import ConnectError, openrouter_connect
+from openrouter.services import ConnectError, openrouter_connect, openrouter_replace_key
 
 
 class Command(BaseCommand):
@@ -16,6 +17,12 @@ class Command(BaseCommand):
         source.add_argument("--key-file", help="Path of a file holding the key")
         source.add_argument("--key-stdin", action="store_true", help="Read the key from standard input")
         parser.add_argument("--name", default="", help="Connection name")
+        parser.add_argument(
+            "--connection",
+            type=int,
+            help="Replace this connection's key with the new one (same organization), or connect it again "
+            "after a disconnect, keeping its history",
+        )
 
     def handle(self, *args, **options):
         company = company_by_slug(options["company"])
@@ -26,6 +33,9 @@ class Command(BaseCommand):
                 raise CommandError(f"Cannot read the key file: {exc.strerror}") from None
         else:
             secret = sys.stdin.read().strip()
+        if options["connection"] is not None:
+            self._replace(company, options["connection"], secret)
+            return
         try:
             connection, notice = openrouter_connect(company=company, secret=secret, name=options["name"])
         except ConnectError as exc:
@@ -35,3 +45,19 @@ class Command(BaseCommand):
             f"{connection.get_scope_display().lower()} scope, key {connection.masked_secret}; initial sync queued."
         )
         self.stdout.write(summary + (f" Note: {notice}" if notice else ""))
+
+    def _replace(self, company, connection_id: int, secret: str) -> None:
+        connection = Connection.objects.filter(
+            company=company, provider="openrouter", pk=connection_id
+        ).first()
+        if connection is None:
+            raise CommandError(f"{company.slug} has no OpenRouter connection with id {connection_id}.")
+        was_disconnected = not connection.is_live
+        try:
+            connection = openrouter_replace_key(connection=connection, secret=secret)
+        except ConnectError as exc:
+            raise CommandError(str(exc)) from None
+        self.stdout.write(
+            f"{'Connected again' if was_disconnected else 'Replaced the key of'} {connection.name} "
+            f"(id {connection.pk}) of {company.slug}: key {connection.masked_secret}; sync queued."
+        )

@@ -1,0 +1,208 @@
+"""Replace key: a new key of the same organization takes the old one's place on the same connection, so
+its history, budgets and owners stay; a disconnected connection is connected again the same way."""
+
+import io
+from unittest import mock
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.urls import reverse
+
+from doow.models import AuditEntry
+from integrations.models import Connection, ConnectionState, SyncEvent
+from integrations.services import connection_disconnect, connection_mark_attention, connection_secret
+from openrouter.alerts import budget_create
+from openrouter.emulator import Emulator, EmulatorConfig
+from openrouter.emulator.log import key_fingerprint
+from tests.conftest import client_for
+from tests.support import TODAY, connect, sync, usage_snapshot
+from usage.models import Budget
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def send_task():
+    with mock.patch("doow.celery.app.send_task") as patched:
+        yield patched
+
+
+@pytest.fixture
+def synced(acme, emulator):
+    connection = connect(acme, emulator, name="Prod org")
+    assert sync(connection, emulator).status == "succeeded"
+    return connection
+
+
+def replace_url(connection) -> str:
+    return reverse("openrouter:replace-key", args=["acme", connection.pk])
+
+
+def leaked_pieces(secret: str, text: str) -> list[str]:
+    return [secret[i : i + 8] for i in range(len(secret) - 7) if secret[i : i + 8] in text]
+
+
+def test_a_revoked_key_is_replaced_in_place_and_the_connection_keeps_its_history(
+    alice, synced, emulator, emulator_server, send_task, django_capture_on_commit_callbacks
+):
+    budget_create(connection=synced, scope="connection", target="", target_label="", monthly_usd=100)
+    history = usage_snapshot(synced)
+    emulator.revoke(emulator.management_key)
+    sync(synced, emulator)
+    synced.refresh_from_db()
+    assert synced.state == ConnectionState.NEEDS_ATTENTION
+    assert "Replace key" in synced.attention_reason
+    generation = synced.generation
+    new_key = emulator.new_management_key()
+
+    client = client_for(alice)
+    assert "Replace the key of Prod org" in client.get(replace_url(synced)).content.decode()
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(replace_url(synced), {"key": new_key}, follow=True)
+
+    page = response.content.decode()
+    assert f"Prod org has its new key (sk-or-…{new_key[-4:]}) and a sync has started." in page
+    assert not leaked_pieces(new_key, page)
+    connection = Connection.objects.get()  # the same connection: no second one
+    assert connection.pk == synced.pk
+    assert connection.state == ConnectionState.SYNCING and connection.attention_reason == ""
+    assert connection.generation == generation + 1
+    assert connection.secret_last4 == new_key[-4:]
+    assert connection_secret(connection) == new_key
+    assert not leaked_pieces(new_key, connection.secret)
+    send_task.assert_called_once_with(
+        "openrouter.sync_connection", args=[connection.pk], kwargs={"trigger": "manual"}
+    )
+    event = SyncEvent.objects.get(connection=connection, code="credential_replaced")
+    assert (
+        event.message
+        == f"Key replaced by {alice.email}: sk-or-…{new_key[-4:]} now reads {connection.account_label}."
+    )
+    assert (
+        AuditEntry.objects.filter(
+            action="connection.key_replaced", actor=alice, company=connection.company
+        ).count()
+        == 1
+    )
+
+    assert sync(connection, emulator).status == "succeeded"
+    connection.refresh_from_db()
+    assert connection.state == ConnectionState.CONNECTED
+    assert usage_snapshot(connection) == history
+    assert Budget.objects.filter(connection=connection).count() == 1
+    assert {entry.key_id for entry in emulator.request_log[-5:]} == {key_fingerprint(new_key)}
+
+
+def test_a_key_of_another_organization_a_normal_key_or_a_refused_key_changes_nothing(
+    alice, synced, emulator, emulator_server, settings
+):
+    other = Emulator(EmulatorConfig(seed=99, keys=3, today=TODAY))
+    client = client_for(alice)
+    before = Connection.objects.values().get()
+    with other.serve() as other_server:
+        settings.OPENROUTER_BASE_URL = other_server.base_url
+        page = client.post(replace_url(synced), {"key": other.management_key}).content.decode()
+    settings.OPENROUTER_BASE_URL = emulator_server.base_url
+    assert f"That key belongs to {other.world.organization_id}, not to {synced.account_label}" in page
+    assert "Nothing was changed." in page
+    page = client.post(replace_url(synced), {"key": emulator.normal_key}).content.decode()
+    assert "its key must be a management key of it" in page
+    page = client.post(replace_url(synced), {"key": "sk-or-v1-" + "0" * 64}).content.decode()
+    assert "OpenRouter did not accept this key" in page
+    for key in (other.management_key, emulator.normal_key):
+        assert not leaked_pieces(key, page)
+    assert Connection.objects.values().get() == before
+    assert not SyncEvent.objects.filter(code="credential_replaced").exists()
+    assert not AuditEntry.objects.filter(
+        action__in=["connection.key_replaced", "connection.reconnected"]
+    ).exists()
+
+
+def test_a_disconnected_connection_is_connected_again_with_its_history(
+    alice, synced, emulator, emulator_server, send_task
+):
+    history = usage_snapshot(synced)
+    connection_disconnect(connection=synced, actor=alice)
+    client = client_for(alice)
+    settings_page = client.get("/c/acme/settings/").content.decode()
+    assert 'data-testid="connect-again"' in settings_page
+    assert "Connect Prod org again" in client.get(replace_url(synced)).content.decode()
+
+    page = client.post(replace_url(synced), {"key": emulator.management_key}, follow=True).content.decode()
+
+    assert "Prod org is connected again" in page
+    connection = Connection.objects.get()
+    assert connection.state == ConnectionState.SYNCING and connection.disconnected_at is None
+    assert connection_secret(connection) == emulator.management_key
+    assert AuditEntry.objects.filter(action="connection.reconnected", actor=alice).count() == 1
+    assert sync(connection, emulator).status == "succeeded"
+    assert usage_snapshot(connection) == history
+
+
+def test_connecting_again_is_refused_while_another_connection_reads_the_organization(
+    alice, acme, synced, emulator, emulator_server
+):
+    connection_disconnect(connection=synced, actor=alice)
+    connect(acme, emulator, name="Newer")
+    page = client_for(alice).post(replace_url(synced), {"key": emulator.management_key}).content.decode()
+    assert "already has a live connection" in page and "Nothing was changed." in page
+    synced.refresh_from_db()
+    assert synced.state == ConnectionState.DISCONNECTED and synced.secret == ""
+
+
+def test_a_single_key_connection_takes_only_its_own_key_back(alice, acme, emulator, emulator_server):
+    connection = connect(acme, emulator, secret=emulator.normal_key)
+    connection_disconnect(connection=connection, actor=alice)
+    client = client_for(alice)
+    page = client.post(replace_url(connection), {"key": emulator.management_key}).content.decode()
+    assert "another key cannot stand in for" in page
+    client.post(replace_url(connection), {"key": emulator.normal_key})
+    connection.refresh_from_db()
+    assert connection.state == ConnectionState.SYNCING
+    assert connection_secret(connection) == emulator.normal_key
+
+
+def test_a_sync_that_read_the_replaced_key_does_not_flag_the_new_one(
+    alice, synced, emulator, emulator_server
+):
+    in_flight = Connection.objects.get()  # as a sync loaded it, before the key was replaced
+    client_for(alice).post(replace_url(synced), {"key": emulator.new_management_key()})
+    connection_mark_attention(
+        connection=in_flight,
+        reason="OpenRouter refused the stored key (401)",
+        code="credential_refused",
+        kind="credential",
+    )
+    synced.refresh_from_db()
+    assert synced.state == ConnectionState.SYNCING and synced.attention_reason == ""
+
+
+def test_the_connect_command_replaces_a_connections_key(
+    synced, emulator, emulator_server, tmp_path, send_task
+):
+    new_key = emulator.new_management_key()
+    key_file = tmp_path / "key"
+    key_file.write_text(new_key + "\n")
+    out = io.StringIO()
+    call_command(
+        "openrouter_connect",
+        "--company",
+        "acme",
+        "--connection",
+        str(synced.pk),
+        "--key-file",
+        key_file,
+        stdout=out,
+    )
+    assert out.getvalue().strip() == (
+        f"Replaced the key of Prod org (id {synced.pk}) of acme: key sk-or-…{new_key[-4:]}; sync queued."
+    )
+    assert connection_secret(Connection.objects.get()) == new_key
+    with pytest.raises(CommandError, match="has no OpenRouter connection with id 999"):
+        call_command("openrouter_connect", "--company", "acme", "--connection", "999", "--key-file", key_file)
+    key_file.write_text(emulator.normal_key)
+    with pytest.raises(CommandError, match="must be a management key"):
+        call_command(
+            "openrouter_connect", "--company", "acme", "--connection", str(synced.pk), "--key-file", key_file
+        )
+    assert connection_secret(Connection.objects.get()) == new_key
