@@ -75,16 +75,8 @@ def connection_create(
     The transaction is opened here, not by a decorator: a decorator's frame would hold the
     arguments, the key among them, where an error report shows them."""
     with transaction.atomic():
-        duplicate = DuplicateConnection(
-            f"This company already has a live connection to {verified.account_label or 'that account'}."
-        )
-        if (
-            Connection.objects.filter(
-                company=company, provider=provider, external_account_id=verified.external_account_id
-            )
-            .exclude(state=ConnectionState.DISCONNECTED)
-            .exists()
-        ):
+        duplicate = _duplicate(verified.account_label)
+        if _live_connection_exists(company.pk, provider, verified.external_account_id):
             raise duplicate
         try:
             # A concurrent connect of the same account (a double-clicked button) passes the check
@@ -152,19 +144,10 @@ def connection_replace_secret(
                 f"{locked.account_label or 'the account'} this connection reads."
             )
         was_disconnected = locked.state == ConnectionState.DISCONNECTED
-        if (
-            was_disconnected
-            and Connection.objects.filter(
-                company_id=locked.company_id,
-                provider=locked.provider,
-                external_account_id=locked.external_account_id,
-            )
-            .exclude(state=ConnectionState.DISCONNECTED)
-            .exists()
+        if was_disconnected and _live_connection_exists(
+            locked.company_id, locked.provider, locked.external_account_id
         ):
-            raise DuplicateConnection(
-                f"This company already has a live connection to {locked.account_label or 'that account'}."
-            )
+            raise _duplicate(locked.account_label)
         Connection.objects.filter(pk=locked.pk).update(
             secret=crypto.encrypt(secret, context=locked.secret_context),
             secret_last4=secret[-4:],
@@ -199,6 +182,22 @@ def connection_replace_secret(
         )
         connection_enqueue_sync(connection=locked, trigger="manual")
         return locked
+
+
+def _live_connection_exists(company_id: int, provider: str, external_account_id: str) -> bool:
+    return (
+        Connection.objects.filter(
+            company_id=company_id, provider=provider, external_account_id=external_account_id
+        )
+        .exclude(state=ConnectionState.DISCONNECTED)
+        .exists()
+    )
+
+
+def _duplicate(account_label: str) -> DuplicateConnection:
+    return DuplicateConnection(
+        f"This company already has a live connection to {account_label or 'that account'}."
+    )
 
 
 def connection_enqueue_sync(*, connection: Connection, trigger: str) -> None:
