@@ -172,6 +172,20 @@ def test_admin_finance_and_ops_journey(live_server, personas, slow_emulator_serv
     expect(newest).to_have_class(re.compile("is-new"))
     shot(ops, "12-event-log-ops-live")
 
+    # --- Admin rotates the key: a new management key of the organization takes the old one's place on
+    # the same connection, and the worker syncs with it.
+    new_key = emulator.new_management_key()
+    admin.goto(f"{base}/c/acme/settings/")
+    admin.click("[data-testid=replace-key]")
+    admin.fill("#id_key", new_key)
+    shot(admin, "13-replace-key")
+    admin.click("[data-testid=replace-key-submit]")
+    card = admin.locator(".integration-card[data-connection]")
+    expect(card).to_contain_text(f"sk-or-…{new_key[-4:]}")
+    expect(card).to_have_attribute("data-state", "connected", timeout=45_000)
+    assert Connection.objects.count() == 1
+    assert connection.runs.filter(trigger="manual", status="succeeded").exists()
+
     # --- Admin disconnects.
     admin.goto(f"{base}/c/acme/settings/")
     admin.click("[data-testid=disconnect]")
@@ -189,6 +203,15 @@ def test_admin_finance_and_ops_journey(live_server, personas, slow_emulator_serv
     expect(admin.get_by_test_id("notice-disconnected")).to_be_visible()
     expect(admin.get_by_test_id("total-spend")).to_be_visible()
     shot(admin, "15-detail-disconnected-history")
+
+    # --- And connects it again with the same history, not as a new connection.
+    admin.goto(f"{base}/c/acme/settings/")
+    admin.click("[data-testid=connect-again]")
+    admin.fill("#id_key", new_key)
+    admin.click("[data-testid=replace-key-submit]")
+    expect(card).to_have_attribute("data-state", "connected", timeout=45_000)
+    assert Connection.objects.count() == 1
+    shot(admin, "16-settings-connected-again")
 
     for page in (admin, finance, ops):
         assert page.js_errors == [], page.js_errors
