@@ -90,7 +90,7 @@ def test_a_full_session_never_shows_the_key(personas, emulator, emulator_server,
     caplog.set_level(logging.DEBUG)
     for name in ("httpx", "httpcore"):
         logging.getLogger(name).setLevel(logging.DEBUG)
-    key = emulator.management_key
+    key, new_key = emulator.management_key, emulator.new_management_key()
     seen: list[str] = []
     try:
         admin = client_for(personas["admin"])
@@ -98,6 +98,15 @@ def test_a_full_session_never_shows_the_key(personas, emulator, emulator_server,
             admin.post("/c/acme/integrations/openrouter/connect/", {"key": key}, follow=True).content.decode()
         )
         connection = Connection.objects.get()
+        sync(connection, emulator)
+        # The key is rotated, and the new one synced with: neither may show anywhere.
+        seen.append(
+            admin.post(
+                f"/c/acme/integrations/openrouter/{connection.pk}/key/", {"key": new_key}, follow=True
+            ).content.decode()
+        )
+        connection.refresh_from_db()
+        assert connection.secret_last4 == new_key[-4:]
         sync(connection, emulator)
         run = SyncRun.objects.filter(connection=connection).first()
         for persona in ("admin", "finance", "ops"):
@@ -132,9 +141,10 @@ def test_a_full_session_never_shows_the_key(personas, emulator, emulator_server,
             logging.getLogger(name).setLevel(logging.WARNING)
     seen.extend(record.getMessage() for record in caplog.records)
     everything = "\n".join(seen)
-    assert f"sk-or-…{key[-4:]}" in everything  # the masked form is what people see
-    leaked = [piece for piece in pieces(key) if piece in everything]
-    assert not leaked, f"{len(leaked)} 8-character pieces of the key were found"
+    assert f"sk-or-…{new_key[-4:]}" in everything  # the masked form is what people see
+    for secret in (key, new_key):
+        leaked = [piece for piece in pieces(secret) if piece in everything]
+        assert not leaked, f"{len(leaked)} 8-character pieces of a key were found"
 
 
 def _fail(*args, **kwargs):
