@@ -239,6 +239,9 @@ EMAIL_BACKEND = env.str(
     else "django.core.mail.backends.smtp.EmailBackend",
 )
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Doow <no-reply@doow.test>")
+# Where people reach Doow, for the links in alert emails (a worker sends them, with no request to
+# take the host from). Unset: the emails carry no link.
+DOOW_PUBLIC_URL = env.str("DOOW_PUBLIC_URL", default="http://127.0.0.1:8000" if DEBUG else "").rstrip("/")
 
 # --- Security headers. Strict in production; check --deploy passes with production env values.
 SECURE_CONTENT_TYPE_NOSNIFF = True

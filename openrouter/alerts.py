@@ -14,8 +14,10 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import cached_property
 
+from django.conf import settings
 from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
+from django.urls import reverse
 from django.utils import timezone
 
 from doow.models import Membership, Role
@@ -291,6 +293,27 @@ def _reopen(rule: AlertRule, firing: _Firing, now: datetime) -> Alert | None:
     return same.get() if reopened else None
 
 
+def _links(alert: Alert, connection: Connection) -> str:
+    """Where to act on the alert and read the figures behind it, once Doow knows its public address."""
+    base = settings.DOOW_PUBLIC_URL
+    if not base:
+        return ""
+    slug = connection.company.slug
+    if alert.kind == AlertKind.SYNC_FAILING:
+        behind = (
+            "The sync's events",
+            f"{reverse('integrations:events', args=[slug])}?connection={connection.pk}",
+        )
+    elif alert.kind.startswith("budget"):
+        behind = ("The budget and its forecast", reverse("openrouter:budgets", args=[slug, connection.pk]))
+    else:
+        behind = ("The figures", reverse("openrouter:detail", args=[slug, connection.pk]))
+    return (
+        f"\nAcknowledge or resolve it: {base}{reverse('usage:alerts', args=[slug])}\n"
+        f"{behind[0]}: {base}{behind[1]}\n"
+    )
+
+
 def _email(alert: Alert, connection: Connection, recipients: list[str], *, first_attempt: bool) -> bool:
     """Email the alert; on failure log it (the error's class, nothing it carries) and leave emailed_to
     empty, so the next evaluation tries again while the alert is open and its condition holds. The
@@ -300,7 +323,7 @@ def _email(alert: Alert, connection: Connection, recipients: list[str], *, first
     try:
         send_mail(
             subject=_one_line(f"[Doow] {alert.title}"),
-            message=f"{alert.message}\n\nConnection: {connection.name}\n",
+            message=f"{alert.message}\n\nConnection: {connection.name}\n{_links(alert, connection)}",
             from_email=None,
             recipient_list=recipients,
         )

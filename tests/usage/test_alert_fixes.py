@@ -471,3 +471,33 @@ def test_alert_evaluation_queries_do_not_grow_with_budgets(synced, emulator, dja
 
     with django_assert_max_num_queries(len(few)):
         evaluate_alerts(connection=synced, now=now)
+
+
+# --- Alert emails link to where the alert is handled and to the figures behind it
+
+
+def test_alert_emails_link_to_the_alerts_page_and_the_figures_behind_them(synced, emulator, settings):
+    settings.DOOW_PUBLIC_URL = "https://doow.example.com"
+    mail.outbox.clear()
+    credits_left(synced, 3)
+    connection_budget(synced, 1)
+    evaluate_alerts(connection=synced, now=now_for(emulator))
+    bodies = {m.subject: m.body for m in mail.outbox}
+    credit = next(body for subject, body in bodies.items() if "Credit balance below" in subject)
+    budget = next(body for subject, body in bodies.items() if "budget" in subject)
+    alerts_link = "Acknowledge or resolve it: https://doow.example.com/c/acme/alerts/"
+    assert alerts_link in credit and alerts_link in budget
+    assert f"The figures: https://doow.example.com/c/acme/integrations/openrouter/{synced.pk}/\n" in credit
+    assert (
+        f"The budget and its forecast: https://doow.example.com/c/acme/integrations/openrouter/{synced.pk}/budgets/"
+        in budget
+    )
+
+
+def test_without_a_public_url_alert_emails_carry_no_link(synced, emulator, settings):
+    settings.DOOW_PUBLIC_URL = ""
+    mail.outbox.clear()
+    credits_left(synced, 3)
+    evaluate_alerts(connection=synced, now=now_for(emulator))
+    (email,) = [m for m in mail.outbox if "Credit balance below" in m.subject]
+    assert "http" not in email.body and email.body.endswith(f"Connection: {synced.name}\n")
