@@ -5,6 +5,7 @@ from django.contrib import messages
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from doow.access import ADMINS, USAGE_READERS, company_view
@@ -165,6 +166,7 @@ def alert_rule_update(request: HttpRequest, connection_id: int, rule_id: int) ->
 def people(request: HttpRequest, connection_id: int) -> HttpResponse:
     connection = connection_get(company=request.company, connection_id=connection_id)
     query = DetailQuery.from_params(request.GET)
+    end = query.last_reported_day
     key_people = insights.key_people(connection=connection)
     key_page = Paginator(
         ApiKey.objects.filter(connection=connection).order_by("name", "key_hash"), 50
@@ -175,7 +177,9 @@ def people(request: HttpRequest, connection_id: int) -> HttpResponse:
         {
             "connection": connection,
             "query": query,
-            "by_person": insights.spend_by_person(connection=connection, start=query.start, end=query.end),
+            "end": end,
+            "presets": PRESETS,
+            "by_person": insights.spend_by_person(connection=connection, start=query.start, end=end),
             "keys": [(key, key_people.get(key.key_hash)) for key in key_page.object_list],
             "key_page": key_page,
             "members": Membership.objects.filter(company=request.company)
@@ -220,7 +224,9 @@ def key_owner(request: HttpRequest, connection_id: int) -> HttpResponse:
         if membership
         else f"Manual owner of {key.name or key.key_hash[:12]} cleared; OpenRouter's creator applies again.",
     )
-    return redirect("openrouter:people", company_slug=request.company.slug, connection_id=connection.pk)
+    # Back to the range and page the admin was reading (the form's action carries them).
+    people_url = reverse("openrouter:people", args=[request.company.slug, connection.pk])
+    return redirect(f"{people_url}?{request.GET.urlencode()}" if request.GET else people_url)
 
 
 @require_GET

@@ -1,17 +1,19 @@
 """The budgets, people, reconciliation and alerts pages."""
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from unittest import mock
 
 import pytest
+from django.db.models import Sum
 from django.urls import reverse
 
+from openrouter import insights
 from openrouter.alerts import budget_create, evaluate_alerts
 from openrouter.models import ApiKey, KeyOwner
 from tests.conftest import client_for
 from tests.support import TODAY, connect, noon, sync
-from usage.models import Alert, AlertRule, AlertState, Budget
+from usage.models import Alert, AlertRule, AlertState, Budget, UsageDaily
 
 pytestmark = pytest.mark.django_db
 
@@ -110,6 +112,37 @@ def test_people_page_and_manual_owner(alice, fiona, synced):
         assert KeyOwner.objects.get(key_hash=key.key_hash).user == fiona
         page = client_for(alice).get(url("people", synced)).content.decode()
         assert "Correct by hand" in page and "manual" in page
+
+
+def test_people_page_reads_the_range_asked_for_and_an_owner_change_keeps_it(alice, synced):
+    start, end = TODAY - timedelta(days=10), TODAY - timedelta(days=4)
+    params = f"range=custom&from={start}&to={end}&page=1"
+    with mock.patch("django.utils.timezone.now", return_value=noon(TODAY)):
+        client = client_for(alice)
+        page = client.get(f"{url('people', synced)}?{params}").content.decode()
+        assert f"{start:%-d %b %Y} – {end:%-d %b %Y} (UTC, completed days)" in page
+        assert '<option value="custom" selected>' in page
+        assert f'value="{start}"' in page and f'value="{end}"' in page
+        spend = UsageDaily.objects.filter(connection=synced, day__range=(start, end)).aggregate(
+            s=Sum("spend_usd")
+        )
+        shown = insights.spend_by_person(connection=synced, start=start, end=end)
+        assert sum(entry["spend"] for entry in shown) == spend["s"] > 0
+
+        key = ApiKey.objects.filter(connection=synced).first()
+        response = client.post(
+            f"{url('key-owner', synced)}?{params}", {"key_hash": key.key_hash, "user": alice.pk}
+        )
+        assert response.status_code == 302 and response["Location"] == f"{url('people', synced)}?{params}"
+
+
+def test_people_page_on_a_months_first_day_says_no_day_of_this_month_has_ended(alice, synced):
+    first = TODAY.replace(day=1) + timedelta(days=31)
+    first = first.replace(day=1)
+    with mock.patch("django.utils.timezone.now", return_value=noon(first)):
+        page = client_for(alice).get(f"{url('people', synced)}?range=this_month").content.decode()
+    assert "No UTC day of this range has completed yet" in page
+    assert "No usage in this range." in page
 
 
 def test_key_owner_must_be_a_member(alice, charlie, synced):
