@@ -333,7 +333,9 @@ def _notices(connection: Connection, query: DetailQuery, has_usage: bool, latest
                 "level": "info",
                 "code": "disconnected",
                 "title": "Disconnected",
-                "text": "Doow no longer syncs this organization; the usage synced before is kept and shown.",
+                "text": "Doow no longer syncs this organization; the usage synced before is kept and shown. "
+                "An admin can connect it again with a new key (Company settings → Connect again), and its "
+                "history goes on in this same connection.",
             }
         )
     if connection.scope == CredentialScope.SINGLE_KEY:
