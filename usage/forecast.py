@@ -42,7 +42,8 @@ def month_end_forecast(
     was deleted), so the month ends at its month to date. `month_to_date`, when known from elsewhere
     (OpenRouter's own month counter), replaces this month's completed days plus `today_partial`.
     `missing_days_unknown`: a day missing from `daily` was not observed (not that nothing was spent),
-    so the run-rate is the mean of the recent days that were.
+    so the run-rate is the mean of the recent days that were; while none was, and at least a whole
+    day of the month has passed, it is the month to date over the days of the month so far.
     """
     month_start = today.replace(day=1)
     month_days = calendar.monthrange(today.year, today.month)[1]
@@ -51,7 +52,10 @@ def month_end_forecast(
         month_to_date = completed + today_partial
     recent_days = [date.fromordinal(today.toordinal() - offset) for offset in range(1, RUN_RATE_DAYS + 1)]
     if missing_days_unknown:
-        recent = [Decimal(daily[day]) for day in recent_days if day in daily] or [Decimal(0)]
+        elapsed = Decimal(str(today.day - 1 + day_fraction))
+        # Nothing observed yet (a key connected today): the month so far says more than $0/day would.
+        fallback = month_to_date / elapsed if elapsed >= 1 else Decimal(0)
+        recent = [Decimal(daily[day]) for day in recent_days if day in daily] or [fallback]
     else:
         recent = [Decimal(daily.get(day, 0)) for day in recent_days]
     rate = sum(recent, Decimal(0)) / len(recent)

@@ -19,6 +19,7 @@ from openrouter.models import ApiKey, ApiKeySnapshot, CreditsSnapshot, Member
 from tests.conftest import client_for
 from tests.support import TODAY, connect, noon, sync
 from usage.anomalies import detect_spike
+from usage.forecast import month_end_forecast
 from usage.models import AlertKind, AlertRule, UsageDaily
 
 pytestmark = pytest.mark.django_db
@@ -495,6 +496,29 @@ def test_a_normal_keys_forecast_reads_its_counters(acme, emulator, fiona):
 
     page = client_for(fiona).get(url("budgets", normal)).content.decode()
     assert "a normal key's figures come from its own counters" in page
+
+
+def test_a_normal_key_connected_today_is_projected_from_its_month_so_far(acme, emulator):
+    """No completed day has been read yet: the run-rate is OpenRouter's month counter over the days of
+    the month so far, not $0/day; on the month's first day there is too little to go on."""
+    normal = connect(acme, emulator, secret=emulator.normal_key)
+    sync(normal, emulator)
+    counter = ApiKeySnapshot.objects.get(connection=normal, day=TODAY)
+    assert counter.usage_monthly > 0
+
+    forecast = insights.forecast(connection=normal, now=noon(TODAY))
+    elapsed = Decimal(TODAY.day - 1) + Decimal("0.5")  # noon
+    assert (
+        forecast.daily_rate == (counter.usage_monthly / elapsed).quantize(Decimal("0.01"), ROUND_HALF_UP) > 0
+    )
+    assert forecast.expected > forecast.month_to_date
+    assert month_end_forecast(
+        daily={},
+        today=date(2026, 12, 1),
+        day_fraction=0.5,
+        month_to_date=Decimal(3),
+        missing_days_unknown=True,
+    ).daily_rate == Decimal(0)
 
 
 def test_a_normal_keys_reconciliation_says_what_it_cannot_see_and_flags_nothing(acme, emulator):

@@ -100,10 +100,11 @@ def test_a_forecast_from_observed_days_leaves_the_unobserved_out_and_takes_a_giv
     )
     assert seen.month_to_date == Decimal("150.00")  # the counter given, not the two days seen
     assert seen.daily_rate == Decimal("10.00") and seen.expected == Decimal("295.00")  # 150 + 14.5 days × $10
+    # No day seen yet (a key connected today): the month so far, $3 over 15.5 days, not $0/day.
     nothing_seen = month_end_forecast(
         daily={}, today=today, month_to_date=Decimal(3), missing_days_unknown=True
     )
-    assert nothing_seen.daily_rate == 0 and nothing_seen.expected == Decimal("3.00")
+    assert nothing_seen.daily_rate == Decimal("0.19") and nothing_seen.expected == Decimal("5.81")
 
     as_zero = month_end_forecast(daily=daily, today=today, day_fraction=0.5)
     assert as_zero.daily_rate == Decimal("1.43")  # $20 over 14 days: an activity day missing spent nothing
