@@ -3,6 +3,7 @@ from datetime import date
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 from doow.models import Company
 
@@ -99,8 +100,6 @@ class Connection(models.Model):
     @property
     def is_syncing(self) -> bool:
         """A worker holds the sync lease now. The state alone can say syncing after its worker died."""
-        from django.utils import timezone
-
         return self.sync_lease_until is not None and self.sync_lease_until > timezone.now()
 
 

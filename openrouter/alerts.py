@@ -41,6 +41,7 @@ from usage.models import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_ROLES = [Role.ADMIN, Role.FINANCE]
+BUDGET_KINDS = (AlertKind.BUDGET_80, AlertKind.BUDGET_100, AlertKind.BUDGET_PROJECTED)
 ANOMALY_DAYS = 41  # the day judged and the 40 days before it
 NEW_SPENDER_DAYS = 30  # the day judged and the 29 days before it
 SERIES_DAYS = max(ANOMALY_DAYS, NEW_SPENDER_DAYS)
@@ -62,7 +63,7 @@ def budget_create(
                 "created_by": actor,
             },
         )
-        for kind in (AlertKind.BUDGET_80, AlertKind.BUDGET_100, AlertKind.BUDGET_PROJECTED):
+        for kind in BUDGET_KINDS:
             AlertRule.objects.get_or_create(
                 connection=connection,
                 budget=budget,
@@ -304,7 +305,7 @@ def _links(alert: Alert, connection: Connection) -> str:
             "The sync's events",
             f"{reverse('integrations:events', args=[slug])}?connection={connection.pk}",
         )
-    elif alert.kind.startswith("budget"):
+    elif alert.kind in BUDGET_KINDS:
         behind = ("The budget and its forecast", reverse("openrouter:budgets", args=[slug, connection.pk]))
     else:
         behind = ("The figures", reverse("openrouter:detail", args=[slug, connection.pk]))
