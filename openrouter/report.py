@@ -237,7 +237,7 @@ def table_columns(tab: str) -> list[Column]:
     if tab == "models":
         columns.append(Column("per_million", "Avg / 1M tokens", "cost_per_million", "money", sortable=False))
     if tab == "keys":
-        columns.append(Column("last_used", "Last used", "last_used_at", "datetime"))
+        columns.append(Column("last_used", "Last used (UTC)", "last_used_at", "datetime"))
     return columns
 
 
