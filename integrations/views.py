@@ -25,7 +25,8 @@ def integration_cards(request: HttpRequest) -> HttpResponse:
 
 def _filtered_events(request: HttpRequest):
     form = EventFilterForm(request.GET or None)
-    filters = form.cleaned_data if form.is_valid() else {}
+    form.is_valid()  # a filter that fails is left out (the page says which); the others still apply
+    filters = getattr(form, "cleaned_data", {})
     connection = None
     if filters.get("connection"):
         connection = connection_get(company=request.company, connection_id=filters["connection"])
@@ -64,6 +65,9 @@ def event_log(request: HttpRequest) -> HttpResponse:
             "newest_id": page.object_list[0].pk if page.number == 1 and page.object_list else 0,
             "filter_query": _without(request.GET, "page", "after"),
             "is_filtered": any(request.GET.get(name) for name in ("level", "kind", "day")),
+            "filter_problems": [
+                f"{name} “{form.data.get(name)}” ({' '.join(errors)})" for name, errors in form.errors.items()
+            ],
             # New events appear on the first page, and only if no past day is picked.
             "live": page.number == 1 and not _is_past_day(form),
         },
@@ -71,7 +75,7 @@ def event_log(request: HttpRequest) -> HttpResponse:
 
 
 def _is_past_day(form) -> bool:
-    day = form.cleaned_data.get("day") if form.is_valid() else None
+    day = getattr(form, "cleaned_data", {}).get("day")
     return day is not None and day < timezone.now().date()
 
 

@@ -159,6 +159,20 @@ def test_filter_by_date(synced, oscar):
     assert rendered_ids(client_for(oscar).get(EVENTS, {"day": day})) == [old.pk]
 
 
+def test_a_filter_that_is_not_valid_is_named_and_the_others_still_apply(synced, oscar):
+    sync_event_add(connection=synced, kind=EventKind.SYNC, code="x", level=EventLevel.ERROR, message="boom")
+    response = client_for(oscar).get(EVENTS, {"level": "error", "day": "2026-13-45", "kind": "<b>bogus</b>"})
+    page = response.content.decode()
+    assert {e.message for e in response.context["events"]} == {"boom"}  # the level still filters
+    assert 'data-testid="filter-errors"' in page
+    assert "day “2026-13-45” (Enter a valid date.)" in page
+    assert "kind “&lt;b&gt;bogus&lt;/b&gt;”" in page and "<b>bogus</b>" not in page
+    assert (
+        'data-testid="filter-errors"'
+        not in client_for(oscar).get(EVENTS, {"level": "error"}).content.decode()
+    )
+
+
 def test_filter_by_connection(synced, acme, oscar, emulator):
     other = connect(acme, emulator, secret=emulator.normal_key, name="Single key")
     events = client_for(oscar).get(EVENTS, {"connection": other.pk}).context["events"]
