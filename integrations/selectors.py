@@ -19,6 +19,20 @@ def connection_get(*, company: Company, connection_id: int) -> Connection:
     return get_object_or_404(Connection, company=company, pk=connection_id)
 
 
+def connection_disconnected_for(
+    *, company: Company, provider: str, external_account_id: str
+) -> Connection | None:
+    """The company's most recently disconnected connection to that account, if any: connecting the
+    account again continues it rather than starting a second one beside its history."""
+    return (
+        Connection.objects.filter(
+            company=company, provider=provider, external_account_id=external_account_id, state="disconnected"
+        )
+        .order_by("-disconnected_at", "-pk")
+        .first()
+    )
+
+
 def connection_find(connection_id: int) -> Connection | None:
     """A connection by id for background work (no request, so no company to scope it by), or None
     if it was deleted. Not filter().first(): that sorts by the model's ordering, a join with the

@@ -7,6 +7,7 @@ from django.views.decorators.debug import sensitive_variables
 from doow.models import Company
 from integrations.models import Connection, CredentialScope
 from integrations.providers import ProviderError, VerifiedCredential
+from integrations.selectors import connection_disconnected_for
 from integrations.services import (
     CredentialMismatch,
     DuplicateConnection,
@@ -26,9 +27,33 @@ class ConnectError(Exception):
 def openrouter_connect(
     *, company: Company, secret: str, name: str = "", actor=None, request=None, transport=None
 ) -> tuple[Connection, str]:
-    """Verify the key with OpenRouter and store it. Returns (connection, notice for the admin)."""
+    """Verify the key with OpenRouter and store it. Returns (connection, notice for the admin).
+
+    An account this company connected before and disconnected is connected again in that same
+    connection, so its history, budgets and owners go on (a second connection would start again from
+    OpenRouter's 30-day window beside them)."""
     secret = secret.strip()
     verified = _verify(secret, company=company, transport=transport)
+    earlier = connection_disconnected_for(
+        company=company, provider=OpenRouterProvider.key, external_account_id=verified.external_account_id
+    )
+    if earlier is not None:
+        disconnected_on = earlier.disconnected_at
+        try:
+            connection = connection_replace_secret(
+                connection=earlier, secret=secret, verified=verified, actor=actor, request=request
+            )
+        except DuplicateConnection as exc:
+            raise ConnectError(f"{exc} Disconnect it first to connect it again.") from None
+        if name.strip():
+            Connection.objects.filter(pk=connection.pk).update(name=name.strip()[:120])
+            connection.name = name.strip()[:120]
+        again = (
+            f"This organization was connected before"
+            f"{f' (disconnected {disconnected_on:%-d %b %Y})' if disconnected_on else ''}: Doow connected that "
+            "connection again, so its usage history, budgets and key owners go on."
+        )
+        return connection, " ".join(part for part in (again, verified.notice) if part)
     try:
         connection = connection_create(
             company=company,

@@ -143,11 +143,42 @@ def test_connecting_again_is_refused_while_another_connection_reads_the_organiza
     alice, acme, synced, emulator, emulator_server
 ):
     connection_disconnect(connection=synced, actor=alice)
-    connect(acme, emulator, name="Newer")
+    # A second connection to the organization, as one made before connecting reused the disconnected one.
+    Connection.objects.create(
+        company=acme,
+        provider="openrouter",
+        name="Newer",
+        state=ConnectionState.CONNECTED,
+        scope=synced.scope,
+        external_account_id=synced.external_account_id,
+        account_label=synced.account_label,
+    )
     page = client_for(alice).post(replace_url(synced), {"key": emulator.management_key}).content.decode()
     assert "already has a live connection" in page and "Nothing was changed." in page
     synced.refresh_from_db()
     assert synced.state == ConnectionState.DISCONNECTED and synced.secret == ""
+
+
+def test_connecting_a_disconnected_organization_again_continues_its_connection(
+    alice, synced, emulator, emulator_server, send_task
+):
+    """The admin who disconnected, then pastes a key of the same organization into the Connect form,
+    gets the same connection back with its history, not a second one beside it."""
+    history = usage_snapshot(synced)
+    connection_disconnect(connection=synced, actor=alice)
+    new_key = emulator.new_management_key()
+    response = client_for(alice).post(
+        "/c/acme/integrations/openrouter/connect/", {"key": new_key, "name": ""}, follow=True
+    )
+    page = response.content.decode()
+    assert "This organization was connected before (disconnected " in page
+    assert "its usage history, budgets and key owners go on" in page
+    connection = Connection.objects.get()
+    assert connection.pk == synced.pk and connection.name == "Prod org"
+    assert connection.state == ConnectionState.SYNCING and connection_secret(connection) == new_key
+    assert AuditEntry.objects.filter(action="connection.reconnected", actor=alice).count() == 1
+    assert sync(connection, emulator).status == "succeeded"
+    assert usage_snapshot(connection) == history
 
 
 def test_a_single_key_connection_takes_only_its_own_key_back(alice, acme, emulator, emulator_server):
