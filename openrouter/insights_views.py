@@ -20,7 +20,10 @@ from usage.models import AlertKind, AlertRule, Budget, BudgetScope, threshold_pr
 
 
 class BudgetForm(forms.Form):
-    scope = forms.ChoiceField(choices=BudgetScope.choices)
+    # app.js narrows the target list to the scope picked (the server checks the pair either way).
+    scope = forms.ChoiceField(
+        choices=BudgetScope.choices, widget=forms.Select(attrs={"data-narrows": "id_target"})
+    )
     target = forms.CharField(required=False, max_length=100, help_text="Workspace or key (for those scopes)")
     monthly_usd = forms.DecimalField(
         min_value=1, max_digits=14, decimal_places=2, label="Monthly budget (USD)"

@@ -6,7 +6,7 @@ import pytest
 from playwright.sync_api import expect
 
 from openrouter.alerts import evaluate_alerts
-from openrouter.models import ApiKey, KeyOwner
+from openrouter.models import ApiKey, KeyOwner, Workspace
 from tests.e2e.conftest import log_in, shot
 from tests.support import connect, noon, sync
 from usage.models import Alert, Budget
@@ -29,7 +29,22 @@ def test_budgets_alerts_people_and_reconciliation(live_server, personas, synced,
     expect(finance.get_by_test_id("month")).to_contain_text("projected month-end")
     finance.get_by_role("link", name="Budgets, forecast & alerts").click()
     expect(finance.get_by_test_id("forecast")).to_be_visible()
+    # The target list follows the scope: workspaces for a workspace, keys for a key, none for the whole.
+    enabled = "#id_target option:not([disabled]):not(optgroup[disabled] option)"
+
+    def offered() -> set[str]:
+        return set(finance.eval_on_selector_all(enabled, "options => options.map(o => o.value)"))
+
+    workspaces = set(Workspace.objects.filter(connection=synced).values_list("workspace_id", flat=True))
+    finance.select_option("#id_scope", "workspace")
+    assert offered() == workspaces
+    assert finance.input_value("#id_target") in workspaces
+    finance.select_option("#id_scope", "key")
+    assert offered() and offered() <= set(
+        ApiKey.objects.filter(connection=synced).values_list("key_hash", flat=True)
+    )
     finance.select_option("#id_scope", "connection")
+    assert offered() == {""} and finance.input_value("#id_target") == ""
     finance.fill("#id_monthly_usd", "1")
     finance.get_by_role("button", name="Save budget").click()
     expect(finance.locator(".messages")).to_contain_text("Budget saved")

@@ -7,3 +7,24 @@ document.addEventListener("click", (event) => {
   const el = event.target.closest("[data-confirm]");
   if (el && !window.confirm(el.dataset.confirm)) event.preventDefault();
 });
+// A select with data-narrows="ID" shows, in the select ID, only the options and groups whose
+// data-scope is its value (a budget for a workspace lists workspaces, not keys).
+function narrow(select) {
+  const target = document.getElementById(select.dataset.narrows);
+  if (!target) return;
+  for (const part of target.querySelectorAll("[data-scope]")) {
+    const shown = part.dataset.scope === select.value;
+    part.hidden = part.disabled = !shown;
+  }
+  const chosen = target.selectedOptions[0];
+  if (!chosen || chosen.disabled || chosen.closest("optgroup[disabled]")) {
+    const first = target.querySelector("option:not([disabled]):not(optgroup[disabled] option)");
+    target.value = first ? first.value : "";
+  }
+}
+document.addEventListener("change", (event) => {
+  if (event.target.matches("select[data-narrows]")) narrow(event.target);
+});
+document.addEventListener("DOMContentLoaded", () => {
+  document.querySelectorAll("select[data-narrows]").forEach(narrow);
+});
