@@ -128,12 +128,13 @@ def connection_create(
 
 @sensitive_variables("secret")
 def connection_replace_secret(
-    *, connection: Connection, secret: str, verified: VerifiedCredential, actor=None, request=None
+    *, connection: Connection, secret: str, verified: VerifiedCredential, actor=None, request=None, name=""
 ) -> Connection:
     """Store a verified replacement credential of the same account on this connection, so its history,
     budgets and owners stay with it (a disconnect and a new connection would start from the provider's
-    window); a disconnected connection is connected again this way. Any sync in flight stops writing
-    (generation bump) and its lease is released, so the sync queued here starts with the new key.
+    window); a disconnected connection is connected again this way (renamed if `name` is given). Any
+    sync in flight stops writing (generation bump) and its lease is released, so the sync queued here
+    starts with the new key.
 
     The transaction is opened here, not by a decorator, for the reason connection_create gives."""
     with transaction.atomic():
@@ -149,6 +150,7 @@ def connection_replace_secret(
         ):
             raise _duplicate(locked.account_label)
         Connection.objects.filter(pk=locked.pk).update(
+            name=name or locked.name,
             secret=crypto.encrypt(secret, context=locked.secret_context),
             secret_last4=secret[-4:],
             account_label=verified.account_label,

@@ -39,15 +39,15 @@ def openrouter_connect(
     )
     if earlier is not None:
         disconnected_on = earlier.disconnected_at
-        try:
-            connection = connection_replace_secret(
-                connection=earlier, secret=secret, verified=verified, actor=actor, request=request
-            )
-        except DuplicateConnection as exc:
-            raise ConnectError(f"{exc} Disconnect it first to connect it again.") from None
-        if name.strip():
-            Connection.objects.filter(pk=connection.pk).update(name=name.strip()[:120])
-            connection.name = name.strip()[:120]
+        connection = _store_in(
+            earlier,
+            secret,
+            verified,
+            actor=actor,
+            request=request,
+            name=name.strip()[:120],
+            refused="Disconnect it first to connect it again.",
+        )
         again = (
             f"This organization was connected before"
             f"{f' (disconnected {disconnected_on:%-d %b %Y})' if disconnected_on else ''}: Doow connected that "
@@ -80,12 +80,29 @@ def openrouter_replace_key(
     problem = _replacement_problem(connection, verified)
     if problem:
         raise ConnectError(f"{problem} Nothing was changed.")
+    return _store_in(
+        connection, secret, verified, actor=actor, request=request, refused="Nothing was changed."
+    )
+
+
+@sensitive_variables("secret")
+def _store_in(
+    connection: Connection,
+    secret: str,
+    verified: VerifiedCredential,
+    *,
+    actor,
+    request,
+    refused: str,
+    name="",
+) -> Connection:
+    """The verified key stored in this existing connection, or ConnectError ending with `refused`."""
     try:
         return connection_replace_secret(
-            connection=connection, secret=secret, verified=verified, actor=actor, request=request
+            connection=connection, secret=secret, verified=verified, actor=actor, request=request, name=name
         )
     except (CredentialMismatch, DuplicateConnection) as exc:
-        raise ConnectError(f"{exc} Nothing was changed.") from None
+        raise ConnectError(f"{exc} {refused}") from None
 
 
 def _replacement_problem(connection: Connection, verified: VerifiedCredential) -> str:

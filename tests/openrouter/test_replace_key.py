@@ -237,3 +237,13 @@ def test_the_connect_command_replaces_a_connections_key(
             "openrouter_connect", "--company", "acme", "--connection", str(synced.pk), "--key-file", key_file
         )
     assert connection_secret(Connection.objects.get()) == new_key
+
+
+def test_connecting_a_disconnected_organization_again_under_a_new_name_renames_it(
+    alice, acme, synced, emulator
+):
+    connection_disconnect(connection=synced, actor=alice)
+    connection = connect(acme, emulator, name="  Production org  ")
+    connection.refresh_from_db()
+    assert connection.pk == synced.pk and connection.name == "Production org"
+    assert connection.state == ConnectionState.SYNCING
