@@ -179,6 +179,29 @@ def test_filter_by_connection(synced, acme, oscar, emulator):
     assert events and {e.connection_id for e in events} == {other.pk}
 
 
+def test_with_several_connections_the_log_offers_a_connection_filter(synced, acme, oscar, emulator):
+    other = connect(acme, emulator, secret=emulator.normal_key, name="Single key")
+    client = client_for(oscar)
+    alone = client.get(EVENTS).content.decode()
+    assert 'name="connection"' in alone and "All connections" in alone
+    assert f'<option value="{other.pk}">Single key</option>' in alone
+    # Picked (as the card's "Event log" link does): selected, the log narrowed, Clear drops it.
+    response = client.get(EVENTS, {"connection": other.pk, "level": "info"})
+    page = response.content.decode()
+    assert f'<option value="{other.pk}" selected>Single key</option>' in page
+    assert {e.connection_id for e in response.context["events"]} == {other.pk}
+    assert f'href="{EVENTS}">Clear</a>' in page
+    other.state = ConnectionState.DISCONNECTED
+    other.save(update_fields=["state"])
+    assert "Single key (disconnected)</option>" in client.get(EVENTS).content.decode()
+
+
+def test_with_one_connection_the_log_offers_no_connection_filter(synced, oscar):
+    page = client_for(oscar).get(EVENTS, {"connection": synced.pk}).content.decode()
+    assert "All connections" not in page
+    assert f'<input type="hidden" name="connection" value="{synced.pk}">' in page
+
+
 def test_newer_returns_only_rows_after_the_newest_shown(synced, oscar):
     client = client_for(oscar)
     newest = client.get(EVENTS).context["newest_id"]
