@@ -3,10 +3,12 @@
 from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 from playwright.sync_api import expect
 
 from openrouter.alerts import evaluate_alerts
 from openrouter.models import ApiKey, KeyOwner, Workspace
+from openrouter.report import preset_range
 from tests.e2e.conftest import log_in, shot
 from tests.support import connect, noon, sync
 from usage.models import Alert, Budget
@@ -69,6 +71,14 @@ def test_budgets_alerts_people_and_reconciliation(live_server, personas, synced,
     expect(finance.get_by_test_id("reconciliation")).to_contain_text("Unattributed remainder")
     expect(finance.get_by_test_id("reconciliation")).not_to_contain_text("unexplained")
     shot(finance, "22-reconciliation")
+    # A preset applies as soon as it is picked, and the form shows its dates; typing one makes it custom.
+    finance.select_option("#r-range", "7d")
+    finance.wait_for_url("**/reconciliation/?range=7d")
+    start, end = preset_range("7d", timezone.now().date())
+    expect(finance.locator("#r-from")).to_have_value(start.isoformat())
+    expect(finance.locator("#r-to")).to_have_value(end.isoformat())
+    finance.fill("#r-from", (start - timedelta(days=1)).isoformat())
+    expect(finance.locator("#r-range")).to_have_value("custom")
     assert finance.js_errors == []
 
     admin = log_in(browser, live_server, "alice@acme.test")

@@ -11,6 +11,7 @@ from django.urls import reverse
 from openrouter import insights
 from openrouter.alerts import budget_create, evaluate_alerts
 from openrouter.models import ApiKey, KeyOwner
+from openrouter.report import preset_range
 from tests.conftest import client_for
 from tests.support import TODAY, connect, noon, sync
 from usage.models import Alert, AlertRule, AlertState, Budget, UsageDaily
@@ -229,10 +230,18 @@ def test_forecast_per_workspace_adds_up_to_the_connection(fiona, synced):
 
 @pytest.mark.parametrize("preset", ["7d", "90d", "this_month", "last_month"])
 def test_the_reconciliation_form_applies_the_range_picked(fiona, synced, preset):
-    """The form sends From/To as well; for a preset they are empty, so the preset is what applies."""
+    """The form shows the preset's own dates, as the detail page's does; sent back unchanged with the
+    preset (as a browser without JavaScript sends them), the preset still applies; empty, too."""
     client = client_for(fiona)
-    form = client.get(url("reconciliation", synced) + f"?range={preset}").content.decode()
-    assert f'<option value="{preset}" selected>' in form
-    assert 'name="from">' in form and 'name="to">' in form  # no dates that would make it custom
-    response = client.get(url("reconciliation", synced), {"range": preset, "from": "", "to": ""})
-    assert response.context["query"].preset == preset
+    with mock.patch("django.utils.timezone.now", return_value=noon(TODAY)):
+        response = client.get(url("reconciliation", synced) + f"?range={preset}")
+        start, end = preset_range(preset, TODAY)
+        form = response.content.decode()
+        assert f'<option value="{preset}" selected>' in form
+        assert f'name="from" value="{start}"' in form and f'name="to" value="{end}"' in form
+        for dates in ({"from": start, "to": end}, {"from": "", "to": ""}):
+            response = client.get(url("reconciliation", synced), {"range": preset, **dates})
+            assert response.context["query"].preset == preset
+        # Other dates typed over the preset's make a custom range.
+        other = {"range": preset, "from": start - timedelta(days=1), "to": end}
+        assert client.get(url("reconciliation", synced), other).context["query"].preset == "custom"

@@ -28,3 +28,32 @@ document.addEventListener("change", (event) => {
 document.addEventListener("DOMContentLoaded", () => {
   document.querySelectorAll("select[data-narrows]").forEach(narrow);
 });
+// A date range form (data-range-form): a preset applies at once and decides the dates; typing a
+// date makes the range custom; the form's other selects apply as soon as they change. Without
+// JavaScript the server still reads edited From/To dates as a custom range.
+function wireRangeForm(form) {
+  const range = form.querySelector("select[name=range]");
+  const dates = [form.querySelector("input[name=from]"), form.querySelector("input[name=to]")];
+  const presetDecides = () => {
+    if (range.value !== "custom") for (const input of dates) input.disabled = true;
+  };
+  range.addEventListener("change", () => {
+    if (range.value !== "custom") {
+      presetDecides();
+      form.requestSubmit();
+    } else {
+      dates[0].focus();
+    }
+  });
+  for (const input of dates) input.addEventListener("change", () => { range.value = "custom"; });
+  for (const select of form.querySelectorAll("select:not([name=range])")) {
+    select.addEventListener("change", () => {
+      presetDecides();
+      form.requestSubmit();
+    });
+  }
+  form.addEventListener("submit", presetDecides);
+}
+document.addEventListener("DOMContentLoaded", () => {
+  document.querySelectorAll("form[data-range-form]").forEach(wireRangeForm);
+});

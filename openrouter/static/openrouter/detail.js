@@ -1,5 +1,4 @@
-// The detail page's enhancements: the daily chart, and a date range form that applies itself.
-// Without JavaScript the page still works: the server treats edited From/To dates as a custom range.
+// The detail page's daily chart (its range form is wired by doow/app.js).
 (function () {
   "use strict";
 
@@ -58,37 +57,5 @@
     window.doowChart = chart;
   }
 
-  function wireRangeForm() {
-    const form = document.getElementById("filters");
-    if (!form) return;
-    const range = form.querySelector("#f-range");
-    const from = form.querySelector("#f-from");
-    const to = form.querySelector("#f-to");
-    // A preset applies at once; picking "Custom" waits for the dates.
-    range.addEventListener("change", () => {
-      if (range.value !== "custom") {
-        from.disabled = to.disabled = true; // the preset decides the dates
-        form.requestSubmit();
-      } else {
-        from.focus();
-      }
-    });
-    // Typing a date means a custom range.
-    for (const input of [from, to]) {
-      input.addEventListener("change", () => { range.value = "custom"; });
-    }
-    // The other filters apply as soon as they change.
-    for (const select of form.querySelectorAll("select:not(#f-range)")) {
-      select.addEventListener("change", () => {
-        if (range.value !== "custom") from.disabled = to.disabled = true;
-        form.requestSubmit();
-      });
-    }
-    form.addEventListener("submit", () => {
-      if (range.value !== "custom") from.disabled = to.disabled = true;
-    });
-  }
-
   drawChart();
-  wireRangeForm();
 })();
