@@ -4,6 +4,19 @@ from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from doow.models import AuditEntry, Company, Membership, User
 
 
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows the admin site may list and open but never add, change or delete; each subclass says why."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
 class MembershipInline(admin.TabularInline):
     model = Membership
     extra = 0
@@ -40,19 +53,10 @@ class MembershipAdmin(admin.ModelAdmin):
 
 
 @admin.register(AuditEntry)
-class AuditEntryAdmin(admin.ModelAdmin):
+class AuditEntryAdmin(ReadOnlyAdmin):
     """Read-only for everyone, superusers included: an audit trail that can be edited proves nothing."""
 
     list_display = ["created_at", "company", "actor", "action", "target", "ip_address"]
     list_filter = ["action"]
     search_fields = ["action", "target"]
     list_select_related = ["company", "actor"]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

@@ -1,5 +1,6 @@
 from django.contrib import admin
 
+from doow.admin import ReadOnlyAdmin
 from integrations.models import Connection, SyncEvent, SyncRun
 
 
@@ -37,7 +38,9 @@ class ConnectionAdmin(admin.ModelAdmin):
 
 
 @admin.register(SyncRun)
-class SyncRunAdmin(admin.ModelAdmin):
+class SyncRunAdmin(ReadOnlyAdmin):
+    """The ops log: what happened stays."""
+
     list_display = [
         "pk",
         "connection",
@@ -51,28 +54,12 @@ class SyncRunAdmin(admin.ModelAdmin):
     list_filter = ["status", "trigger"]
     list_select_related = ["connection"]
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False  # The ops log: what happened stays.
-
 
 @admin.register(SyncEvent)
-class SyncEventAdmin(admin.ModelAdmin):
+class SyncEventAdmin(ReadOnlyAdmin):
+    """The ops log: what happened stays."""
+
     list_display = ["created_at", "connection", "level", "kind", "code", "message"]
     list_filter = ["level", "kind"]
     search_fields = ["code", "message"]
     list_select_related = ["connection"]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False  # The ops log: what happened stays.

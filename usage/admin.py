@@ -1,10 +1,11 @@
 from django.contrib import admin
 
+from doow.admin import ReadOnlyAdmin
 from usage.models import UsageDaily
 
 
 @admin.register(UsageDaily)
-class UsageDailyAdmin(admin.ModelAdmin):
+class UsageDailyAdmin(ReadOnlyAdmin):
     """Read-only: no add, change or delete. A sync writes these rows and keeps the summaries reports
     read (UsageDailyByModel, UsageDailyByKey) in step; an edit here would bypass them and reports
     would stop matching the rows. Rows changed by other means need `manage.py usage_summaries_rebuild`.
@@ -23,12 +24,3 @@ class UsageDailyAdmin(admin.ModelAdmin):
     search_fields = ["api_key_hash", "model_permaslug"]
     list_select_related = ["connection"]
     show_full_result_count = False  # counting a million rows on every page is not worth it
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
