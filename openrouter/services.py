@@ -71,17 +71,17 @@ def openrouter_connect(
 
 @sensitive_variables("secret")
 def openrouter_replace_key(
-    *, connection: Connection, secret: str, actor=None, request=None, transport=None
+    *, connection: Connection, secret: str, actor=None, request=None, transport=None, name: str = ""
 ) -> Connection:
     """Verify a new key of the connection's own organization (or normal key) and store it in place
-    of the old one, which may have been revoked, or of none after a disconnect."""
+    of the old one, which may have been revoked, or of none after a disconnect; a `name` renames it."""
     secret = secret.strip()
     verified = _verify(secret, company=connection.company, transport=transport)
     problem = _replacement_problem(connection, verified)
     if problem:
         raise ConnectError(f"{problem} Nothing was changed.")
     return _store_in(
-        connection, secret, verified, actor=actor, request=request, refused="Nothing was changed."
+        connection, secret, verified, actor=actor, request=request, refused="Nothing was changed.", name=name
     )
 
 

@@ -229,6 +229,15 @@ def test_the_connect_command_replaces_a_connections_key(
         f"Replaced the key of Prod org (id {synced.pk}) of acme: key sk-or-…{new_key[-4:]}; sync queued."
     )
     assert connection_secret(Connection.objects.get()) == new_key
+    # --name renames the connection with the same replacement; without it the name stays.
+    renamed = emulator.new_management_key()
+    key_file.write_text(renamed)
+    call_command(
+        "openrouter_connect", "--company", "acme", "--connection", str(synced.pk), "--key-file", key_file,
+        "--name", "Production org", stdout=out,
+    )  # fmt: skip
+    assert Connection.objects.get().name == "Production org"
+    assert connection_secret(Connection.objects.get()) == renamed
     with pytest.raises(CommandError, match="has no OpenRouter connection with id 999"):
         call_command("openrouter_connect", "--company", "acme", "--connection", "999", "--key-file", key_file)
     key_file.write_text(emulator.normal_key)
@@ -236,7 +245,7 @@ def test_the_connect_command_replaces_a_connections_key(
         call_command(
             "openrouter_connect", "--company", "acme", "--connection", str(synced.pk), "--key-file", key_file
         )
-    assert connection_secret(Connection.objects.get()) == new_key
+    assert connection_secret(Connection.objects.get()) == renamed  # the refused key changed nothing
 
 
 def test_connecting_a_disconnected_organization_again_under_a_new_name_renames_it(

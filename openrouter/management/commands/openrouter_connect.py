@@ -16,7 +16,7 @@ class Command(BaseCommand):
         source = parser.add_mutually_exclusive_group(required=True)
         source.add_argument("--key-file", help="Path of a file holding the key")
         source.add_argument("--key-stdin", action="store_true", help="Read the key from standard input")
-        parser.add_argument("--name", default="", help="Connection name")
+        parser.add_argument("--name", default="", help="Connection name (with --connection: its new name)")
         parser.add_argument(
             "--connection",
             type=int,
@@ -34,7 +34,7 @@ class Command(BaseCommand):
         else:
             secret = sys.stdin.read().strip()
         if options["connection"] is not None:
-            self._replace(company, options["connection"], secret)
+            self._replace(company, options["connection"], secret, options["name"])
             return
         try:
             connection, notice = openrouter_connect(company=company, secret=secret, name=options["name"])
@@ -46,7 +46,7 @@ class Command(BaseCommand):
         )
         self.stdout.write(summary + (f" Note: {notice}" if notice else ""))
 
-    def _replace(self, company, connection_id: int, secret: str) -> None:
+    def _replace(self, company, connection_id: int, secret: str, name: str) -> None:
         connection = Connection.objects.filter(
             company=company, provider="openrouter", pk=connection_id
         ).first()
@@ -54,7 +54,7 @@ class Command(BaseCommand):
             raise CommandError(f"{company.slug} has no OpenRouter connection with id {connection_id}.")
         was_disconnected = not connection.is_live
         try:
-            connection = openrouter_replace_key(connection=connection, secret=secret)
+            connection = openrouter_replace_key(connection=connection, secret=secret, name=name)
         except ConnectError as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(
