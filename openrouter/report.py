@@ -89,6 +89,8 @@ CHART_TITLES = {
 }
 TOP_MODELS = 6
 PAGE_SIZE = 25
+# The key filter lists this many keys by name; the table's rows filter by any key.
+KEY_CHOICES = 500
 MAX_CUSTOM_DAYS = 3660
 # Custom ranges stay where dates (and the period before them, for comparison) exist: OpenRouter
 # has no usage before 2000, and a range far ahead only asks for overflowing date arithmetic.
@@ -629,21 +631,49 @@ def _filter_options(connection: Connection, query: DetailQuery) -> dict:
             usage_grouped(group_by=["provider"], **in_range).values_list("provider_name", flat=True)
         ),
     )
-    return {
+    keys = list(
+        ApiKey.objects.filter(connection=connection)
+        .order_by("name")
+        .values_list("key_hash", "name")[: KEY_CHOICES + 1]
+    )
+    options = {
         "workspaces": list(
             Workspace.objects.filter(connection=connection)
             .order_by("name")
             .values_list("workspace_id", "name")
         ),
-        "keys": [
-            (key_hash, name or key_hash)  # a key with no name goes by its hash
-            for key_hash, name in ApiKey.objects.filter(connection=connection)
-            .order_by("name")
-            .values_list("key_hash", "name")[:500]
-        ],
+        # A key with no name goes by its hash.
+        "keys": [(key_hash, name or key_hash) for key_hash, name in keys[:KEY_CHOICES]],
+        "more_keys": len(keys) > KEY_CHOICES,
         "models": sorted(set(models), key=lambda item: item[1]),
         "providers": [(provider, provider) for provider in sorted(set(providers))],
     }
+    _offer_the_filters_applied(connection, query, options)
+    return options
+
+
+def _offer_the_filters_applied(connection: Connection, query: DetailQuery, options: dict) -> None:
+    """Each filter applied is among its choices, so its list shows it selected: a key past the
+    first KEY_CHOICES, a model or provider with no usage in this range (a link from another range),
+    a workspace deleted since. Otherwise the list would read "All ..." over filtered figures."""
+    for name, choices in (
+        ("workspace", "workspaces"),
+        ("key", "keys"),
+        ("model", "models"),
+        ("provider", "providers"),
+    ):
+        value = query.filters.get(name)
+        if not value or any(choice == value for choice, _label in options[choices]):
+            continue
+        label = value
+        if name == "key":
+            label = (
+                ApiKey.objects.filter(connection=connection, key_hash=value)
+                .values_list("name", flat=True)
+                .first()
+                or value
+            )
+        options[choices] = [*options[choices], (value, label)]
 
 
 def _today_partial(connection: Connection, query: DetailQuery) -> dict:

@@ -120,6 +120,45 @@ def test_every_table_adds_up_to_the_totals_across_its_pages(synced, alice, emula
         assert sum(Decimal(r[field]) for r in rows) == expected[field], field
 
 
+def test_a_row_of_every_breakdown_filters_the_page_by_it(synced, alice, emulator):
+    """The first cell of a row links to the same view filtered by it: the way to any key when the
+    key list holds only the first KEY_CHOICES names."""
+    client = client_for(alice)
+    for tab, name, field in (
+        ("keys", "key", "api_key_hash"),
+        ("models", "model", "model_permaslug"),
+        ("workspaces", "workspace", "workspace_id"),
+        ("providers", "provider", "provider_name"),
+    ):
+        response = client.get(url(synced, window_query(emulator, tab=tab)))
+        row = next(r for r in response.context["table"]["rows"] if r[field])
+        link = "?" + response.context["query"].params(**{name: row[field], "page": None})
+        assert f'href="{link.replace("&", "&amp;")}"' in response.content.decode(), tab
+        filtered = client.get(url(synced) + link).context
+        assert filtered["query"].filters == {name: row[field]}
+        assert filtered["totals"]["spend_usd"] == stored_total(synced, **{field: row[field]}) > 0, tab
+    rows = client.get(url(synced, window_query(emulator))).context["table"]["rows"]
+    assert any(r["api_key_hash"] == "" for r in rows)
+    page = client.get(url(synced, window_query(emulator))).content.decode()
+    assert "key=-" in page  # the unattributed row filters to itself too
+
+
+def test_a_filter_applied_is_shown_selected_even_when_its_list_leaves_it_out(
+    synced, alice, emulator, monkeypatch
+):
+    """Past the key list's first names, or a model with no usage in the range (a link kept from
+    another range): the list shows the filter, not "All ...", over filtered figures."""
+    monkeypatch.setattr(report, "KEY_CHOICES", 2)
+    last = synced.openrouter_keys.order_by("-name").first()
+    client = client_for(alice)
+    page = client.get(url(synced, window_query(emulator, key=last.key_hash))).content.decode()
+    assert f'<option value="{last.key_hash}" selected>{last.name}</option>' in page
+    assert "More keys: pick one in the table below" in page
+    page = client.get(url(synced, window_query(emulator, model="acme/retired-model"))).content.decode()
+    assert '<option value="acme/retired-model" selected>acme/retired-model</option>' in page
+    assert "No usage for this range and these filters." in page
+
+
 def test_deleted_keys_have_their_own_row(synced, alice, emulator):
     response = client_for(alice).get(url(synced, window_query(emulator)))
     unattributed = [r for r in response.context["table"]["rows"] if r["api_key_hash"] == ""]
