@@ -564,3 +564,14 @@ def snapshot_history(*, connection: Connection, key_hash: str, start: date) -> l
             "day"
         )
     )
+
+
+def budget_target_of_filters(*, connection, filters: dict) -> tuple[str, str] | None:
+    """(scope, target) of a budget for the live key, or else the workspace, a view is filtered by."""
+    key, workspace = filters.get("key"), filters.get("workspace")
+    if key:
+        live = ApiKey.objects.filter(connection=connection, key_hash=key, missing_since__isnull=True)
+        return (BudgetScope.KEY, key) if live.exists() else None
+    if workspace and Workspace.objects.filter(connection=connection, workspace_id=workspace).exists():
+        return BudgetScope.WORKSPACE, workspace
+    return None

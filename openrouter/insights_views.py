@@ -15,7 +15,7 @@ from integrations.selectors import connection_get
 from openrouter import insights
 from openrouter.alerts import budget_create, default_rules_ensure
 from openrouter.models import ApiKey, Workspace
-from openrouter.report import PRESETS, DetailQuery
+from openrouter.report import KEY_CHOICES, PRESETS, DetailQuery
 from usage.models import AlertKind, AlertRule, Budget, BudgetScope, threshold_problem
 
 
@@ -76,7 +76,9 @@ class AlertRuleForm(forms.Form):
 def budgets(request: HttpRequest, connection_id: int) -> HttpResponse:
     connection = connection_get(company=request.company, connection_id=connection_id)
     default_rules_ensure(connection=connection)
-    form = BudgetForm(request.POST or None, connection=connection)
+    # ?scope=key&target=HASH (the detail page filtered by a key or workspace links here) picks it.
+    asked = request.POST or request.GET
+    form = BudgetForm(request.POST or None, connection=connection, initial={"scope": asked.get("scope")})
     if request.method == "POST" and form.is_valid():
         budget = budget_create(
             connection=connection,
@@ -109,9 +111,8 @@ def budgets(request: HttpRequest, connection_id: int) -> HttpResponse:
             "forecast": insights.forecast(connection=connection),
             "workspace_forecasts": _workspace_forecasts(connection),
             "workspaces": Workspace.objects.filter(connection=connection).order_by("name"),
-            "keys": ApiKey.objects.filter(connection=connection, missing_since__isnull=True).order_by("name")[
-                :500
-            ],
+            "target": asked.get("target", ""),
+            **_key_choices(connection, asked.get("target", "")),
             "rules": [
                 (rule, ALERT_THRESHOLD_HELP.get(rule.kind, ""))
                 for rule in AlertRule.objects.filter(connection=connection, budget__isnull=True).order_by(
@@ -122,6 +123,18 @@ def budgets(request: HttpRequest, connection_id: int) -> HttpResponse:
             "section": "budgets",
         },
     )
+
+
+def _key_choices(connection, target: str) -> dict:
+    """The live keys a budget can be for, by name: the first KEY_CHOICES, and the key asked for if it
+    is past them (reached from the detail page filtered by it)."""
+    live = ApiKey.objects.filter(connection=connection, missing_since__isnull=True).order_by("name")
+    keys = list(live[: KEY_CHOICES + 1])
+    more = len(keys) > KEY_CHOICES
+    keys = keys[:KEY_CHOICES]
+    if target and not any(key.key_hash == target for key in keys):
+        keys += list(live.filter(key_hash=target))
+    return {"keys": keys, "more_keys": more}
 
 
 def _workspace_forecasts(connection) -> list:

@@ -85,6 +85,7 @@ def detail(request: HttpRequest, connection_id: int) -> HttpResponse:
     context["month"] = {
         "forecast": insights.forecast(connection=connection),
         "budgets": insights.budget_statuses(connection=connection),
+        "budget_for": insights.budget_target_of_filters(connection=connection, filters=query.filters),
     }
     context["section"] = "overview"
     return render(request, "openrouter/detail.html", context)

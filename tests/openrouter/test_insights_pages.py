@@ -7,10 +7,11 @@ from unittest import mock
 import pytest
 from django.db.models import Sum
 from django.urls import reverse
+from django.utils import timezone
 
 from openrouter import insights
 from openrouter.alerts import budget_create, evaluate_alerts
-from openrouter.models import ApiKey, KeyOwner
+from openrouter.models import ApiKey, KeyOwner, Workspace
 from openrouter.report import preset_range
 from tests.conftest import client_for
 from tests.support import TODAY, connect, noon, sync
@@ -69,6 +70,37 @@ def test_a_refused_budget_keeps_the_workspace_or_key_it_was_for(fiona, synced):
     assert f'<option value="{key.key_hash}" selected>' in page
     assert page.count(" selected>") == 2  # the scope and the key, nothing else
     assert not Budget.objects.exists()
+
+
+def test_the_detail_page_filtered_by_a_key_leads_to_a_budget_for_it_past_the_first_keys(
+    fiona, synced, monkeypatch
+):
+    """From a key (or workspace) the usage page is filtered by, "Set a budget for this key" opens
+    the budget form with it picked, even past the key list's first names; a deleted key has none."""
+    from openrouter import insights_views
+
+    monkeypatch.setattr(insights_views, "KEY_CHOICES", 2)
+    client = client_for(fiona)
+    live = ApiKey.objects.filter(connection=synced, missing_since__isnull=True)
+    key = live.order_by("name").last()
+    detail = reverse("openrouter:detail", args=["acme", synced.pk])
+    page = client.get(detail, {"key": key.key_hash}).content.decode()
+    link = f"{url('budgets', synced)}?scope=key&amp;target={key.key_hash}"
+    assert f'href="{link}">Set a budget for this key →</a>' in page
+    form = client.get(url("budgets", synced), {"scope": "key", "target": key.key_hash}).content.decode()
+    assert '<option value="key" selected>' in form
+    assert f'<option value="{key.key_hash}" selected>' in form
+    assert "More keys: filter the usage page by one" in form
+    response = client.post(
+        url("budgets", synced), {"scope": "key", "target": key.key_hash, "monthly_usd": "40"}
+    )
+    assert response.status_code == 302 and Budget.objects.get().target == key.key_hash
+
+    workspace = Workspace.objects.filter(connection=synced).first()
+    page = client.get(detail, {"workspace": workspace.workspace_id}).content.decode()
+    assert "Set a budget for this workspace →" in page
+    ApiKey.objects.filter(pk=key.pk).update(missing_since=timezone.now())
+    assert 'data-testid="budget-for-filter"' not in client.get(detail, {"key": key.key_hash}).content.decode()
 
 
 def test_a_key_budget_and_its_deletion(fiona, synced):
