@@ -1,5 +1,7 @@
 """Budgets and forecast, alert rules, people and reconciliation pages of one OpenRouter connection."""
 
+from decimal import Decimal
+
 from django import forms
 from django.contrib import messages
 from django.core.paginator import Paginator
@@ -137,12 +139,24 @@ def _key_choices(connection, target: str) -> dict:
     return {"keys": keys, "more_keys": more}
 
 
-def _workspace_forecasts(connection) -> list:
-    workspaces = list(Workspace.objects.filter(connection=connection).order_by("name")[:50])
+def _workspace_forecasts(connection) -> dict:
+    """The workspaces projected to spend most (forecasts of all of them take three grouped
+    queries), and what the ones left out are projected to spend together."""
+    workspaces = list(Workspace.objects.filter(connection=connection).order_by("name"))
     by_workspace = insights.forecasts(
         connection=connection, by="workspace", targets=[w.workspace_id for w in workspaces]
     )
-    return [(workspace, by_workspace[workspace.workspace_id]) for workspace in workspaces]
+    ranked = sorted(
+        ((workspace, by_workspace[workspace.workspace_id]) for workspace in workspaces),
+        key=lambda pair: pair[1].expected,
+        reverse=True,
+    )
+    rest = ranked[WORKSPACE_FORECASTS:]
+    return {
+        "shown": ranked[:WORKSPACE_FORECASTS],
+        "more": len(rest),
+        "more_expected": sum((forecast.expected for _workspace, forecast in rest), Decimal(0)),
+    }
 
 
 @require_POST
@@ -267,6 +281,9 @@ def reconciliation(request: HttpRequest, connection_id: int) -> HttpResponse:
         },
     )
 
+
+# The budgets page lists this many workspaces' forecasts, those projected to spend most.
+WORKSPACE_FORECASTS = 50
 
 ALERT_THRESHOLD_HELP = {
     AlertKind.CREDIT_LOW: "USD balance",

@@ -245,6 +245,26 @@ def test_insight_pages_make_a_bounded_number_of_queries(fiona, synced, django_as
             assert client.get(url(name, synced)).status_code == 200
 
 
+def test_the_workspace_forecasts_list_those_projected_to_spend_most_and_sum_the_rest(
+    fiona, synced, monkeypatch
+):
+    from openrouter import insights_views
+
+    monkeypatch.setattr(insights_views, "WORKSPACE_FORECASTS", 1)
+    forecasts = {
+        w.name: insights.forecast(connection=synced, workspace=w.workspace_id)
+        for w in Workspace.objects.filter(connection=synced)
+    }
+    assert len(forecasts) > 1
+    ranked = sorted(forecasts, key=lambda name: forecasts[name].expected, reverse=True)
+    response = client_for(fiona).get(url("budgets", synced))
+    shown = response.context["workspace_forecasts"]
+    assert [workspace.name for workspace, _forecast in shown["shown"]] == ranked[:1]
+    rest = sum((forecasts[name].expected for name in ranked[1:]), Decimal(0))
+    assert shown["more"] == len(ranked) - 1 and shown["more_expected"] == rest
+    assert f"{len(ranked) - 1} more are projected to spend" in response.content.decode()
+
+
 def test_forecast_per_workspace_adds_up_to_the_connection(fiona, synced):
     from openrouter import insights
     from openrouter.models import Workspace
