@@ -17,7 +17,7 @@ from integrations.selectors import connection_get
 from openrouter import insights
 from openrouter.alerts import budget_create, default_rules_ensure
 from openrouter.models import ApiKey, Workspace
-from openrouter.report import KEY_CHOICES, PRESETS, DetailQuery
+from openrouter.report import PRESETS, DetailQuery, key_choices
 from usage.models import AlertKind, AlertRule, Budget, BudgetScope, threshold_problem
 
 
@@ -103,6 +103,7 @@ def budgets(request: HttpRequest, connection_id: int) -> HttpResponse:
         )
         messages.success(request, f"Budget saved: {budget}.")
         return redirect("openrouter:budgets", company_slug=request.company.slug, connection_id=connection.pk)
+    keys, more_keys = key_choices(connection, chosen=asked.get("target", ""), live_only=True)
     return render(
         request,
         "openrouter/budgets.html",
@@ -114,7 +115,8 @@ def budgets(request: HttpRequest, connection_id: int) -> HttpResponse:
             "workspace_forecasts": _workspace_forecasts(connection),
             "workspaces": Workspace.objects.filter(connection=connection).order_by("name"),
             "target": asked.get("target", ""),
-            **_key_choices(connection, asked.get("target", "")),
+            "keys": keys,
+            "more_keys": more_keys,
             "rules": [
                 (rule, ALERT_THRESHOLD_HELP.get(rule.kind, ""))
                 for rule in AlertRule.objects.filter(connection=connection, budget__isnull=True).order_by(
@@ -125,18 +127,6 @@ def budgets(request: HttpRequest, connection_id: int) -> HttpResponse:
             "section": "budgets",
         },
     )
-
-
-def _key_choices(connection, target: str) -> dict:
-    """The live keys a budget can be for, by name: the first KEY_CHOICES, and the key asked for if it
-    is past them (reached from the detail page filtered by it)."""
-    live = ApiKey.objects.filter(connection=connection, missing_since__isnull=True).order_by("name")
-    keys = list(live[: KEY_CHOICES + 1])
-    more = len(keys) > KEY_CHOICES
-    keys = keys[:KEY_CHOICES]
-    if target and not any(key.key_hash == target for key in keys):
-        keys += list(live.filter(key_hash=target))
-    return {"keys": keys, "more_keys": more}
 
 
 def _workspace_forecasts(connection) -> dict:

@@ -631,31 +631,41 @@ def _filter_options(connection: Connection, query: DetailQuery) -> dict:
             usage_grouped(group_by=["provider"], **in_range).values_list("provider_name", flat=True)
         ),
     )
-    keys = list(
-        ApiKey.objects.filter(connection=connection)
-        .order_by("name")
-        .values_list("key_hash", "name")[: KEY_CHOICES + 1]
-    )
+    keys, more_keys = key_choices(connection, chosen=query.filters.get("key") or "")
     options = {
         "workspaces": list(
             Workspace.objects.filter(connection=connection)
             .order_by("name")
             .values_list("workspace_id", "name")
         ),
-        # A key with no name goes by its hash.
-        "keys": [(key_hash, name or key_hash) for key_hash, name in keys[:KEY_CHOICES]],
-        "more_keys": len(keys) > KEY_CHOICES,
+        "keys": keys,
+        "more_keys": more_keys,
         "models": sorted(set(models), key=lambda item: item[1]),
         "providers": [(provider, provider) for provider in sorted(set(providers))],
     }
-    _offer_the_filters_applied(connection, query, options)
+    _offer_the_filters_applied(query, options)
     return options
 
 
-def _offer_the_filters_applied(connection: Connection, query: DetailQuery, options: dict) -> None:
-    """Each filter applied is among its choices, so its list shows it selected: a key past the
-    first KEY_CHOICES, a model or provider with no usage in this range (a link from another range),
-    a workspace deleted since. Otherwise the list would read "All ..." over filtered figures."""
+def key_choices(connection: Connection, *, chosen: str = "", live_only: bool = False) -> tuple[list, bool]:
+    """(key hash, name) of the first KEY_CHOICES keys by name, and of `chosen` if it is past them;
+    and whether there are more. A list of every key of a large organization would weigh on each page."""
+    keys = ApiKey.objects.filter(connection=connection).order_by("name")
+    if live_only:
+        keys = keys.filter(missing_since__isnull=True)
+    listed = list(keys.values_list("key_hash", "name")[: KEY_CHOICES + 1])
+    more = len(listed) > KEY_CHOICES
+    listed = listed[:KEY_CHOICES]
+    if chosen and all(key_hash != chosen for key_hash, _name in listed):
+        listed += keys.filter(key_hash=chosen).values_list("key_hash", "name")
+    # A key with no name goes by its hash.
+    return [(key_hash, name or key_hash) for key_hash, name in listed], more
+
+
+def _offer_the_filters_applied(query: DetailQuery, options: dict) -> None:
+    """Each filter applied is among its choices, so its list shows it selected: a model or provider
+    with no usage in this range (a link from another range), a workspace deleted since, a key hash
+    Doow does not know. Otherwise the list would read "All ..." over filtered figures."""
     for name, choices in (
         ("workspace", "workspaces"),
         ("key", "keys"),
@@ -663,17 +673,8 @@ def _offer_the_filters_applied(connection: Connection, query: DetailQuery, optio
         ("provider", "providers"),
     ):
         value = query.filters.get(name)
-        if not value or any(choice == value for choice, _label in options[choices]):
-            continue
-        label = value
-        if name == "key":
-            label = (
-                ApiKey.objects.filter(connection=connection, key_hash=value)
-                .values_list("name", flat=True)
-                .first()
-                or value
-            )
-        options[choices] = [*options[choices], (value, label)]
+        if value and all(choice != value for choice, _label in options[choices]):
+            options[choices] = [*options[choices], (value, value)]
 
 
 def _today_partial(connection: Connection, query: DetailQuery) -> dict:

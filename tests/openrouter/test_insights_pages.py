@@ -77,9 +77,9 @@ def test_the_detail_page_filtered_by_a_key_leads_to_a_budget_for_it_past_the_fir
 ):
     """From a key (or workspace) the usage page is filtered by, "Set a budget for this key" opens
     the budget form with it picked, even past the key list's first names; a deleted key has none."""
-    from openrouter import insights_views
+    from openrouter import report
 
-    monkeypatch.setattr(insights_views, "KEY_CHOICES", 2)
+    monkeypatch.setattr(report, "KEY_CHOICES", 2)
     client = client_for(fiona)
     live = ApiKey.objects.filter(connection=synced, missing_since__isnull=True)
     key = live.order_by("name").last()
