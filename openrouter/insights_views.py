@@ -20,6 +20,9 @@ from openrouter.models import ApiKey, Workspace
 from openrouter.report import PRESETS, DetailQuery, key_choices
 from usage.models import AlertKind, AlertRule, Budget, BudgetScope, threshold_problem
 
+# The budgets page lists this many workspaces' forecasts, those projected to spend most.
+WORKSPACE_FORECASTS = 50
+
 
 class BudgetForm(forms.Form):
     # app.js narrows the target list to the scope picked (the server checks the pair either way).
@@ -271,9 +274,6 @@ def reconciliation(request: HttpRequest, connection_id: int) -> HttpResponse:
         },
     )
 
-
-# The budgets page lists this many workspaces' forecasts, those projected to spend most.
-WORKSPACE_FORECASTS = 50
 
 ALERT_THRESHOLD_HELP = {
     AlertKind.CREDIT_LOW: "USD balance",
