@@ -321,6 +321,7 @@ class _SyncJob:
         self.wrote_anything = False
         # Set when a fetch (or the sync) fails: activity fetches still queued are not sent.
         self.stop_fetching = threading.Event()
+        self.fetch_failures: list[BaseException] = []  # the errors that set stop_fetching, in order
         self.complete_through: date | None = None
         # Hashes of listed keys whose activity was never stored (no usage rows exist for them yet).
         self.never_fetched: set[str] = set()
@@ -681,17 +682,25 @@ class _SyncJob:
             except BaseException as exc:
                 if isinstance(exc, ProviderError) and exc.code == "http_404":
                     return key, None, None  # deleted since it was listed
+                self.fetch_failures.append(exc)  # before the flag: whoever sees it finds the failure
                 self.stop_fetching.set()
                 raise
 
         vanished = []
-        # Results come in order: the first failure surfaces (a fetch that stopped because of it was
-        # queued after it). A failure in this thread (the soft time limit) stops the others in sync_keys.
-        for key, rows, start in pool.map(fetch, stale):
-            if rows is None:
-                vanished.append(key)
-            else:
-                self.pending_activity[key.hash] = (key, rows, start)
+        # A failure in this thread (the soft time limit) stops the others in sync_keys.
+        try:
+            for key, rows, start in pool.map(fetch, stale):
+                if rows is None:
+                    vanished.append(key)
+                else:
+                    self.pending_activity[key.hash] = (key, rows, start)
+        except FetchStopped:
+            # Results come in order, but a fetch queued before the failing one can still start after
+            # it failed (its thread had taken it from the queue, then waited for the CPU): the run
+            # ends with the failure itself, not with "stopped" (an internal error, retried at once).
+            if self.fetch_failures:
+                raise self.fetch_failures[0] from None
+            raise
         if vanished:
             self.report_vanished_keys(vanished)
         if len(self.pending_keys) >= settings.OPENROUTER_WRITE_BATCH_KEYS:

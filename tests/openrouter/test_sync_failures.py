@@ -16,11 +16,11 @@ from django.utils import timezone
 
 from integrations.models import ConnectionState, SyncEvent, SyncRun
 from openrouter import normalize
-from openrouter.emulator import Emulator, Fault
+from openrouter.emulator import Emulator, EmulatorConfig, Fault
 from openrouter.models import ApiKeySnapshot
 from openrouter.schemas import COUNTER_FIELDS
 from openrouter.sync import PERMANENT_HINTS, _SyncJob, sync_connection
-from tests.support import EMULATOR_BASE_URL, Sleeps, connect, sync, usage_snapshot
+from tests.support import EMULATOR_BASE_URL, TODAY, Sleeps, connect, sync, usage_snapshot
 
 pytestmark = pytest.mark.django_db
 
@@ -287,3 +287,45 @@ def test_a_refusal_whose_message_holds_a_nul_character_is_recorded(connection, e
         "status": "http_402",
         "provider_message": "OpenRouter refused /credits (402): Pay\ufffdup.",
     } in details
+
+
+class FirstCheckWaitsForAFailure(threading.Event):
+    """The stop flag as the first activity fetch sees it if its thread, having taken that key from
+    the queue, gets the CPU back only after a fetch queued behind it has failed."""
+
+    def __init__(self):
+        super().__init__()
+        self.checks = 0
+        self.checks_lock = threading.Lock()
+
+    def is_set(self) -> bool:
+        with self.checks_lock:
+            self.checks += 1
+            first = self.checks == 1
+        if first:
+            self.wait(timeout=10)
+        return super().is_set()
+
+
+def test_a_fetch_that_stopped_before_the_failing_one_does_not_hide_its_error(acme, monkeypatch, caplog):
+    """A key's activity keeps failing (500): the run ends with that error, whatever the order the
+    fetch threads ran in, never as an internal error (logged as unexpected and retried at once)."""
+    emulator = Emulator(EmulatorConfig(seed=7, keys=24, workspaces=1, today=TODAY))  # one key listing
+    connection = connect(acme, emulator)
+    sync(connection, emulator)
+    emulator.set_today(emulator.today + timedelta(days=2))  # every key is stale
+    victim = list(emulator.truth.listed_keys())[-1]["hash"]
+    emulator.faults.add(Fault(path="/activity", query={"api_key_hash": victim}, status=500))
+    job_init = _SyncJob.__init__
+
+    def with_the_flag_under_test(job, *args, **kwargs):
+        job_init(job, *args, **kwargs)
+        job.stop_fetching = FirstCheckWaitsForAFailure()
+
+    monkeypatch.setattr(_SyncJob, "__init__", with_the_flag_under_test)
+
+    with caplog.at_level(logging.ERROR, logger="openrouter.sync"):
+        result = sync(connection, emulator)
+
+    assert SyncRun.objects.get(pk=result.run_id).error_summary == "http_500"
+    assert "failed unexpectedly" not in caplog.text
