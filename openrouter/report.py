@@ -141,9 +141,12 @@ class DetailQuery:
         if query.preset not in PRESETS:
             query.preset, query.problem = DEFAULT_PRESET, "Unknown date range."
         start, end = _parse_date(params.get("from")), _parse_date(params.get("to"))
-        # From/To typed over a preset's dates (no JavaScript to flip the select) make a custom range.
+        # Without JavaScript a range form sends back the dates it showed whatever was changed: dates
+        # as shown (`shown`, "from..to") leave the range picked to decide; dates typed over a
+        # preset's make a custom range.
+        untouched = params.get("shown") == f"{start}..{end}"
         if query.preset != "custom" and start and end and (start, end) != preset_range(query.preset, today):
-            query.preset = "custom"
+            query.preset = query.preset if untouched else "custom"
         if query.preset == "custom":
             if start is None or end is None or start > end or (end - start).days > MAX_CUSTOM_DAYS:
                 query.preset = DEFAULT_PRESET

@@ -225,6 +225,29 @@ def test_a_presets_own_dates_keep_the_preset():
     assert query.preset == "7d" and query.days == 7
 
 
+@pytest.mark.parametrize("shown_preset", ["30d", "custom"])
+def test_another_preset_picked_over_the_dates_the_form_showed_applies(shown_preset):
+    """Without JavaScript the form sends back the dates it showed whichever range is picked: those
+    dates, unchanged, leave the range picked to decide; dates typed over them make a custom range."""
+    start, end = (
+        report.preset_range("30d", TODAY) if shown_preset == "30d" else (date(2026, 10, 3), date(2026, 10, 9))
+    )
+    shown = f"shown={start}..{end}"
+    picked = DetailQuery.from_params(QueryDict(f"range=7d&from={start}&to={end}&{shown}"), today=TODAY)
+    assert (picked.preset, picked.days) == ("7d", 7)
+    typed = DetailQuery.from_params(QueryDict(f"range=7d&from={start}&to=2026-11-02&{shown}"), today=TODAY)
+    assert (typed.preset, typed.start, typed.end) == ("custom", start, date(2026, 11, 2))
+
+
+def test_every_range_form_tells_the_dates_it_showed(synced, alice, emulator):
+    client = client_for(alice)
+    start, end = report.preset_range("7d", TODAY)
+    shown = f'<input type="hidden" name="shown" value="{start}..{end}">'
+    assert shown in client.get(url(synced, "range=7d")).content.decode()
+    for page in ("people", "reconciliation"):
+        assert shown in client.get(url(synced) + f"{page}/?range=7d").content.decode(), page
+
+
 @pytest.mark.parametrize(
     ("preset", "start", "end", "previous"),
     [

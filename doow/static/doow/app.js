@@ -30,11 +30,14 @@ document.addEventListener("DOMContentLoaded", () => {
 });
 // A date range form (data-range-form): a preset applies at once and decides the dates; typing a
 // date makes the range custom; the form's other selects apply as soon as they change. Without
-// JavaScript the server still reads edited From/To dates as a custom range.
+// JavaScript the server tells the two apart by the dates the form showed (its "shown" field),
+// which this script leaves out of the URL since it sends no dates with a preset.
 function wireRangeForm(form) {
   const range = form.querySelector("select[name=range]");
   const dates = [form.querySelector("input[name=from]"), form.querySelector("input[name=to]")];
+  const shown = form.querySelector("input[name=shown]");
   const presetDecides = () => {
+    if (shown) shown.disabled = true;
     if (range.value !== "custom") for (const input of dates) input.disabled = true;
   };
   range.addEventListener("change", () => {
