@@ -11,14 +11,13 @@ from decimal import Decimal
 
 import pytest
 from django.db import connection as db
-from django.db.models import Sum
 from django.http import QueryDict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from openrouter import exports, report
 from openrouter.report import DetailQuery, detail_report
-from tests.support import TODAY, connect, noon, sync
+from tests.support import TODAY, connect, noon, stored_total, sync
 from usage.models import UsageDaily
 from usage.selectors import FILTERS
 
@@ -69,13 +68,6 @@ def views(draw, filter_values):
     return params
 
 
-def rows_sum(connection, query, field) -> Decimal:
-    rows = UsageDaily.objects.filter(connection=connection, day__gte=query.start, day__lte=query.end)
-    for name, value in query.filters.items():
-        rows = rows.filter(**{FILTERS[name]: value})
-    return rows.aggregate(total=Sum(field))["total"] or 0
-
-
 @given(data=st.data())
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_every_figure_of_any_view_adds_up_to_its_usage_rows(synced, data):
@@ -84,7 +76,9 @@ def test_every_figure_of_any_view_adds_up_to_its_usage_rows(synced, data):
     query_string.update({name: str(value) for name, value in params.items()})
     query = DetailQuery.from_params(query_string, today=TODAY)
     assert not query.problem
-    spend, requests = rows_sum(synced, query, "spend_usd"), rows_sum(synced, query, "requests")
+    in_view = {"day__gte": query.start, "day__lte": query.end}
+    in_view |= {FILTERS[name]: value for name, value in query.filters.items()}
+    spend, requests = stored_total(synced, **in_view), stored_total(synced, "requests", **in_view)
 
     synced.refresh_from_db()
     for summarized in (True, False):
