@@ -57,7 +57,7 @@ def connect(company_obj, secret: str, transport=None):
     from openrouter.services import openrouter_connect
 
     with no_enqueue():
-        connection, _notice = openrouter_connect(company=company_obj, secret=secret, transport=transport)
+        connection = openrouter_connect(company=company_obj, secret=secret, transport=transport).connection
     return connection
 
 

@@ -1,6 +1,7 @@
 """The OpenRouter side of connecting: verify a pasted key, then hand it to integrations to store."""
 
 import logging
+from typing import NamedTuple
 
 from django.views.decorators.debug import sensitive_variables
 
@@ -23,11 +24,17 @@ class ConnectError(Exception):
     """Why a key was not connected, in words for the admin. Never contains the key."""
 
 
+class Connected(NamedTuple):
+    connection: Connection
+    notice: str  # for the admin: a limited scope, or that an earlier connection was connected again
+    again: bool  # an earlier, disconnected connection of the organization goes on (not a new one)
+
+
 @sensitive_variables("secret")
 def openrouter_connect(
     *, company: Company, secret: str, name: str = "", actor=None, request=None, transport=None
-) -> tuple[Connection, str]:
-    """Verify the key with OpenRouter and store it. Returns (connection, notice for the admin).
+) -> Connected:
+    """Verify the key with OpenRouter and store it.
 
     An account this company connected before and disconnected is connected again in that same
     connection, so its history, budgets and owners go on (a second connection would start again from
@@ -53,7 +60,7 @@ def openrouter_connect(
             f"{f' (disconnected {disconnected_on:%-d %b %Y})' if disconnected_on else ''}: Doow connected that "
             "connection again, so its usage history, budgets and key owners go on."
         )
-        return connection, " ".join(part for part in (again, verified.notice) if part)
+        return Connected(connection, " ".join(part for part in (again, verified.notice) if part), again=True)
     try:
         connection = connection_create(
             company=company,
@@ -66,7 +73,7 @@ def openrouter_connect(
         )
     except DuplicateConnection as exc:
         raise ConnectError(f"{exc} Disconnect it first to connect it again.") from None
-    return connection, verified.notice
+    return Connected(connection, verified.notice, again=False)
 
 
 @sensitive_variables("secret")

@@ -22,7 +22,7 @@ def connect(request: HttpRequest) -> HttpResponse:
     form = ConnectForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
-            connection, notice = openrouter_connect(
+            connection, notice, again = openrouter_connect(
                 company=request.company,
                 secret=form.cleaned_data["key"],
                 name=form.cleaned_data["name"],
@@ -33,7 +33,10 @@ def connect(request: HttpRequest) -> HttpResponse:
             form.add_error("key", str(exc))
         else:
             messages.success(
-                request, f"{connection.name} is connected. The initial sync of the last 30 days has started."
+                request,
+                f"{connection.name} is connected again and a sync has started."
+                if again
+                else f"{connection.name} is connected. The initial sync of the last 30 days has started.",
             )
             if notice:
                 messages.warning(request, notice)

@@ -30,13 +30,13 @@ def now_for(emulator) -> datetime:
 
 
 def connect(company, emulator, *, secret=None, name="", actor=None):
-    connection, _notice = openrouter_connect(
+    connection = openrouter_connect(
         company=company,
         secret=secret or emulator.management_key,
         name=name,
         actor=actor,
         transport=emulator.transport(),
-    )
+    ).connection
     return connection
 
 

@@ -171,6 +171,7 @@ def test_connecting_a_disconnected_organization_again_continues_its_connection(
         "/c/acme/integrations/openrouter/connect/", {"key": new_key, "name": ""}, follow=True
     )
     page = response.content.decode()
+    assert "Prod org is connected again and a sync has started." in page and "initial sync" not in page
     assert "This organization was connected before (disconnected " in page
     assert "its usage history, budgets and key owners go on" in page
     connection = Connection.objects.get()
@@ -246,6 +247,22 @@ def test_the_connect_command_replaces_a_connections_key(
             "openrouter_connect", "--company", "acme", "--connection", str(synced.pk), "--key-file", key_file
         )
     assert connection_secret(Connection.objects.get()) == renamed  # the refused key changed nothing
+
+
+def test_the_connect_command_says_when_it_connected_a_disconnected_organization_again(
+    alice, synced, emulator, emulator_server, tmp_path, send_task
+):
+    connection_disconnect(connection=synced, actor=alice)
+    new_key = emulator.new_management_key()
+    key_file = tmp_path / "key"
+    key_file.write_text(new_key)
+    out = io.StringIO()
+    call_command("openrouter_connect", "--company", "acme", "--key-file", key_file, stdout=out)
+    assert out.getvalue().startswith(
+        f"Connected again Prod org (id {synced.pk}) to acme: organization scope, key sk-or-…{new_key[-4:]}; "
+        "sync queued. Note: This organization was connected before"
+    )
+    assert Connection.objects.get().pk == synced.pk
 
 
 def test_connecting_a_disconnected_organization_again_under_a_new_name_renames_it(

@@ -61,13 +61,13 @@ class Command(BaseCommand):
         admin = User.objects.get(email=DEMO_USERS[0][0])
         try:
             # Verified against the same deterministic emulator organization the emulator server serves.
-            connection, _notice = openrouter_connect(
+            connection = openrouter_connect(
                 company=company,
                 secret=emulator.management_key,
                 name="Demo organization (emulator)",
                 actor=admin,
                 transport=emulator.transport(),
-            )
+            ).connection
         except ConnectError as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(

@@ -37,12 +37,15 @@ class Command(BaseCommand):
             self._replace(company, options["connection"], secret, options["name"])
             return
         try:
-            connection, notice = openrouter_connect(company=company, secret=secret, name=options["name"])
+            connection, notice, again = openrouter_connect(
+                company=company, secret=secret, name=options["name"]
+            )
         except ConnectError as exc:
             raise CommandError(str(exc)) from None
         summary = (
-            f"Connected {connection.name} (id {connection.pk}) to {company.slug}: "
-            f"{connection.get_scope_display().lower()} scope, key {connection.masked_secret}; initial sync queued."
+            f"{'Connected again' if again else 'Connected'} {connection.name} (id {connection.pk}) to "
+            f"{company.slug}: {connection.get_scope_display().lower()} scope, key {connection.masked_secret}; "
+            f"{'sync' if again else 'initial sync'} queued."
         )
         self.stdout.write(summary + (f" Note: {notice}" if notice else ""))
 
