@@ -233,11 +233,18 @@ def connection_secret(connection: Connection) -> str:
 
 def connection_mark_attention(
     *, connection: Connection, reason: str, code: str, kind: str, run: SyncRun | None = None, detail=None
-) -> None:
-    # Under the caller's generation: a sync that read a key replaced since says nothing of the new one.
-    Connection.objects.filter(pk=connection.pk, generation=connection.generation).exclude(
-        state=ConnectionState.DISCONNECTED
-    ).update(state=ConnectionState.NEEDS_ATTENTION, attention_reason=reason)
+) -> bool:
+    """Flag the connection as needing its admin, with an error event saying why. False, and nothing
+    flagged or logged, when its key was replaced or it was disconnected since `connection` was read:
+    what a sync found wrong with the old key says nothing of the new one, and an error logged right
+    after the replacement would read as the new key's."""
+    flagged = (
+        Connection.objects.filter(pk=connection.pk, generation=connection.generation)
+        .exclude(state=ConnectionState.DISCONNECTED)
+        .update(state=ConnectionState.NEEDS_ATTENTION, attention_reason=reason)
+    )
+    if not flagged:
+        return False
     connection.state, connection.attention_reason = ConnectionState.NEEDS_ATTENTION, reason
     sync_event_add(
         connection=connection,
@@ -248,6 +255,7 @@ def connection_mark_attention(
         run=run,
         detail=detail,
     )
+    return True
 
 
 @transaction.atomic

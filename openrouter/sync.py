@@ -176,15 +176,7 @@ def _run_claimed(connection, trigger, attempt, transport, sleep, now, base_url) 
         job.execute()
     except Aborted:
         job.flush_events()
-        sync_run_finish(
-            run=run,
-            status=SyncRunStatus.ABORTED,
-            level=EventLevel.WARNING,
-            message="Sync aborted: the connection was disconnected, or its key replaced, while it ran. "
-            "Nothing more was written.",
-            error_summary="aborted_disconnected",
-        )
-        return SyncResult(status=SyncRunStatus.ABORTED, run_id=run.pk)
+        return _finish_aborted(run)
     except ProviderError as exc:
         job.flush_events()
         return _finish_provider_error(connection, run, job, exc)
@@ -239,11 +231,23 @@ def describe_failure(exc: BaseException) -> str:
     return "\nraised while handling or from:\n".join(parts)
 
 
+def _finish_aborted(run) -> SyncResult:
+    sync_run_finish(
+        run=run,
+        status=SyncRunStatus.ABORTED,
+        level=EventLevel.WARNING,
+        message="Sync aborted: the connection was disconnected, or its key replaced, while it ran. "
+        "Nothing more was written.",
+        error_summary="aborted_disconnected",
+    )
+    return SyncResult(status=SyncRunStatus.ABORTED, run_id=run.pk)
+
+
 def _finish_provider_error(connection, run, job, exc: ProviderError) -> SyncResult:
     partial = job.wrote_anything
     if exc.permanent:
         reason = PERMANENT_HINTS.get(exc.code, exc.message)
-        connection_mark_attention(
+        flagged = connection_mark_attention(
             connection=connection,
             reason=reason,
             code="credential_refused" if exc.code in ("http_401", "http_403") else exc.code,
@@ -251,6 +255,10 @@ def _finish_provider_error(connection, run, job, exc: ProviderError) -> SyncResu
             run=run,
             detail={"status": exc.code, "provider_message": exc.message},
         )
+        if not flagged:
+            # The old key, revoked once replaced (as the replacement asks), refused this sync's
+            # requests; the sync the replacement queued reads with the new one.
+            return _finish_aborted(run)
         sync_run_finish(
             run=run,
             status=SyncRunStatus.PARTIAL if partial else SyncRunStatus.FAILED,

@@ -9,11 +9,13 @@ from django.core.management import CommandError, call_command
 from django.urls import reverse
 
 from doow.models import AuditEntry
-from integrations.models import Connection, ConnectionState, SyncEvent
+from integrations.models import Connection, ConnectionState, SyncEvent, SyncRun
 from integrations.services import connection_disconnect, connection_mark_attention, connection_secret
 from openrouter.alerts import budget_create
 from openrouter.emulator import Emulator, EmulatorConfig
 from openrouter.emulator.log import key_fingerprint
+from openrouter.services import openrouter_replace_key
+from openrouter.sync import _SyncJob
 from tests.conftest import client_for
 from tests.support import TODAY, connect, sync, usage_snapshot
 from usage.models import Budget
@@ -199,7 +201,7 @@ def test_a_sync_that_read_the_replaced_key_does_not_flag_the_new_one(
 ):
     in_flight = Connection.objects.get()  # as a sync loaded it, before the key was replaced
     client_for(alice).post(replace_url(synced), {"key": emulator.new_management_key()})
-    connection_mark_attention(
+    flagged = connection_mark_attention(
         connection=in_flight,
         reason="OpenRouter refused the stored key (401)",
         code="credential_refused",
@@ -207,6 +209,42 @@ def test_a_sync_that_read_the_replaced_key_does_not_flag_the_new_one(
     )
     synced.refresh_from_db()
     assert synced.state == ConnectionState.SYNCING and synced.attention_reason == ""
+    assert flagged is False and not SyncEvent.objects.filter(code="credential_refused").exists()
+
+
+def test_a_sync_whose_key_is_replaced_and_revoked_while_it_runs_ends_aborted_and_logs_no_refusal(
+    acme, emulator, settings
+):
+    """The admin replaces the key and revokes the old one in OpenRouter, as Replace key asks, while a
+    sync reads with the old one: its 401 is the old key's, so the sync ends aborted and the event log
+    holds no "key refused" error, which, right after the replacement, would read as the new key's."""
+    # Each key page is written before the next request, so nothing is left to write when the 401
+    # comes (a write would find the key replaced and abort the sync before the 401 is looked at).
+    settings.OPENROUTER_WRITE_BATCH_KEYS = 1
+    connection = connect(acme, emulator, name="Prod org")
+    old_key = emulator.management_key
+    fetch_activity = _SyncJob.fetch_activity
+
+    def replace_before_the_account_activity(job, **kwargs):
+        if kwargs.get("group_by_workspace"):
+            with mock.patch("doow.celery.app.send_task"):
+                openrouter_replace_key(
+                    connection=connection,
+                    secret=emulator.new_management_key(),
+                    transport=emulator.transport(),
+                )
+            emulator.revoke(old_key)
+        return fetch_activity(job, **kwargs)
+
+    with mock.patch.object(_SyncJob, "fetch_activity", replace_before_the_account_activity):
+        result = sync(connection, emulator)
+
+    assert result.status == "aborted"
+    run = SyncRun.objects.get(pk=result.run_id)
+    assert (run.status, run.error_summary) == ("aborted", "aborted_disconnected")
+    assert not SyncEvent.objects.filter(connection=connection, level="error").exists()
+    connection.refresh_from_db()
+    assert (connection.state, connection.attention_reason) == ("syncing", "")
 
 
 def test_the_connect_command_replaces_a_connections_key(
