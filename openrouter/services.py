@@ -55,12 +55,14 @@ def openrouter_connect(
             name=name.strip()[:120],
             refused="Disconnect it first to connect it again.",
         )
-        again = (
+        continued = (
             f"This organization was connected before"
             f"{f' (disconnected {disconnected_on:%-d %b %Y})' if disconnected_on else ''}: Doow connected that "
             "connection again, so its usage history, budgets and key owners go on."
         )
-        return Connected(connection, " ".join(part for part in (again, verified.notice) if part), again=True)
+        return Connected(
+            connection, " ".join(part for part in (continued, verified.notice) if part), again=True
+        )
     try:
         connection = connection_create(
             company=company,
