@@ -81,17 +81,20 @@ def openrouter_connect(
 @sensitive_variables("secret")
 def openrouter_replace_key(
     *, connection: Connection, secret: str, actor=None, request=None, transport=None, name: str = ""
-) -> Connection:
+) -> Connected:
     """Verify a new key of the connection's own organization (or normal key) and store it in place
-    of the old one, which may have been revoked, or of none after a disconnect; a `name` renames it."""
+    of the old one, which may have been revoked, or of none after a disconnect (`again`); a `name`
+    renames it."""
     secret = secret.strip()
+    again = not connection.is_live
     verified = _verify(secret, company=connection.company, transport=transport)
     problem = _replacement_problem(connection, verified)
     if problem:
         raise ConnectError(f"{problem} Nothing was changed.")
-    return _store_in(
+    stored = _store_in(
         connection, secret, verified, actor=actor, request=request, refused="Nothing was changed.", name=name
     )
+    return Connected(stored, "", again=again)
 
 
 @sensitive_variables("secret")

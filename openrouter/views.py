@@ -55,9 +55,8 @@ def replace_key(request: HttpRequest, connection_id: int) -> HttpResponse:
     connection = connection_get(company=request.company, connection_id=connection_id)
     form = KeyForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        was_disconnected = not connection.is_live
         try:
-            connection = openrouter_replace_key(
+            connection, _notice, again = openrouter_replace_key(
                 connection=connection, secret=form.cleaned_data["key"], actor=request.user, request=request
             )
         except ConnectError as exc:
@@ -65,13 +64,9 @@ def replace_key(request: HttpRequest, connection_id: int) -> HttpResponse:
         else:
             messages.success(
                 request,
-                f"{connection.name} {'is connected again' if was_disconnected else 'has its new key'} "
+                f"{connection.name} {'is connected again' if again else 'has its new key'} "
                 f"({connection.masked_secret}) and a sync has started."
-                + (
-                    ""
-                    if was_disconnected
-                    else " Revoke the old key in OpenRouter (Settings → Management keys)."
-                ),
+                + ("" if again else " Revoke the old key in OpenRouter (Settings → Management keys)."),
             )
             return redirect("company-settings", company_slug=request.company.slug)
     return render(request, "openrouter/replace_key.html", {"connection": connection, "form": form})

@@ -55,12 +55,13 @@ class Command(BaseCommand):
         ).first()
         if connection is None:
             raise CommandError(f"{company.slug} has no OpenRouter connection with id {connection_id}.")
-        was_disconnected = not connection.is_live
         try:
-            connection = openrouter_replace_key(connection=connection, secret=secret, name=name)
+            connection, _notice, again = openrouter_replace_key(
+                connection=connection, secret=secret, name=name
+            )
         except ConnectError as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(
-            f"{'Connected again' if was_disconnected else 'Replaced the key of'} {connection.name} "
+            f"{'Connected again' if again else 'Replaced the key of'} {connection.name} "
             f"(id {connection.pk}) of {company.slug}: key {connection.masked_secret}; sync queued."
         )
