@@ -77,6 +77,7 @@ class Dataset:
         from django.db import connection as django_connection
 
         from openrouter.models import ApiKey
+        from openrouter.normalize import name_sort_key
 
         ApiKey.objects.bulk_create(
             [
@@ -85,6 +86,7 @@ class Dataset:
                     connection_id=self.connection.pk,
                     key_hash=key_hash,
                     name=f"Bench key {k}",
+                    sort_name=name_sort_key(f"Bench key {k}"),
                     workspace_id=self.workspaces[k % len(self.workspaces)],
                     last_used_at=noon(self.end),
                 )

@@ -192,7 +192,7 @@ def people(request: HttpRequest, connection_id: int) -> HttpResponse:
     end = query.last_reported_day
     key_people = insights.key_people(connection=connection)
     key_page = Paginator(
-        ApiKey.objects.filter(connection=connection).order_by("name", "key_hash"), 50
+        ApiKey.objects.filter(connection=connection).order_by("sort_name", "key_hash"), 50
     ).get_page(request.GET.get("page"))
     return render(
         request,

@@ -4,6 +4,7 @@ from django.db import models
 
 from doow.models import Company
 from integrations.models import Connection
+from openrouter.normalize import NAME_SORT_KEY_LENGTH, name_sort_key
 
 MONEY = {"max_digits": 24, "decimal_places": 12}
 
@@ -54,6 +55,8 @@ class ApiKey(models.Model):
     connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="openrouter_keys")
     key_hash = models.CharField(max_length=100)
     name = models.CharField(max_length=300, blank=True)
+    # name_sort_key of the name the pages show (the hash when unnamed), kept by every write.
+    sort_name = models.CharField(max_length=NAME_SORT_KEY_LENGTH, blank=True, default="")
     label = models.CharField(max_length=300, blank=True)
     workspace_id = models.CharField(max_length=100, blank=True)
     creator_user_id = models.CharField(max_length=100, blank=True)
@@ -85,10 +88,21 @@ class ApiKey(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["connection", "key_hash"], name="or_apikey_key")]
-        indexes = [models.Index(fields=["connection", "workspace_id"], name="or_apikey_ws_idx")]
+        indexes = [
+            models.Index(fields=["connection", "workspace_id"], name="or_apikey_ws_idx"),
+            # Key lists show a connection's first keys by name: an index scan, not a sort of them all.
+            models.Index(fields=["connection", "sort_name", "key_hash"], name="or_apikey_sort_idx"),
+        ]
 
     def __str__(self) -> str:
         return self.name or self.key_hash
+
+    def save(self, *args, **kwargs):
+        self.sort_name = name_sort_key(self.name or self.key_hash)
+        update_fields = kwargs.get("update_fields")
+        if update_fields is not None and {"name", "key_hash"} & set(update_fields):
+            kwargs["update_fields"] = {*update_fields, "sort_name"}
+        super().save(*args, **kwargs)
 
 
 class ApiKeySnapshot(models.Model):

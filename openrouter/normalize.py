@@ -1,5 +1,6 @@
 """Pure functions: OpenRouter records → usage row values. No I/O, no Django models."""
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date
@@ -11,6 +12,8 @@ UsageKey = tuple[
     date, str, str, str, str
 ]  # (day, workspace_id, api_key_hash, model_permaslug, provider_name)
 SUMMED = ("requests", "prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens")
+NAME_SORT_KEY_LENGTH = 400
+_DIGIT_RUNS = re.compile(r"([0-9]+)")
 
 
 @dataclass
@@ -88,3 +91,16 @@ def unattributed(
             rest.add(known, sign=-1)
             remainder[(day, workspace, "", permaslug, provider)] = rest
     return remainder
+
+
+def name_sort_key(name: str) -> str:
+    """What a list of names sorts by as people read it: case-insensitive, and numbers by value, so
+    "CI #9" comes before "CI #55" and "alpha" before "Zeta" (plain text order puts both the other
+    way round). Each run of digits becomes its length (three digits) and the digits without leading
+    zeros: a longer number sorts after a shorter one, and the length's leading "0" sorts against
+    other characters exactly as the number's first digit did. Stored, so the database sorts by it."""
+    parts = _DIGIT_RUNS.split(name.casefold())
+    for i in range(1, len(parts), 2):
+        digits = parts[i].lstrip("0") or "0"
+        parts[i] = f"{len(digits):03d}{digits}"
+    return "".join(parts)[:NAME_SORT_KEY_LENGTH]

@@ -513,7 +513,7 @@ def _sort_annotations(connection: Connection, tab: str) -> dict:
     if tab == "keys":
         keys = ApiKey.objects.filter(connection=connection, key_hash=OuterRef("api_key_hash"))
         return {
-            "sort_name": Subquery(keys.values("name")[:1]),
+            "sort_name": Subquery(keys.values("sort_name")[:1]),
             "last_used_at": Subquery(keys.values("last_used_at")[:1]),
         }
     if tab == "workspaces":
@@ -653,7 +653,7 @@ def _filter_options(connection: Connection, query: DetailQuery) -> dict:
 def key_choices(connection: Connection, *, chosen: str = "", live_only: bool = False) -> tuple[list, bool]:
     """(key hash, name) of the first KEY_CHOICES keys by name, and of `chosen` if it is past them;
     and whether there are more. A list of every key of a large organization would weigh on each page."""
-    keys = ApiKey.objects.filter(connection=connection).order_by("name")
+    keys = ApiKey.objects.filter(connection=connection).order_by("sort_name", "key_hash")
     if live_only:
         keys = keys.filter(missing_since__isnull=True)
     listed = list(keys.values_list("key_hash", "name")[: KEY_CHOICES + 1])

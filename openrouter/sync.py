@@ -816,6 +816,7 @@ class _SyncJob:
         """What a listing says of a key: every field an upsert of the key overwrites."""
         return {
             "name": k.name,
+            "sort_name": normalize.name_sort_key(k.name or k.hash),
             "label": k.label,
             "workspace_id": k.workspace_id,
             "creator_user_id": k.creator_user_id or "",

@@ -4,9 +4,11 @@ that it costs a bounded number of queries whatever the data size."""
 
 import csv
 import io
+import json
 from datetime import date, timedelta
 from decimal import Decimal
 
+import httpx
 import pytest
 from django.http import QueryDict
 from django.utils import timezone
@@ -15,6 +17,7 @@ from integrations.models import Connection, ConnectionState, EventKind, EventLev
 from integrations.services import sync_event_add
 from openrouter import report
 from openrouter.emulator import Emulator, EmulatorConfig
+from openrouter.normalize import name_sort_key
 from openrouter.report import DetailQuery
 from tests.conftest import client_for
 from tests.support import TODAY, connect, noon, stored_total, sync
@@ -149,7 +152,7 @@ def test_a_filter_applied_is_shown_selected_even_when_its_list_leaves_it_out(
     """Past the key list's first names, or a model with no usage in the range (a link kept from
     another range): the list shows the filter, not "All ...", over filtered figures."""
     monkeypatch.setattr(report, "KEY_CHOICES", 2)
-    last = synced.openrouter_keys.order_by("-name").first()
+    last = synced.openrouter_keys.order_by("-sort_name", "-key_hash").first()
     client = client_for(alice)
     page = client.get(url(synced, window_query(emulator, key=last.key_hash))).content.decode()
     assert f'<option value="{last.key_hash}" selected>{last.name}</option>' in page
@@ -354,7 +357,7 @@ def test_sorting_orders_the_rows(synced, alice, emulator, sort, field):
 def test_keys_sort_by_name_with_deleted_keys_last(synced, alice, emulator):
     rows = client_for(alice).get(url(synced, window_query(emulator, sort="name"))).context["table"]["rows"]
     names = [row["key"].name for row in rows if row["key"]]
-    assert names == sorted(names) and rows[-1]["key"] is None
+    assert names == sorted(names, key=name_sort_key) and rows[-1]["key"] is None
 
 
 def test_days_default_to_newest_first(synced, alice, emulator):
@@ -616,3 +619,61 @@ def test_every_page_of_a_computed_table_is_served_from_the_cache(
 def test_the_page_says_its_amounts_are_rounded_and_where_the_exact_ones_are(synced, alice):
     page = client_for(alice).get(url(synced)).content.decode()
     assert 'data-testid="rounding-note"' in page and "exact amounts" in page
+
+
+def keys_named(emulator: Emulator, names: list[str]) -> httpx.MockTransport:
+    """The emulator, with its listed keys named `names`, in the order of their index."""
+    listed: dict[str, str] = {}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        response = emulator.transport().handle_request(request)
+        if not request.url.path.endswith("/keys"):
+            return response
+        payload = json.loads(response.read())
+        for record in payload["data"]:
+            record["name"] = names[emulator.world.index_of_hash(record["hash"]) % len(names)]
+            listed[record["hash"]] = record["name"]
+        return httpx.Response(200, json=payload)
+
+    transport = httpx.MockTransport(answer)
+    transport.listed = listed
+    return transport
+
+
+def test_key_names_sort_as_people_read_them_in_the_table_the_key_list_and_people(acme, alice, fiona):
+    """ "CI #9" before "CI #55" and "alpha" before "Zeta", where text order puts both the other way
+    round; a key renamed in OpenRouter takes its new place at the next sync."""
+    emulator = Emulator(EmulatorConfig(seed=11, keys=4, today=TODAY))
+    connection = connect(acme, emulator)
+    transport = keys_named(emulator, ["CI #55", "Zeta", "CI #9", "alpha"])
+    assert sync(connection, emulator, transport=transport).status == "succeeded"
+    assert sorted(transport.listed.values()) == ["CI #55", "CI #9", "Zeta", "alpha"]
+
+    def table(sort: str) -> list[str]:
+        rows = client_for(alice).get(url(connection, f"range=90d&sort={sort}")).context["table"]["rows"]
+        return [row["key"].name for row in rows if row["key"]]
+
+    assert table("name") == ["alpha", "CI #9", "CI #55", "Zeta"]
+    assert table("-name") == ["Zeta", "CI #55", "CI #9", "alpha"]
+    choices = client_for(alice).get(url(connection, "range=90d")).context["options"]["keys"]
+    assert [name for _hash, name in choices] == ["alpha", "CI #9", "CI #55", "Zeta"]
+    people = client_for(fiona).get(f"/c/acme/integrations/openrouter/{connection.pk}/people/")
+    assert [key.name for key, _person in people.context["keys"]] == ["alpha", "CI #9", "CI #55", "Zeta"]
+
+    renamed = keys_named(emulator, ["CI #55", "beta", "CI #9", "alpha"])
+    assert sync(connection, emulator, transport=renamed).status == "succeeded"
+    assert table("name") == ["alpha", "beta", "CI #9", "CI #55"]
+
+
+def test_keys_synced_before_their_sort_names_existed_get_them_from_the_migration(synced):
+    import importlib
+
+    from django.apps import apps
+
+    migration = importlib.import_module("openrouter.migrations.0004_apikey_sort_name")
+    keys = synced.openrouter_keys.all()
+    expected = {k.key_hash: k.sort_name for k in keys}
+    assert all(expected.values())
+    keys.update(sort_name="")
+    migration.fill_sort_names(apps, None)
+    assert {k.key_hash: k.sort_name for k in keys.all()} == expected

@@ -61,7 +61,7 @@ def test_budget_targets_are_validated(fiona, synced):
 
 
 def test_a_refused_budget_keeps_the_workspace_or_key_it_was_for(fiona, synced):
-    key = ApiKey.objects.filter(connection=synced).order_by("name").last()
+    key = ApiKey.objects.filter(connection=synced).order_by("sort_name", "key_hash").last()
     response = client_for(fiona).post(
         url("budgets", synced), {"scope": "key", "target": key.key_hash, "monthly_usd": "0.5"}
     )
@@ -82,7 +82,7 @@ def test_the_detail_page_filtered_by_a_key_leads_to_a_budget_for_it_past_the_fir
     monkeypatch.setattr(report, "KEY_CHOICES", 2)
     client = client_for(fiona)
     live = ApiKey.objects.filter(connection=synced, missing_since__isnull=True)
-    key = live.order_by("name").last()
+    key = live.order_by("sort_name", "key_hash").last()
     detail = reverse("openrouter:detail", args=["acme", synced.pk])
     page = client.get(detail, {"key": key.key_hash}).content.decode()
     link = f"{url('budgets', synced)}?scope=key&amp;target={key.key_hash}"

@@ -3,8 +3,12 @@
 and provider, so this summing is only exercised here."""
 
 import json
+import string
 from datetime import date
 from decimal import Decimal
+
+from hypothesis import given
+from hypothesis import strategies as st
 
 from openrouter import normalize, schemas
 
@@ -113,3 +117,39 @@ def test_a_keys_workspace_overrides_the_rows_own():
     )
 
     assert [(k[1], v.requests) for k, v in rows.items()] == [("ws-9", 8)]
+
+
+def test_names_sort_as_people_read_them_numbers_by_value_and_case_ignored():
+    names = ["CI #55", "Zeta", "CI #9", "alpha", "v10", "v2", "key 007", "Beta 2", "beta 10", "ab-", "ab1"]
+    assert sorted(names, key=normalize.name_sort_key) == [
+        "ab-",
+        "ab1",
+        "alpha",
+        "Beta 2",
+        "beta 10",
+        "CI #9",
+        "CI #55",
+        "key 007",
+        "v2",
+        "v10",
+        "Zeta",
+    ]
+
+
+@given(
+    st.text(alphabet="ab #-", max_size=4), st.integers(0, 10**30), st.integers(0, 10**30), st.text(max_size=6)
+)
+def test_a_name_with_a_bigger_number_sorts_after_the_same_name_with_a_smaller_one(prefix, low, high, suffix):
+    low, high = sorted((low, high))
+    smaller, bigger = (normalize.name_sort_key(f"{prefix}{n}{suffix}") for n in (low, high))
+    assert smaller <= bigger and (low == high or smaller < bigger)
+
+
+@given(st.text(max_size=400))
+def test_a_sort_key_fits_its_column(name):
+    assert len(normalize.name_sort_key(name)) <= normalize.NAME_SORT_KEY_LENGTH
+
+
+@given(st.text(alphabet=string.ascii_letters + string.digits + " #-", max_size=40))
+def test_a_sort_key_ignores_case(name):
+    assert normalize.name_sort_key(name.upper()) == normalize.name_sort_key(name.lower())
