@@ -116,7 +116,9 @@ def budgets(request: HttpRequest, connection_id: int) -> HttpResponse:
             "statuses": insights.budget_statuses(connection=connection),
             "forecast": insights.forecast(connection=connection),
             "workspace_forecasts": _workspace_forecasts(connection),
-            "workspaces": Workspace.objects.filter(connection=connection).order_by("name"),
+            "workspaces": Workspace.objects.filter(connection=connection).order_by(
+                "sort_name", "workspace_id"
+            ),
             "target": asked.get("target", ""),
             "keys": keys,
             "more_keys": more_keys,
@@ -135,7 +137,7 @@ def budgets(request: HttpRequest, connection_id: int) -> HttpResponse:
 def _workspace_forecasts(connection) -> dict:
     """The workspaces projected to spend most (forecasts of all of them take three grouped
     queries), and what the ones left out are projected to spend together."""
-    workspaces = list(Workspace.objects.filter(connection=connection).order_by("name"))
+    workspaces = list(Workspace.objects.filter(connection=connection).order_by("sort_name", "workspace_id"))
     by_workspace = insights.forecasts(
         connection=connection, by="workspace", targets=[w.workspace_id for w in workspaces]
     )

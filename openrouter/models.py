@@ -14,6 +14,7 @@ class Workspace(models.Model):
     connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="openrouter_workspaces")
     workspace_id = models.CharField(max_length=100)
     name = models.CharField(max_length=200)
+    sort_name = models.CharField(max_length=NAME_SORT_KEY_LENGTH, blank=True, default="")  # as ApiKey's
     slug = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(null=True, blank=True)
 
@@ -24,6 +25,13 @@ class Workspace(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def save(self, *args, **kwargs):
+        self.sort_name = name_sort_key(self.name)
+        update_fields = kwargs.get("update_fields")
+        if update_fields is not None and "name" in update_fields:
+            kwargs["update_fields"] = {*update_fields, "sort_name"}
+        super().save(*args, **kwargs)
 
 
 class Member(models.Model):

@@ -518,7 +518,7 @@ def _sort_annotations(connection: Connection, tab: str) -> dict:
         }
     if tab == "workspaces":
         workspaces = Workspace.objects.filter(connection=connection, workspace_id=OuterRef("workspace_id"))
-        return {"sort_name": Subquery(workspaces.values("name")[:1])}
+        return {"sort_name": Subquery(workspaces.values("sort_name")[:1])}
     return {"sort_name": F({"models": "model", "providers": "provider_name", "days": "day"}[tab])}
 
 
@@ -638,7 +638,7 @@ def _filter_options(connection: Connection, query: DetailQuery) -> dict:
     options = {
         "workspaces": list(
             Workspace.objects.filter(connection=connection)
-            .order_by("name")
+            .order_by("sort_name", "workspace_id")
             .values_list("workspace_id", "name")
         ),
         "keys": keys,

@@ -534,13 +534,18 @@ class _SyncJob:
             Workspace.objects.bulk_create(
                 [
                     Workspace(
-                        **self.ids(), workspace_id=w.id, name=w.name, slug=w.slug, created_at=w.created_at
+                        **self.ids(),
+                        workspace_id=w.id,
+                        name=w.name,
+                        sort_name=normalize.name_sort_key(w.name),
+                        slug=w.slug,
+                        created_at=w.created_at,
                     )
                     for w in records
                 ],
                 update_conflicts=True,
                 unique_fields=["connection", "workspace_id"],
-                update_fields=["name", "slug", "created_at"],
+                update_fields=["name", "sort_name", "slug", "created_at"],
             )
 
         self.pending_writes.append(write)

@@ -621,18 +621,23 @@ def test_the_page_says_its_amounts_are_rounded_and_where_the_exact_ones_are(sync
     assert 'data-testid="rounding-note"' in page and "exact amounts" in page
 
 
-def keys_named(emulator: Emulator, names: list[str]) -> httpx.MockTransport:
-    """The emulator, with its listed keys named `names`, in the order of their index."""
+def named(emulator: Emulator, keys: list[str], workspaces: list[str] = ()) -> httpx.MockTransport:
+    """The emulator, with its listed keys (and workspaces) named by these names, in the order of their
+    index."""
     listed: dict[str, str] = {}
 
     def answer(request: httpx.Request) -> httpx.Response:
         response = emulator.transport().handle_request(request)
-        if not request.url.path.endswith("/keys"):
+        if not request.url.path.endswith(("/keys", "/workspaces")):
             return response
         payload = json.loads(response.read())
         for record in payload["data"]:
-            record["name"] = names[emulator.world.index_of_hash(record["hash"]) % len(names)]
-            listed[record["hash"]] = record["name"]
+            if "hash" in record:
+                record["name"] = keys[emulator.world.index_of_hash(record["hash"]) % len(keys)]
+                listed[record["hash"]] = record["name"]
+            elif workspaces:
+                record["name"] = workspaces[emulator.world.workspace_index(record["id"]) % len(workspaces)]
+                listed[record["id"]] = record["name"]
         return httpx.Response(200, json=payload)
 
     transport = httpx.MockTransport(answer)
@@ -640,40 +645,55 @@ def keys_named(emulator: Emulator, names: list[str]) -> httpx.MockTransport:
     return transport
 
 
-def test_key_names_sort_as_people_read_them_in_the_table_the_key_list_and_people(acme, alice, fiona):
+def test_names_sort_as_people_read_them_in_the_tables_the_lists_and_people(acme, alice, fiona):
     """ "CI #9" before "CI #55" and "alpha" before "Zeta", where text order puts both the other way
     round; a key renamed in OpenRouter takes its new place at the next sync."""
-    emulator = Emulator(EmulatorConfig(seed=11, keys=4, today=TODAY))
+    emulator = Emulator(EmulatorConfig(seed=11, keys=4, workspaces=2, today=TODAY))
     connection = connect(acme, emulator)
-    transport = keys_named(emulator, ["CI #55", "Zeta", "CI #9", "alpha"])
+    transport = named(emulator, ["CI #55", "Zeta", "CI #9", "alpha"], ["Team 10", "team 9"])
     assert sync(connection, emulator, transport=transport).status == "succeeded"
-    assert sorted(transport.listed.values()) == ["CI #55", "CI #9", "Zeta", "alpha"]
+    assert sorted(transport.listed.values()) == ["CI #55", "CI #9", "Team 10", "Zeta", "alpha", "team 9"]
 
-    def table(sort: str) -> list[str]:
-        rows = client_for(alice).get(url(connection, f"range=90d&sort={sort}")).context["table"]["rows"]
-        return [row["key"].name for row in rows if row["key"]]
+    def table(sort: str, tab: str = "keys") -> list[str]:
+        query = f"range=90d&tab={tab}&sort={sort}"
+        rows = client_for(alice).get(url(connection, query)).context["table"]["rows"]
+        return (
+            [row["key"].name for row in rows if row["key"]]
+            if tab == "keys"
+            else [row["workspace_name"] for row in rows]
+        )
 
     assert table("name") == ["alpha", "CI #9", "CI #55", "Zeta"]
     assert table("-name") == ["Zeta", "CI #55", "CI #9", "alpha"]
-    choices = client_for(alice).get(url(connection, "range=90d")).context["options"]["keys"]
-    assert [name for _hash, name in choices] == ["alpha", "CI #9", "CI #55", "Zeta"]
+    assert table("name", "workspaces") == ["team 9", "Team 10"]
+    options = client_for(alice).get(url(connection, "range=90d")).context["options"]
+    assert [name for _hash, name in options["keys"]] == ["alpha", "CI #9", "CI #55", "Zeta"]
+    assert [name for _id, name in options["workspaces"]] == ["team 9", "Team 10"]
     people = client_for(fiona).get(f"/c/acme/integrations/openrouter/{connection.pk}/people/")
     assert [key.name for key, _person in people.context["keys"]] == ["alpha", "CI #9", "CI #55", "Zeta"]
 
-    renamed = keys_named(emulator, ["CI #55", "beta", "CI #9", "alpha"])
+    renamed = named(emulator, ["CI #55", "beta", "CI #9", "alpha"], ["Team 10", "Team 11"])
     assert sync(connection, emulator, transport=renamed).status == "succeeded"
     assert table("name") == ["alpha", "beta", "CI #9", "CI #55"]
+    assert table("name", "workspaces") == ["Team 10", "Team 11"]
 
 
-def test_keys_synced_before_their_sort_names_existed_get_them_from_the_migration(synced):
+def test_keys_and_workspaces_synced_before_their_sort_names_existed_get_them_from_the_migration(synced):
     import importlib
 
     from django.apps import apps
 
-    migration = importlib.import_module("openrouter.migrations.0004_apikey_sort_name")
-    keys = synced.openrouter_keys.all()
-    expected = {k.key_hash: k.sort_name for k in keys}
-    assert all(expected.values())
+    from openrouter.models import Workspace
+
+    migration = importlib.import_module("openrouter.migrations.0004_sort_names")
+    keys, workspaces = synced.openrouter_keys.all(), Workspace.objects.filter(connection=synced)
+    expected = {
+        "keys": dict(keys.values_list("key_hash", "sort_name")),
+        "workspaces": dict(workspaces.values_list("workspace_id", "sort_name")),
+    }
+    assert all(expected["keys"].values()) and all(expected["workspaces"].values())
     keys.update(sort_name="")
+    workspaces.update(sort_name="")
     migration.fill_sort_names(apps, None)
-    assert {k.key_hash: k.sort_name for k in keys.all()} == expected
+    assert dict(keys.values_list("key_hash", "sort_name")) == expected["keys"]
+    assert dict(workspaces.values_list("workspace_id", "sort_name")) == expected["workspaces"]
