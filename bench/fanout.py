@@ -87,11 +87,13 @@ def run_level(served: ServedEmulator, connections: int, concurrency: int, latenc
     flush_dirty_pages()
     follow_ups_before = _default_queue_length()
     cpu_before = _children_cpu()
-    emulator_before, machine_before = process_cpu(served.process.pid), machine_busy_cpu()
     worker = Worker(concurrency=concurrency, queue=queue, base_url=served.base_url)
     try:
         from django.utils import timezone
 
+        # From the first send to the poll that sees the last run finish: the worker's start-up and
+        # shutdown are outside the wall, so their CPU is left out of the floor too.
+        emulator_before, machine_before = process_cpu(served.process.pid), machine_busy_cpu()
         sent_at = timezone.now()
         for pk in ids:
             app.send_task("openrouter.sync_connection", args=[pk], kwargs={"trigger": "manual"}, queue=queue)
@@ -103,13 +105,13 @@ def run_level(served: ServedEmulator, connections: int, concurrency: int, latenc
             # The wall is read from the runs' finished_at, not from this loop: polling more often
             # would only take CPU from the syncs being measured.
             time.sleep(0.5)
+        emulator_cpu = process_cpu(served.process.pid) - emulator_before
+        machine_cpu = machine_busy_cpu() - machine_before  # PostgreSQL and Redis included
     finally:
         worker.stop()
         _drop_queue(queue)
         _drop_follow_ups(_default_queue_length() - follow_ups_before)
     worker_cpu = _children_cpu() - cpu_before  # the worker and its pool, start-up included
-    emulator_cpu = process_cpu(served.process.pid) - emulator_before
-    machine_cpu = machine_busy_cpu() - machine_before  # PostgreSQL and Redis included
     finished = list(runs.values_list("status", "requests_made", "finished_at"))
     requests = sum(made for _, made, _ in finished)
     wall = (max(at for _, _, at in finished) - sent_at).total_seconds()
@@ -247,8 +249,9 @@ def run(sizes) -> Outcome:
         "One `celery -A doow worker --pool prefork --concurrency N` on a private Redis queue, DEBUG off, "
         "OPENROUTER_CONCURRENCY=1; all tasks are sent once the worker is ready. Wall = last run's "
         "`finished_at` − first send; ideal = Σ `requests_made` × latency / N; efficiency = ideal / wall. "
-        "Worker CPU = user + system seconds of the worker and its pool (start-up included); emulator CPU = "
-        "the emulator process's; machine CPU = every process's on the machine over the same span "
+        "Worker CPU = user + system seconds of the worker and its pool (start-up and shutdown included); "
+        "emulator CPU = the emulator process's and machine CPU = every process's on the machine, both "
+        "from the first send until the bench sees the last run finished, i.e. over the wall "
         f"(/proc/stat: the worker, the emulator, PostgreSQL, Redis, this bench); CPU floor = machine CPU / "
         f"{CORES} cores, the wall time no concurrency could beat with that much work on this machine.",
         "Each level starts after a CHECKPOINT, so pages earlier benchmarks left dirty are not written "
