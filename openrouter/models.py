@@ -9,12 +9,34 @@ from openrouter.normalize import NAME_SORT_KEY_LENGTH, name_sort_key
 MONEY = {"max_digits": 24, "decimal_places": 12}
 
 
-class Workspace(models.Model):
+class ListedByName(models.Model):
+    """Listed by the name the pages show: `sort_name` is its name_sort_key, kept by every save (and
+    written beside the name by the sync's bulk writes), so the database sorts as people read."""
+
+    sort_name = models.CharField(max_length=NAME_SORT_KEY_LENGTH, blank=True, default="")
+
+    class Meta:
+        abstract = True
+
+    def __str__(self) -> str:
+        return self.shown_name()
+
+    def save(self, *args, **kwargs):
+        self.sort_name = name_sort_key(self.shown_name())
+        update_fields = kwargs.get("update_fields")
+        if update_fields is not None:
+            kwargs["update_fields"] = {*update_fields, "sort_name"}
+        super().save(*args, **kwargs)
+
+    def shown_name(self) -> str:
+        return self.name
+
+
+class Workspace(ListedByName):
     company = models.ForeignKey(Company, on_delete=models.CASCADE, related_name="+")
     connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="openrouter_workspaces")
     workspace_id = models.CharField(max_length=100)
     name = models.CharField(max_length=200)
-    sort_name = models.CharField(max_length=NAME_SORT_KEY_LENGTH, blank=True, default="")  # as ApiKey's
     slug = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(null=True, blank=True)
 
@@ -22,16 +44,6 @@ class Workspace(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["connection", "workspace_id"], name="or_workspace_key")
         ]
-
-    def __str__(self) -> str:
-        return self.name
-
-    def save(self, *args, **kwargs):
-        self.sort_name = name_sort_key(self.name)
-        update_fields = kwargs.get("update_fields")
-        if update_fields is not None and "name" in update_fields:
-            kwargs["update_fields"] = {*update_fields, "sort_name"}
-        super().save(*args, **kwargs)
 
 
 class Member(models.Model):
@@ -56,15 +68,13 @@ class Member(models.Model):
         )
 
 
-class ApiKey(models.Model):
+class ApiKey(ListedByName):
     """The current state of one OpenRouter API key, plus when its activity was last fetched."""
 
     company = models.ForeignKey(Company, on_delete=models.CASCADE, related_name="+")
     connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="openrouter_keys")
     key_hash = models.CharField(max_length=100)
     name = models.CharField(max_length=300, blank=True)
-    # name_sort_key of the name the pages show (the hash when unnamed), kept by every write.
-    sort_name = models.CharField(max_length=NAME_SORT_KEY_LENGTH, blank=True, default="")
     label = models.CharField(max_length=300, blank=True)
     workspace_id = models.CharField(max_length=100, blank=True)
     creator_user_id = models.CharField(max_length=100, blank=True)
@@ -102,15 +112,8 @@ class ApiKey(models.Model):
             models.Index(fields=["connection", "sort_name", "key_hash"], name="or_apikey_sort_idx"),
         ]
 
-    def __str__(self) -> str:
+    def shown_name(self) -> str:
         return self.name or self.key_hash
-
-    def save(self, *args, **kwargs):
-        self.sort_name = name_sort_key(self.name or self.key_hash)
-        update_fields = kwargs.get("update_fields")
-        if update_fields is not None and {"name", "key_hash"} & set(update_fields):
-            kwargs["update_fields"] = {*update_fields, "sort_name"}
-        super().save(*args, **kwargs)
 
 
 class ApiKeySnapshot(models.Model):
