@@ -27,6 +27,10 @@ def fill_sort_names(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
+    # Each batch of the fill commits on its own: one transaction over every key of every tenant would
+    # hold the key table's rows locked against the syncs for the whole fill.
+    atomic = False
+
     dependencies = [
         ("doow", "0001_initial"),
         ("integrations", "0003_usage_summaries"),

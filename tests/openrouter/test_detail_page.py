@@ -678,22 +678,35 @@ def test_names_sort_as_people_read_them_in_the_tables_the_lists_and_people(acme,
     assert table("name", "workspaces") == ["Team 10", "Team 11"]
 
 
-def test_keys_and_workspaces_synced_before_their_sort_names_existed_get_them_from_the_migration(synced):
-    import importlib
+@pytest.mark.django_db(transaction=True)
+def test_keys_and_workspaces_synced_before_their_sort_names_existed_get_them_from_the_migration():
+    """The real migration, from the schema before it: keys and workspaces already stored get their
+    sort names (deleted keys are never listed again, so no later sync would give them one)."""
+    from django.db import connection as db
+    from django.db.migrations.executor import MigrationExecutor
 
-    from django.apps import apps
+    others = [node for node in MigrationExecutor(db).loader.graph.leaf_nodes() if node[0] != "openrouter"]
+    before = [("openrouter", "0003_alter_apikeysnapshot_company"), *others]
+    after = [("openrouter", "0004_sort_names"), *others]
+    MigrationExecutor(db).migrate(before[:1])
+    try:
+        apps = MigrationExecutor(db).loader.project_state(before).apps
+        company = apps.get_model("doow", "Company").objects.create(name="Old", slug="old")
+        connection = apps.get_model("integrations", "Connection").objects.create(
+            company=company, provider="openrouter", name="Old"
+        )
+        ids = {"company": company, "connection": connection}
+        keys = apps.get_model("openrouter", "ApiKey").objects
+        keys.create(**ids, key_hash="aa01", name="CI #9")
+        keys.create(**ids, key_hash="bb02", name="")
+        apps.get_model("openrouter", "Workspace").objects.create(**ids, workspace_id="w1", name="Team 10")
 
-    from openrouter.models import Workspace
-
-    migration = importlib.import_module("openrouter.migrations.0004_sort_names")
-    keys, workspaces = synced.openrouter_keys.all(), Workspace.objects.filter(connection=synced)
-    expected = {
-        "keys": dict(keys.values_list("key_hash", "sort_name")),
-        "workspaces": dict(workspaces.values_list("workspace_id", "sort_name")),
-    }
-    assert all(expected["keys"].values()) and all(expected["workspaces"].values())
-    keys.update(sort_name="")
-    workspaces.update(sort_name="")
-    migration.fill_sort_names(apps, None)
-    assert dict(keys.values_list("key_hash", "sort_name")) == expected["keys"]
-    assert dict(workspaces.values_list("workspace_id", "sort_name")) == expected["workspaces"]
+        MigrationExecutor(db).migrate(after[:1])
+        apps = MigrationExecutor(db).loader.project_state(after).apps
+        stored = apps.get_model("openrouter", "ApiKey").objects.values_list("key_hash", "sort_name")
+        assert dict(stored) == {"aa01": name_sort_key("CI #9"), "bb02": name_sort_key("bb02")}
+        workspaces = apps.get_model("openrouter", "Workspace").objects.values_list("sort_name", flat=True)
+        assert list(workspaces) == [name_sort_key("Team 10")]
+    finally:
+        executor = MigrationExecutor(db)
+        executor.migrate(executor.loader.graph.leaf_nodes())
