@@ -107,6 +107,7 @@ def budgets(request: HttpRequest, connection_id: int) -> HttpResponse:
         messages.success(request, f"Budget saved: {budget}.")
         return redirect("openrouter:budgets", company_slug=request.company.slug, connection_id=connection.pk)
     keys, more_keys = key_choices(connection, chosen=asked.get("target", ""), live_only=True)
+    workspaces = list(Workspace.objects.filter(connection=connection).order_by(*Workspace.LISTED_ORDER))
     return render(
         request,
         "openrouter/budgets.html",
@@ -115,10 +116,8 @@ def budgets(request: HttpRequest, connection_id: int) -> HttpResponse:
             "form": form,
             "statuses": insights.budget_statuses(connection=connection),
             "forecast": insights.forecast(connection=connection),
-            "workspace_forecasts": _workspace_forecasts(connection),
-            "workspaces": Workspace.objects.filter(connection=connection).order_by(
-                "sort_name", "workspace_id"
-            ),
+            "workspace_forecasts": _workspace_forecasts(connection, workspaces),
+            "workspaces": workspaces,
             "target": asked.get("target", ""),
             "keys": keys,
             "more_keys": more_keys,
@@ -134,10 +133,9 @@ def budgets(request: HttpRequest, connection_id: int) -> HttpResponse:
     )
 
 
-def _workspace_forecasts(connection) -> dict:
+def _workspace_forecasts(connection, workspaces: list) -> dict:
     """The workspaces projected to spend most (forecasts of all of them take three grouped
     queries), and what the ones left out are projected to spend together."""
-    workspaces = list(Workspace.objects.filter(connection=connection).order_by("sort_name", "workspace_id"))
     by_workspace = insights.forecasts(
         connection=connection, by="workspace", targets=[w.workspace_id for w in workspaces]
     )
@@ -194,7 +192,7 @@ def people(request: HttpRequest, connection_id: int) -> HttpResponse:
     end = query.last_reported_day
     key_people = insights.key_people(connection=connection)
     key_page = Paginator(
-        ApiKey.objects.filter(connection=connection).order_by("sort_name", "key_hash"), 50
+        ApiKey.objects.filter(connection=connection).order_by(*ApiKey.LISTED_ORDER), 50
     ).get_page(request.GET.get("page"))
     return render(
         request,

@@ -14,6 +14,8 @@ class ListedByName(models.Model):
     written beside the name by the sync's bulk writes), so the database sorts as people read."""
 
     sort_name = models.CharField(max_length=NAME_SORT_KEY_LENGTH, blank=True, default="")
+    # order_by(*LISTED_ORDER): by sort name, then the subclass's identifier for names that tie.
+    LISTED_ORDER: tuple[str, str]
 
     class Meta:
         abstract = True
@@ -33,6 +35,8 @@ class ListedByName(models.Model):
 
 
 class Workspace(ListedByName):
+    LISTED_ORDER = ("sort_name", "workspace_id")
+
     company = models.ForeignKey(Company, on_delete=models.CASCADE, related_name="+")
     connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="openrouter_workspaces")
     workspace_id = models.CharField(max_length=100)
@@ -70,6 +74,8 @@ class Member(models.Model):
 
 class ApiKey(ListedByName):
     """The current state of one OpenRouter API key, plus when its activity was last fetched."""
+
+    LISTED_ORDER = ("sort_name", "key_hash")
 
     company = models.ForeignKey(Company, on_delete=models.CASCADE, related_name="+")
     connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="openrouter_keys")

@@ -534,7 +534,7 @@ def _attach_labels(connection: Connection, tab: str, rows: list[dict]) -> None:
             key = keys.get(row["api_key_hash"])
             row["key"] = key
             row["last_used_at"] = key.last_used_at if key else None
-            row["key_name"] = (key.name or key.key_hash) if key else UNATTRIBUTED_LABEL
+            row["key_name"] = key.shown_name() if key else UNATTRIBUTED_LABEL
             row["creator"] = members.get(key.creator_user_id) if key else None
             row["workspace_name"] = workspaces.get(key.workspace_id, key.workspace_id) if key else ""
             row["status"] = _key_status(key)
@@ -638,7 +638,7 @@ def _filter_options(connection: Connection, query: DetailQuery) -> dict:
     options = {
         "workspaces": list(
             Workspace.objects.filter(connection=connection)
-            .order_by("sort_name", "workspace_id")
+            .order_by(*Workspace.LISTED_ORDER)
             .values_list("workspace_id", "name")
         ),
         "keys": keys,
@@ -653,7 +653,7 @@ def _filter_options(connection: Connection, query: DetailQuery) -> dict:
 def key_choices(connection: Connection, *, chosen: str = "", live_only: bool = False) -> tuple[list, bool]:
     """(key hash, name) of the first KEY_CHOICES keys by name, and of `chosen` if it is past them;
     and whether there are more. A list of every key of a large organization would weigh on each page."""
-    keys = ApiKey.objects.filter(connection=connection).order_by("sort_name", "key_hash")
+    keys = ApiKey.objects.filter(connection=connection).order_by(*ApiKey.LISTED_ORDER)
     if live_only:
         keys = keys.filter(missing_since__isnull=True)
     listed = list(keys.values_list("key_hash", "name")[: KEY_CHOICES + 1])
