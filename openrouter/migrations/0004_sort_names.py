@@ -2,35 +2,8 @@
 
 from django.db import migrations, models
 
-from openrouter.normalize import name_sort_key
-
-BATCH = 2000
-
-
-def fill_sort_names(apps, schema_editor):
-    """Keys and workspaces synced before the column existed: the next sync would fill them too, but
-    until then they would all sort first."""
-    shown_name = {
-        "ApiKey": lambda key: key.name or key.key_hash,
-        "Workspace": lambda workspace: workspace.name,
-    }
-    for model, name in shown_name.items():
-        rows = apps.get_model("openrouter", model).objects
-        batch = []
-        for row in rows.order_by("pk").iterator(chunk_size=BATCH):
-            row.sort_name = name_sort_key(name(row))
-            batch.append(row)
-            if len(batch) == BATCH:
-                rows.bulk_update(batch, ["sort_name"])
-                batch = []
-        rows.bulk_update(batch, ["sort_name"])
-
 
 class Migration(migrations.Migration):
-    # Each batch of the fill commits on its own: one transaction over every key of every tenant would
-    # hold the key table's rows locked against the syncs for the whole fill.
-    atomic = False
-
     dependencies = [
         ("doow", "0001_initial"),
         ("integrations", "0003_usage_summaries"),
@@ -48,7 +21,6 @@ class Migration(migrations.Migration):
             name="sort_name",
             field=models.CharField(blank=True, default="", max_length=400),
         ),
-        migrations.RunPython(fill_sort_names, migrations.RunPython.noop),
         migrations.AddIndex(
             model_name="apikey",
             index=models.Index(fields=["connection", "sort_name", "key_hash"], name="or_apikey_sort_idx"),

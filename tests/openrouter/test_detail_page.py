@@ -687,7 +687,7 @@ def test_keys_and_workspaces_synced_before_their_sort_names_existed_get_them_fro
 
     others = [node for node in MigrationExecutor(db).loader.graph.leaf_nodes() if node[0] != "openrouter"]
     before = [("openrouter", "0003_alter_apikeysnapshot_company"), *others]
-    after = [("openrouter", "0004_sort_names"), *others]
+    after = [("openrouter", "0005_fill_sort_names"), *others]
     MigrationExecutor(db).migrate(before[:1])
     try:
         apps = MigrationExecutor(db).loader.project_state(before).apps
