@@ -32,6 +32,8 @@ def get_one(model: type[models.Model], *, related: str | None = None, **conditio
     `field__gt=value`, or `<related>__field=value` on the one non-null foreign key named by
     `related`, whose row is joined and cached on the instance (as select_related does). At most one
     row must match (a unique key)."""
+    if None in conditions.values():
+        raise ValueError("get_one compares with '=' and '>', which no NULL matches")
     plan = _plan(model, related, tuple(conditions))
     params = [
         field.get_db_prep_value(value, connection)
@@ -60,6 +62,8 @@ def get_one(model: type[models.Model], *, related: str | None = None, **conditio
     return instance
 
 
+# Once per process: a plan holds the converters of the connection that first needed it, and Django's
+# converters read nothing of their connection but what comes from settings (its time zone).
 @functools.cache
 def _plan(model: type[models.Model], related: str | None, conditions: tuple[str, ...]) -> _Plan:
     quote = connection.ops.quote_name

@@ -81,6 +81,8 @@ def test_a_joined_row_is_read_in_the_same_statement_and_cached(alice, acme):
 def test_conditions_it_does_not_read_are_refused_rather_than_guessed(acme):
     with pytest.raises(ValueError, match="does not read"):
         rows.get_one(Connection, name__icontains="prod")
+    with pytest.raises(ValueError, match="no NULL matches"):
+        rows.get_one(Connection, company_id=acme.pk, last_synced_at=None)
     with pytest.raises(ValueError, match="not a non-null foreign key"):
         rows.get_one(Connection, related="created_by", created_by__email="a@b.test")
 
