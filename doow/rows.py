@@ -71,8 +71,8 @@ def _plan(model: type[models.Model], related: str | None, conditions: tuple[str,
     join = ""
     if related:
         key = model._meta.get_field(related)
-        if not key.many_to_one or key.null:
-            raise ValueError(f"{model.__name__}.{related} is not a non-null foreign key")
+        if not key.many_to_one or key.null or key.related_model is model:
+            raise ValueError(f"{model.__name__}.{related} is not a non-null foreign key to another model")
         target = key.related_model
         tables.append((target, quote(target._meta.db_table)))
         join = (
