@@ -209,3 +209,14 @@ def test_an_overlapping_beat_tick_does_not_enqueue_what_another_tick_claimed(acm
         ):
             assert enqueue_due_syncs() == 0
     assert [call.kwargs["args"] for call in send_task.call_args_list] == [[connection.pk]]
+
+
+@pytest.mark.parametrize("connection_id", [987_654, 2**63])
+def test_tasks_for_a_connection_that_no_longer_exists_do_nothing(db, connection_id):
+    # A task queued before its connection's company was deleted (or any id at all) finds no row.
+    from openrouter.tasks import evaluate_alerts_task, warm_reports_task
+
+    assert sync_connection_task.run(connection_id, trigger="manual") == "skipped"
+    assert evaluate_alerts_task.run(connection_id) == 0
+    assert warm_reports_task.run(connection_id) is False
+    assert not SyncRun.objects.exists()
