@@ -8,6 +8,7 @@ from django.contrib.auth import SESSION_KEY
 from django.contrib.sessions.models import Session
 from django.db import connection as db_connection
 from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
 from django.utils import timezone
 
 from doow import rows
@@ -15,6 +16,7 @@ from doow.backends import ModelBackend
 from doow.models import Membership, User
 from doow.sessions import SessionStore
 from integrations.models import Connection
+from tests.conftest import client_for
 
 
 def field_values(instance) -> dict:
@@ -108,10 +110,6 @@ def test_the_backend_reads_an_active_user_and_refuses_an_inactive_or_missing_one
 
 
 def test_a_company_page_reads_its_session_user_membership_and_connection_once_each(stored_connection, alice):
-    from django.urls import reverse
-
-    from tests.conftest import client_for
-
     client = client_for(alice)
     url = reverse("openrouter:export", args=["acme", stored_connection.pk, "csv"])
     with CaptureQueriesContext(db_connection) as queries:
