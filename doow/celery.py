@@ -59,6 +59,11 @@ def beat_schedule(settings) -> dict:
             "schedule": crontab(minute=17, hour=0),  # https://crontab.guru/#17_0_*_*_*
             "options": {"expires": 3600},
         },
+        "clear-expired-sessions": {
+            "task": "doow.clear_expired_sessions",
+            "schedule": crontab(minute=41, hour=3),  # https://crontab.guru/#41_3_*_*_*
+            "options": {"expires": 3600},
+        },
     }
 
 

@@ -53,7 +53,7 @@ def test_the_broker_gets_the_visibility_timeout_when_it_is_redis():
 
 def test_beat_schedule_has_exactly_the_periodic_jobs():
     schedule = app.conf.beat_schedule
-    assert set(schedule) == {"enqueue-due-syncs", "refresh-openrouter-models"}
+    assert set(schedule) == {"enqueue-due-syncs", "refresh-openrouter-models", "clear-expired-sessions"}
 
     due_syncs = schedule["enqueue-due-syncs"]
     assert due_syncs["task"] == "integrations.enqueue_due_syncs"
@@ -64,6 +64,10 @@ def test_beat_schedule_has_exactly_the_periodic_jobs():
     models = schedule["refresh-openrouter-models"]
     assert models["task"] == "openrouter.refresh_models"
     assert models["schedule"] == crontab(minute=17, hour=0)
+
+    sessions = schedule["clear-expired-sessions"]
+    assert sessions["task"] == "doow.clear_expired_sessions"
+    assert sessions["schedule"] == crontab(minute=41, hour=3)
 
 
 def test_every_scheduled_task_is_registered():

@@ -15,6 +15,7 @@ from doow import rows
 from doow.backends import ModelBackend
 from doow.models import Membership, User
 from doow.sessions import SessionStore
+from doow.tasks import clear_expired_sessions
 from integrations.models import Connection
 from tests.conftest import client_for
 
@@ -99,6 +100,18 @@ def test_the_session_store_reads_a_live_session_and_not_an_expired_one(alice):
     expired = SessionStore(key)
     assert expired.load() == {}
     assert expired.session_key is None  # a new session starts, as with Django's own store
+
+
+def test_the_daily_task_drops_expired_sessions_and_keeps_live_ones(alice):
+    live, expired = SessionStore(), SessionStore()
+    for store in (live, expired):
+        store[SESSION_KEY] = str(alice.pk)
+        store.create()
+    Session.objects.filter(session_key=expired.session_key).update(
+        expire_date=timezone.now() - timedelta(seconds=1)
+    )
+    clear_expired_sessions.run()
+    assert list(Session.objects.values_list("session_key", flat=True)) == [live.session_key]
 
 
 def test_the_backend_reads_an_active_user_and_refuses_an_inactive_or_missing_one(alice):
