@@ -609,7 +609,19 @@ def _chart(connection: Connection, query: DetailQuery, base: dict) -> dict:
                 ],
             }
         )
-    return {"labels": [day.isoformat() for day in days], "series": series, "metric": query.metric}
+    # Days OpenRouter has not reported yet (today, or days past the last sync's complete day) would
+    # read as days without spend: the page names them and the chart greys their labels.
+    through = query.last_reported_day
+    if connection.complete_through is not None:
+        through = min(through, connection.complete_through)
+    unreported = [day for day in days if day > through]
+    return {
+        "labels": [day.isoformat() for day in days],
+        "series": series,
+        "metric": query.metric,
+        "unreported_from": unreported[0] if unreported else None,
+        "unreported_days": len(unreported),
+    }
 
 
 def _filter_options(connection: Connection, query: DetailQuery) -> dict:

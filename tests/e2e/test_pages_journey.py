@@ -62,6 +62,21 @@ def test_admin_finance_and_ops_journey(live_server, personas, slow_emulator_serv
     expect(admin.locator("#usage-chart[data-ready=true]")).to_have_count(1)
     shot(admin, "05-detail-last-30-days")
 
+    # Today has no bar yet: the page says why, and the chart greys its label (and only its).
+    today = emulator.today
+    admin.goto(f"{detail_url}?range=custom&from={today - timedelta(days=5)}&to={today}")
+    expect(admin.get_by_test_id("chart-unreported")).to_contain_text(
+        f"{today.day} {today:%b} (UTC), greyed, is not"
+    )
+    expect(admin.locator("#usage-chart[data-ready=true]")).to_have_count(1)
+    first_colour, today_colour = admin.evaluate(
+        """() => {
+          const chart = window.doowChart, ticks = chart.config.options.scales.x.ticks;
+          return [ticks.color({ tick: { value: 0 } }), ticks.color({ tick: { value: chart.data.labels.length - 1 } })];
+        }"""
+    )
+    assert today_colour == "#adb5bd" and first_colour != today_colour
+
     # A preset applies at once and lands in the URL.
     admin.select_option("#f-range", "7d")
     admin.wait_for_url(re.compile(r"range=7d"))

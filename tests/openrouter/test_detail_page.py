@@ -453,6 +453,30 @@ def test_a_range_through_today_explains_the_reporting_delay(synced, alice):
     assert "reporting_delay" not in notice_codes(client_for(alice).get(url(synced)))
 
 
+def test_the_chart_names_the_days_not_reported_yet_instead_of_showing_them_as_no_spend(synced, alice):
+    client = client_for(alice)
+    # Today: OpenRouter reports a UTC day once it has ended.
+    response = client.get(url(synced, "range=this_month"))
+    chart = response.context["chart"]
+    assert (chart["unreported_from"], chart["unreported_days"]) == (TODAY, 1)
+    assert chart["labels"][-1] == TODAY.isoformat()
+    assert "24 Nov (UTC), greyed, is not in OpenRouter's daily activity yet" in response.content.decode()
+    # A range of ended days the last sync read completely has none.
+    response = client.get(url(synced, "range=7d"))
+    chart = response.context["chart"]
+    assert (chart["unreported_from"], chart["unreported_days"]) == (None, 0)
+    assert 'data-testid="chart-unreported"' not in response.content.decode()
+    # Days that have ended but no sync has read yet (syncs stopped two days ago) are named too.
+    Connection.objects.filter(pk=synced.pk).update(complete_through=TODAY - timedelta(days=3))
+    response = client.get(url(synced, "range=7d"))
+    chart = response.context["chart"]
+    assert (chart["unreported_from"], chart["unreported_days"]) == (TODAY - timedelta(days=2), 2)
+    assert "The 2 days from 22 Nov (UTC), greyed, are not in" in response.content.decode()
+    # The chart script reads the same date to grey the labels from it.
+    chart_data = response.content.decode().split('<script id="chart-data" type="application/json">')[1]
+    assert json.loads(chart_data.split("</script>")[0])["unreported_from"] == "2026-11-22"
+
+
 def test_a_rate_limited_last_sync_is_explained(synced, alice):
     run = synced.runs.first()
     sync_event_add(

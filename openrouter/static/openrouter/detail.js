@@ -15,6 +15,8 @@
     const short = (v) => money
       ? "$" + Number(v).toLocaleString("en-US", { maximumFractionDigits: 2 })
       : Intl.NumberFormat("en-US", { notation: "compact" }).format(v);
+    // Days OpenRouter has not reported yet (ISO dates compare as text): their labels are greyed.
+    const unreported = (i) => data.unreported_from !== null && data.labels[i] >= data.unreported_from;
     const day = (iso) => new Date(iso + "T00:00:00Z").toLocaleDateString("en-GB", { day: "numeric", month: "short", timeZone: "UTC" });
     const chart = new Chart(canvas, {
       type: "bar",
@@ -31,7 +33,14 @@
         responsive: true, maintainAspectRatio: false, animation: false,
         interaction: { mode: "index", intersect: false },
         scales: {
-          x: { stacked: true, grid: { display: false }, ticks: { callback: (_v, i) => day(data.labels[i]), maxRotation: 0, autoSkipPadding: 12 } },
+          x: {
+            stacked: true, grid: { display: false },
+            ticks: {
+              callback: (_v, i) => day(data.labels[i]), maxRotation: 0, autoSkipPadding: 12,
+              // A category tick's value is its label's index (ctx.index counts only the ticks left after skipping).
+              color: (ctx) => unreported(ctx.tick.value) ? "#adb5bd" : Chart.defaults.color,
+            },
+          },
           y: { stacked: true, beginAtZero: true, ticks: { callback: (v) => short(v) } },
         },
         plugins: {
