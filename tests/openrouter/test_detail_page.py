@@ -475,6 +475,11 @@ def test_the_chart_names_the_days_not_reported_yet_instead_of_showing_them_as_no
     # The chart script reads the same date to grey the labels from it.
     chart_data = response.content.decode().split('<script id="chart-data" type="application/json">')[1]
     assert json.loads(chart_data.split("</script>")[0])["unreported_from"] == "2026-11-22"
+    assert "the next sync reads it" in response.content.decode()
+    # A disconnected connection has no next sync.
+    Connection.objects.filter(pk=synced.pk).update(state=ConnectionState.DISCONNECTED)
+    page = client.get(url(synced, "range=7d")).content.decode()
+    assert "and this connection is no longer synced." in page and "the next sync reads it" not in page
 
 
 def test_a_rate_limited_last_sync_is_explained(synced, alice):
