@@ -375,7 +375,7 @@ def _notices(connection: Connection, query: DetailQuery, has_usage: bool, latest
             }
         )
     complete = connection.complete_through
-    if query.end >= query.today or (complete is not None and query.end > complete):
+    if query.end > _complete_through(connection, query):
         through = f"through {complete:%-d %b} UTC" if complete else "for no day yet"
         notices.append(
             {
@@ -609,11 +609,9 @@ def _chart(connection: Connection, query: DetailQuery, base: dict) -> dict:
                 ],
             }
         )
-    # Days OpenRouter has not reported yet (today, or days past the last sync's complete day) would
-    # read as days without spend: the page names them and the chart greys their labels.
-    through = query.last_reported_day
-    if connection.complete_through is not None:
-        through = min(through, connection.complete_through)
+    # Days not complete yet would read as days without spend: the page names them and the chart
+    # greys their labels.
+    through = _complete_through(connection, query)
     unreported = [day for day in days if day > through]
     return {
         "labels": [day.isoformat() for day in days],
@@ -622,6 +620,15 @@ def _chart(connection: Connection, query: DetailQuery, base: dict) -> dict:
         "unreported_from": unreported[0] if unreported else None,
         "unreported_days": len(unreported),
     }
+
+
+def _complete_through(connection: Connection, query: DetailQuery) -> date:
+    """The range's last day whose figures are complete: OpenRouter has reported it (it reports a UTC
+    day once the day has ended) and a sync has read it (`complete_through`)."""
+    through = query.last_reported_day
+    if connection.complete_through is not None:
+        through = min(through, connection.complete_through)
+    return through
 
 
 def _filter_options(connection: Connection, query: DetailQuery) -> dict:
