@@ -59,6 +59,10 @@ class Connection(models.Model):
     next_sync_at = models.DateTimeField(null=True, blank=True, db_index=True)
     # Last completed UTC day covered by the provider's daily activity.
     complete_through = models.DateField(null=True, blank=True)
+    # The UTC days whose daily activity a successful sync read, as [first, last] spans
+    # (integrations.coverage): a provider keeps only recent days, so a day outside them is unknown.
+    # Nullable: code on the schema before it (a rolling deploy's old processes) inserts rows without it.
+    reported_spans = models.JSONField(default=list, blank=True, null=True)
     sync_progress = models.JSONField(default=dict, blank=True)
     # Single flight: a worker holds the connection while sync_lease_until is in the future.
     sync_lease_until = models.DateTimeField(null=True, blank=True)

@@ -3,7 +3,7 @@
 import logging
 import secrets as std_secrets
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import date, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -13,7 +13,7 @@ from django.views.decorators.debug import sensitive_variables
 
 from doow.models import Company
 from doow.services import audit_record
-from integrations import crypto
+from integrations import coverage, crypto
 from integrations.models import (
     Connection,
     ConnectionState,
@@ -369,12 +369,14 @@ def sync_lease_seconds() -> int:
 
 def sync_claim(*, connection_id: int) -> str | None:
     """Claim the connection for one sync and show it syncing. Returns a lease token, or None if
-    another sync holds it (nothing is changed then)."""
+    another sync holds it or it is disconnected, has no stored key or does not exist (nothing is
+    changed then)."""
     now = timezone.now()
     token = std_secrets.token_hex(16)
     claimed = (
         Connection.objects.filter(pk=connection_id)
         .exclude(state=ConnectionState.DISCONNECTED)
+        .exclude(secret="")
         .filter(Q(sync_lease_until__isnull=True) | Q(sync_lease_until__lt=now))
         .update(
             sync_lease_until=now + timedelta(seconds=sync_lease_seconds()),
@@ -447,8 +449,11 @@ def sync_run_finish(
     error_summary: str = "",
     detail: dict | None = None,
     complete_through=None,
+    reported: tuple[date, date] | None = None,
 ) -> None:
-    """Close a run and set the connection's state from its outcome."""
+    """Close a run and set the connection's state from its outcome. `reported`: the first and last
+    day of the provider's daily activity the run read in full, added to the connection's reported
+    days (integrations.coverage). The run's connection must have been read after the sync's claim."""
     now = timezone.now()
     run.status, run.finished_at, run.error_summary = status, now, error_summary
     run.save(
@@ -474,6 +479,8 @@ def sync_run_finish(
         }
         if complete_through is not None:
             updates["complete_through"] = complete_through
+        if reported is not None:
+            updates["reported_spans"] = coverage.add(run.connection.reported_spans, *reported)
         live.update(**updates)
     elif status in (SyncRunStatus.PARTIAL, SyncRunStatus.FAILED, SyncRunStatus.DEFERRED):
         # Keep needs_attention if a permanent error set it; otherwise back to connected, due again soon.

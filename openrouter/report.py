@@ -11,6 +11,7 @@ from django.core.paginator import Paginator
 from django.db.models import F, OuterRef, Subquery, Sum
 from django.utils import timezone
 
+from integrations import coverage
 from integrations.models import Connection, ConnectionState, CredentialScope, EventKind, SyncRunStatus
 from openrouter.insights import listed_keys
 from openrouter.models import ApiKey, CreditsSnapshot, Member, Model, Workspace
@@ -273,7 +274,10 @@ def detail_report(*, connection: Connection, query: DetailQuery) -> dict:
         Decimal(totals["spend_usd"]) * 1_000_000 / totals["total_tokens"] if totals["total_tokens"] else None
     )
     previous, deltas, previous_range = None, {}, query.previous
-    if previous_range:
+    # Compared only when Doow holds every day of the period before: a day it never read would count
+    # as a day without spend, and the change would be an artefact of when the organization was connected.
+    previous_unknown = _unknown_days(connection, *previous_range) if previous_range else []
+    if previous_range and not previous_unknown:
         prev_start, prev_end = previous_range
         previous = cached(
             connection,
@@ -285,6 +289,8 @@ def detail_report(*, connection: Connection, query: DetailQuery) -> dict:
         deltas = {name: _delta(totals[name], previous[name]) for name in (*METRICS, "total_tokens")}
     has_usage = bool(totals["requests"] or totals["spend_usd"] or totals["byok_spend_usd"])
     status = connection_status(connection)
+    through = _complete_through(connection, query)
+    range_unknown = _unknown_days(connection, query.start, through) if query.start <= through else []
     return {
         **status,
         "query": query,
@@ -296,12 +302,14 @@ def detail_report(*, connection: Connection, query: DetailQuery) -> dict:
         "previous": previous,
         "previous_range": previous_range,
         "deltas": deltas,
+        "previous_unknown": stretches_text(previous_unknown),
+        "history_from": coverage.first_day(connection.reported_spans),
         "has_any_usage": has_usage,
-        "chart": _chart(connection, query, base) if has_usage else None,
+        "chart": _chart(connection, query, base, range_unknown) if has_usage else None,
         "table": _table(connection, query, base),
         "options": _filter_options(connection, query),
         "today_partial": _today_partial(connection, query),
-        "notices": _notices(connection, query, has_usage, status["latest_run"]),
+        "notices": _notices(connection, query, has_usage, status["latest_run"], range_unknown),
         "unattributed_label": UNATTRIBUTED_LABEL,
     }
 
@@ -320,7 +328,32 @@ def connection_status(connection: Connection) -> dict:
     }
 
 
-def _notices(connection: Connection, query: DetailQuery, has_usage: bool, latest_run) -> list[dict]:
+def _unknown_days(connection: Connection, first: date, last: date) -> list[tuple[date, date]]:
+    """The stretches from `first` to `last` that OpenRouter never reported to Doow (before the
+    organization's first sync, or while it went unsynced for longer than OpenRouter keeps activity).
+    None for a single key (OpenRouter gives it no daily activity at all, as its notice says), and
+    before any sync has read the organization's (nothing is shown then, or it is data no sync
+    recorded the days of)."""
+    if connection.scope == CredentialScope.SINGLE_KEY or not connection.reported_spans:
+        return []
+    return coverage.gaps(connection.reported_spans, first, last)
+
+
+def stretches_text(stretches: list[tuple[date, date]]) -> str:
+    """ "25 Sep – 24 Oct 2026, 3 Nov 2026": each stretch of days, a lone day by itself."""
+
+    def one(first: date, last: date) -> str:
+        if first == last:
+            return f"{first:%-d %b %Y}"
+        start = f"{first:%-d %b %Y}" if first.year != last.year else f"{first:%-d %b}"
+        return f"{start} – {last:%-d %b %Y}"
+
+    return ", ".join(one(first, last) for first, last in stretches)
+
+
+def _notices(
+    connection: Connection, query: DetailQuery, has_usage: bool, latest_run, range_unknown: list
+) -> list[dict]:
     """The troubleshooting list, narrowed to what explains this view. Each: level, code, title, text."""
     notices = []
     if connection.state == ConnectionState.NEEDS_ATTENTION:
@@ -374,6 +407,21 @@ def _notices(connection: Connection, query: DetailQuery, has_usage: bool, latest
                 "automatically.",
             }
         )
+    if range_unknown:
+        first = coverage.first_day(connection.reported_spans)
+        why = f"Doow's history of this organization starts on {first:%-d %b %Y}, the first day it still kept"
+        if range_unknown[-1][1] > first:
+            why += ", with a gap where the organization went unsynced for longer than that"
+        notices.append(
+            {
+                "level": "info",
+                "code": "days_unknown",
+                "title": f"No figures for {stretches_text(range_unknown)}",
+                "text": f"OpenRouter keeps only its last 30 days of daily activity, and {why}. Those days "
+                "are unknown, not days without spend: the totals and tables cover the rest of the range, "
+                "and the chart greys them.",
+            }
+        )
     complete = connection.complete_through
     if query.end > _complete_through(connection, query):
         through = f"through {complete:%-d %b} UTC" if complete else "for no day yet"
@@ -398,7 +446,14 @@ def _notices(connection: Connection, query: DetailQuery, has_usage: bool, latest
                     "days to see their figures.",
                 }
             )
+        elif range_unknown == [(query.start, _complete_through(connection, query))]:
+            pass  # No day of it is known: the days_unknown notice says why, and nothing more is.
         elif query.filters or UsageDaily.objects.filter(connection=connection).exists():
+            days = (
+                "on the days of this range Doow holds"
+                if range_unknown
+                else f"between {query.start:%-d %b %Y} and {query.end:%-d %b %Y}"
+            )
             notices.append(
                 {
                     "level": "info",
@@ -406,8 +461,7 @@ def _notices(connection: Connection, query: DetailQuery, has_usage: bool, latest
                     "title": "No usage in this range",
                     "text": "Nothing was spent"
                     + (" with these filters" if query.filters else "")
-                    + f" between {query.start:%-d %b %Y} and {query.end:%-d %b %Y}. "
-                    "Try a longer range or clear the filters.",
+                    + f" {days}. Try a longer range or clear the filters.",
                 }
             )
         elif connection.scope == CredentialScope.ORGANIZATION:
@@ -576,7 +630,7 @@ CHART_FIELDS = {
 }
 
 
-def _chart(connection: Connection, query: DetailQuery, base: dict) -> dict:
+def _chart(connection: Connection, query: DetailQuery, base: dict, unknown: list) -> dict:
     """Daily series stacked by the top models of the range; the rest is summed as "other".
 
     One grouped query (day by model); at most days * models rows, whatever the number of usage rows."""
@@ -619,6 +673,9 @@ def _chart(connection: Connection, query: DetailQuery, base: dict) -> dict:
         "metric": query.metric,
         "unreported_from": unreported[0] if unreported else None,
         "unreported_days": len(unreported),
+        # Days OpenRouter never reported to Doow: greyed too, and named under the chart.
+        "unknown_days": [day.isoformat() for day in coverage.days_in(unknown)],
+        "unknown": stretches_text(unknown),
     }
 
 

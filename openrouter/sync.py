@@ -130,11 +130,13 @@ def sync_connection(
     base_url: str | None = None,
 ) -> SyncResult:
     """Run one sync in the calling process. Safe to call concurrently: only one holds the lease."""
-    connection = connection_find(connection_id)
-    if connection is None or connection.state == ConnectionState.DISCONNECTED or not connection.secret:
-        return SyncResult(status=SyncRunStatus.SKIPPED)
+    # Claimed before it is read, so what it is read with includes everything the sync that held it
+    # before wrote (its reported days, which this one's are merged into).
     token = sync_claim(connection_id=connection_id)
+    connection = connection_find(connection_id)
     if token is None:
+        if connection is None or connection.state == ConnectionState.DISCONNECTED or not connection.secret:
+            return SyncResult(status=SyncRunStatus.SKIPPED)
         run = sync_run_record_skip(
             connection=connection,
             trigger=trigger,
@@ -142,6 +144,8 @@ def sync_connection(
         )
         return SyncResult(status=SyncRunStatus.SKIPPED, run_id=run.pk)
     try:
+        if connection is None:  # deleted since the claim
+            return SyncResult(status=SyncRunStatus.SKIPPED)
         return _run_claimed(connection, trigger, attempt, transport, sleep, now, base_url)
     finally:
         sync_release(connection_id=connection_id, token=token)
@@ -213,6 +217,7 @@ def _run_claimed(connection, trigger, attempt, transport, sleep, now, base_url) 
         message=f"Sync finished: {run.keys_seen} keys seen, {run.keys_fetched} fetched, "
         f"{run.rows_written} rows written, {run.requests_made} requests.",
         complete_through=job.complete_through,
+        reported=job.reported,
     )
     return SyncResult(status=SyncRunStatus.SUCCEEDED, run_id=run.pk, keys_seen=run.keys_seen)
 
@@ -331,6 +336,7 @@ class _SyncJob:
         self.stop_fetching = threading.Event()
         self.fetch_failures: list[BaseException] = []  # the errors that set stop_fetching, in order
         self.complete_through: date | None = None
+        self.reported: tuple[date, date] | None = None
         # Hashes of listed keys whose activity was never stored (no usage rows exist for them yet).
         self.never_fetched: set[str] = set()
         # Keys read and activity fetched but not written yet: written every OPENROUTER_WRITE_BATCH_KEYS keys.
@@ -505,6 +511,8 @@ class _SyncJob:
             lambda: usage_summaries_rebuild(connection_id=self.connection.pk),
         )
         self.complete_through = self.window_end
+        # Account-wide activity was read for every day from account_start on: their totals are known.
+        self.reported = (account_start, self.window_end)
 
     def store_credits(self, credits) -> None:
         CreditsSnapshot.objects.create(

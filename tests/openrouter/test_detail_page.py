@@ -13,6 +13,7 @@ import pytest
 from django.http import QueryDict
 from django.utils import timezone
 
+from integrations import coverage
 from integrations.models import Connection, ConnectionState, EventKind, EventLevel, SyncRun
 from integrations.services import sync_event_add
 from openrouter import report
@@ -291,6 +292,9 @@ def test_this_month_on_its_first_day_shows_no_change_and_says_no_day_has_ended(
 
 
 def test_this_month_compares_its_ended_days_with_as_many_before(synced, alice):
+    # Doow has held this organization's days since September (earlier syncs read them).
+    spans = coverage.add(synced.reported_spans, date(2026, 9, 1), date(2026, 10, 24))
+    Connection.objects.filter(pk=synced.pk).update(reported_spans=spans)
     page = client_for(alice).get(url(synced, "range=this_month")).content.decode()
 
     assert "changes compare its 23 ended days with 9 Oct – 31 Oct 2026" in page
@@ -420,9 +424,23 @@ def test_the_first_sync_shows_a_loading_state_that_polls_then_reloads(acme, alic
     assert "hx-trigger" not in client.get(url(connection, "part=header")).content.decode()
 
 
-def test_no_usage_in_the_range(synced, alice):
-    response = client_for(alice).get(url(synced, "range=custom&from=2020-01-01&to=2020-01-31"))
+def test_no_usage_in_the_range(synced, alice, emulator):
+    response = client_for(alice).get(url(synced, window_query(emulator, model="no-such/model")))
     assert notice_codes(response) == {"no_usage"}
+    assert (
+        "Nothing was spent with these filters between 25 Oct 2026 and 23 Nov 2026"
+        in response.content.decode()
+    )
+    assert response.context["chart"] is None
+
+
+def test_a_range_before_the_organizations_history_says_its_days_are_unknown_not_without_spend(synced, alice):
+    response = client_for(alice).get(url(synced, "range=custom&from=2020-01-01&to=2020-01-31"))
+    assert notice_codes(response) == {"days_unknown"}
+    page = response.content.decode()
+    assert "No figures for 1 Jan – 31 Jan 2020." in page
+    assert "history of this organization starts on 25 Oct 2026" in page
+    assert "Nothing was spent" not in page
     assert response.context["chart"] is None
 
 

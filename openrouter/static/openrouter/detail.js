@@ -17,6 +17,9 @@
       : Intl.NumberFormat("en-US", { notation: "compact" }).format(v);
     // Days OpenRouter has not reported yet (ISO dates compare as text): their labels are greyed.
     const unreported = (i) => data.unreported_from !== null && data.labels[i] >= data.unreported_from;
+    // And days OpenRouter never reported to Doow (before its history, or in a gap in it).
+    const unknown = new Set(data.unknown_days);
+    const greyed = (i) => unreported(i) || unknown.has(data.labels[i]);
     const day = (iso) => new Date(iso + "T00:00:00Z").toLocaleDateString("en-GB", { day: "numeric", month: "short", timeZone: "UTC" });
     const chart = new Chart(canvas, {
       type: "bar",
@@ -38,7 +41,7 @@
             ticks: {
               callback: (_v, i) => day(data.labels[i]), maxRotation: 0, autoSkipPadding: 12,
               // A category tick's value is its label's index (ctx.index counts only the ticks left after skipping).
-              color: (ctx) => unreported(ctx.tick.value) ? "#adb5bd" : Chart.defaults.color,
+              color: (ctx) => greyed(ctx.tick.value) ? "#adb5bd" : Chart.defaults.color,
             },
           },
           y: { stacked: true, beginAtZero: true, ticks: { callback: (v) => short(v) } },
