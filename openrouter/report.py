@@ -303,6 +303,7 @@ def detail_report(*, connection: Connection, query: DetailQuery) -> dict:
         "previous_range": previous_range,
         "deltas": deltas,
         "previous_unknown": stretches_text(previous_unknown),
+        "previous_unknown_all": bool(previous_range) and previous_unknown == [previous_range],
         "history_from": coverage.first_day(connection.reported_spans),
         "has_any_usage": has_usage,
         "chart": _chart(connection, query, base, range_unknown) if has_usage else None,

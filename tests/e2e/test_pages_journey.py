@@ -77,6 +77,19 @@ def test_admin_finance_and_ops_journey(live_server, personas, slow_emulator_serv
     )
     assert today_colour == "#adb5bd" and first_colour != today_colour
 
+    # Days before the organization's history (OpenRouter keeps 30) are named and greyed too.
+    admin.goto(f"{detail_url}?range=custom&from={today - timedelta(days=40)}&to={today - timedelta(days=1)}")
+    expect(admin.get_by_test_id("notice-days_unknown")).to_contain_text("No figures for")
+    expect(admin.get_by_test_id("chart-unknown")).to_contain_text("never reported to Doow")
+    expect(admin.locator("#usage-chart[data-ready=true]")).to_have_count(1)
+    colours = admin.evaluate(
+        """() => {
+          const chart = window.doowChart, ticks = chart.config.options.scales.x.ticks;
+          return chart.data.labels.map((_, i) => ticks.color({ tick: { value: i } }));
+        }"""
+    )
+    assert colours[:10] == ["#adb5bd"] * 10 and "#adb5bd" not in colours[10:]
+
     # A preset applies at once and lands in the URL.
     admin.select_option("#f-range", "7d")
     admin.wait_for_url(re.compile(r"range=7d"))

@@ -109,13 +109,21 @@ def test_the_default_range_right_after_connecting_shows_no_change_against_days_n
     assert response.context["deltas"] == {}
     assert "vs previous period" not in html
     assert (
-        "no change is shown: the period before (25 Sep – 24 Oct 2026) holds days OpenRouter never reported "
-        "to Doow (25 Sep – 24 Oct 2026), as it keeps only its last 30 days and Doow's history of this "
-        "organization starts on 25 Oct 2026."
+        "no change is shown: Doow holds no day of the period before (25 Sep – 24 Oct 2026), as OpenRouter "
+        "keeps only its last 30 days and Doow's history of this organization starts on 25 Oct 2026."
     ) in html
     # The range itself is fully known: no notice, no greyed day.
     assert "days_unknown" not in {n["code"] for n in response.context["notices"]}
     assert response.context["chart"]["unknown_days"] == []
+
+
+def test_a_period_before_partly_read_names_the_days_doow_lacks(synced, page):
+    response = page(synced, "range=this_month")  # 1 – 23 Nov ended: compared with 9 – 31 Oct
+    assert response.context["deltas"] == {}
+    assert (
+        "no change is shown: the period before (9 Oct – 31 Oct 2026) holds days OpenRouter never reported "
+        "to Doow (9 Oct – 24 Oct 2026), as OpenRouter keeps only"
+    ) in response.content.decode()
 
 
 def test_once_doow_holds_the_period_before_the_change_is_shown(synced, emulator, page):
