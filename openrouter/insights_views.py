@@ -17,7 +17,7 @@ from integrations.selectors import connection_get
 from openrouter import insights
 from openrouter.alerts import budget_create, default_rules_ensure
 from openrouter.models import ApiKey, Workspace
-from openrouter.report import PRESETS, DetailQuery, key_choices
+from openrouter.report import PRESETS, DetailQuery, key_choices, range_notices
 from usage.models import AlertKind, AlertRule, Budget, BudgetScope, threshold_problem
 
 # The budgets page lists this many workspaces' forecasts, those projected to spend most.
@@ -203,6 +203,9 @@ def people(request: HttpRequest, connection_id: int) -> HttpResponse:
             "end": end,
             "presets": PRESETS,
             "by_person": insights.spend_by_person(connection=connection, start=query.start, end=end),
+            "notices": range_notices(
+                connection, query.start, end, shown="the spend by person leaves them out"
+            ),
             "keys": [(key, key_people.get(key.key_hash)) for key in key_page.object_list],
             "key_page": key_page,
             "members": Membership.objects.filter(company=request.company)
@@ -270,6 +273,7 @@ def reconciliation(request: HttpRequest, connection_id: int) -> HttpResponse:
             "lines": insights.reconciliation(connection=connection, start=query.start, end=end)
             if end >= query.start
             else [],
+            "notices": range_notices(connection, query.start, end, shown="every line leaves them out"),
             "section": "reconciliation",
         },
     )

@@ -340,6 +340,31 @@ def _unknown_days(connection: Connection, first: date, last: date) -> list[tuple
     return coverage.gaps(connection.reported_spans, first, last)
 
 
+def days_unknown_notice(connection: Connection, unknown: list, *, shown: str) -> dict:
+    """The notice naming a range's days OpenRouter never reported to Doow (`_unknown_days`);
+    `shown`: how the page shows them."""
+    first = coverage.first_day(connection.reported_spans)
+    why = f"Doow's history of this organization starts on {first:%-d %b %Y}, the first day it still kept"
+    if unknown[-1][1] > first:
+        why += ", with a gap where the organization went unsynced for longer than that"
+    return {
+        "level": "info",
+        "code": "days_unknown",
+        "title": f"No figures for {stretches_text(unknown)}",
+        "text": f"OpenRouter keeps only its last 30 days of daily activity, and {why}. Those days are "
+        f"unknown, not days without spend: the figures cover the rest of the range, and {shown}.",
+    }
+
+
+def range_notices(connection: Connection, start: date, end: date, *, shown: str) -> list[dict]:
+    """Notices for a page showing the completed days from `start` to `end` (people, reconciliation).
+    Days after the last one a sync read are not unknown but not read yet (the next sync reads them)."""
+    if connection.complete_through is not None:
+        end = min(end, connection.complete_through)
+    unknown = _unknown_days(connection, start, end) if start <= end else []
+    return [days_unknown_notice(connection, unknown, shown=shown)] if unknown else []
+
+
 def stretches_text(stretches: list[tuple[date, date]]) -> str:
     """ "25 Sep – 24 Oct 2026, 3 Nov 2026": each stretch of days, a lone day by itself."""
 
@@ -409,20 +434,7 @@ def _notices(
             }
         )
     if range_unknown:
-        first = coverage.first_day(connection.reported_spans)
-        why = f"Doow's history of this organization starts on {first:%-d %b %Y}, the first day it still kept"
-        if range_unknown[-1][1] > first:
-            why += ", with a gap where the organization went unsynced for longer than that"
-        notices.append(
-            {
-                "level": "info",
-                "code": "days_unknown",
-                "title": f"No figures for {stretches_text(range_unknown)}",
-                "text": f"OpenRouter keeps only its last 30 days of daily activity, and {why}. Those days "
-                "are unknown, not days without spend: the totals and tables cover the rest of the range, "
-                "and the chart greys them.",
-            }
-        )
+        notices.append(days_unknown_notice(connection, range_unknown, shown="the chart greys them"))
     complete = connection.complete_through
     if query.end > _complete_through(connection, query):
         through = f"through {complete:%-d %b} UTC" if complete else "for no day yet"

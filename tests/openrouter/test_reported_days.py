@@ -179,3 +179,29 @@ def test_stretches_are_written_as_finance_reads_dates():
         )
         == "1 Oct – 5 Oct 2026, 28 Dec 2026 – 3 Jan 2027"
     )
+
+
+@pytest.mark.parametrize(
+    ("section", "shown"),
+    [("people", "the spend by person leaves them out"), ("reconciliation", "every line leaves them out")],
+)
+def test_the_people_and_reconciliation_pages_name_the_days_doow_never_read(synced, alice, section, shown):
+    client = client_for(alice)
+    base = f"/c/acme/integrations/openrouter/{synced.pk}/{section}/"
+    response = client.get(base + "?range=90d")
+    notice = {n["code"]: n for n in response.context["notices"]}["days_unknown"]
+    assert notice["title"] == "No figures for 26 Aug – 24 Oct 2026"
+    assert shown in notice["text"]
+    assert 'data-testid="notice-days_unknown"' in response.content.decode()
+    assert client.get(base + "?range=30d").context["notices"] == []
+
+
+def test_days_a_sync_has_not_read_yet_are_not_called_unknown(synced, alice):
+    # The last sync read through 21 Nov; 22 and 23 Nov have ended and the next sync reads them.
+    read_through = TODAY - timedelta(days=3)
+    Connection.objects.filter(pk=synced.pk).update(
+        complete_through=read_through,
+        reported_spans=coverage.add([], WINDOW[0] - timedelta(days=2), read_through),
+    )
+    response = client_for(alice).get(f"/c/acme/integrations/openrouter/{synced.pk}/reconciliation/?range=7d")
+    assert response.context["notices"] == []
