@@ -98,6 +98,13 @@ class Connection(models.Model):
         return mask(self.secret_last4)
 
     @property
+    def history_from(self):
+        """The first UTC day a sync read (None before any): Doow holds the provider's days from it."""
+        from integrations.coverage import first_day
+
+        return first_day(self.reported_spans)
+
+    @property
     def is_live(self) -> bool:
         return self.state != ConnectionState.DISCONNECTED
 

@@ -304,7 +304,6 @@ def detail_report(*, connection: Connection, query: DetailQuery) -> dict:
         "deltas": deltas,
         "previous_unknown": stretches_text(previous_unknown),
         "previous_unknown_all": bool(previous_range) and previous_unknown == [previous_range],
-        "history_from": coverage.first_day(connection.reported_spans),
         "has_any_usage": has_usage,
         "chart": _chart(connection, query, base, range_unknown) if has_usage else None,
         "table": _table(connection, query, base),
@@ -343,7 +342,7 @@ def _unknown_days(connection: Connection, first: date, last: date) -> list[tuple
 def days_unknown_notice(connection: Connection, unknown: list, *, shown: str) -> dict:
     """The notice naming a range's days OpenRouter never reported to Doow (`_unknown_days`);
     `shown`: how the page shows them."""
-    first = coverage.first_day(connection.reported_spans)
+    first = connection.history_from
     why = f"Doow's history of this organization starts on {first:%-d %b %Y}, the first day it still kept"
     if unknown[-1][1] > first:
         why += ", with a gap where the organization went unsynced for longer than that"

@@ -80,7 +80,7 @@ def test_another_companys_run_is_not_found(synced, globex, charlie):
 
 def test_cards_show_state_sync_and_freshness_and_admin_actions_only_to_the_admin(synced, alice, fiona, oscar):
     admin = client_for(alice).get("/c/acme/settings/").content.decode()
-    assert "Connected" in admin and "complete through 23 Nov UTC, today partial" in admin
+    assert "Connected" in admin and "since 25 Oct 2026, complete through 23 Nov UTC, today partial" in admin
     assert 'data-testid="sync-now"' in admin and 'data-testid="disconnect"' in admin
     assert "Usage &amp; spend" in admin and "Event log" in admin
     for user, sees_usage in ((fiona, True), (oscar, False)):

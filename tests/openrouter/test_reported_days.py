@@ -54,8 +54,11 @@ def page(alice):
 # --- What the syncs record
 
 
-def test_a_sync_records_the_window_of_days_it_read(synced):
+def test_a_sync_records_the_window_of_days_it_read(synced, page):
     assert spans_of(synced) == [WINDOW]
+    assert synced.history_from == WINDOW[0]
+    header = page(synced).content.decode().split('data-testid="freshness">')[1].split("</dd>")[0]
+    assert header == "since 25 Oct 2026, complete through 23 Nov UTC, today partial"
 
 
 def test_daily_syncs_extend_one_span_and_a_long_pause_leaves_a_gap(synced, emulator):
