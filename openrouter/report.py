@@ -331,9 +331,9 @@ def connection_status(connection: Connection) -> dict:
 def _unknown_days(connection: Connection, first: date, last: date) -> list[tuple[date, date]]:
     """The stretches from `first` to `last` that OpenRouter never reported to Doow (before the
     organization's first sync, or while it went unsynced for longer than OpenRouter keeps activity).
-    None for a single key (OpenRouter gives it no daily activity at all, as its notice says), and
-    before any sync has read the organization's (nothing is shown then, or it is data no sync
-    recorded the days of)."""
+    None are named for a single key (OpenRouter gives it no daily activity at all, as its notice
+    says), nor before any sync has recorded the days it read (nothing is shown then, or the rows
+    came from before Doow recorded them)."""
     if connection.scope == CredentialScope.SINGLE_KEY or not connection.reported_spans:
         return []
     return coverage.gaps(connection.reported_spans, first, last)
