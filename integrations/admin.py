@@ -22,6 +22,7 @@ class ConnectionAdmin(admin.ModelAdmin):
         "last_synced_at",
         "last_sync_attempt_at",
         "complete_through",
+        "reported_spans",  # written by syncs only: the page trusts it to tell unknown days from zero ones
         "sync_progress",
         "sync_lease_until",
         "created_by",
