@@ -6,6 +6,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from doow.models import Company
+from integrations import coverage
 
 
 class ConnectionState(models.TextChoices):
@@ -100,9 +101,7 @@ class Connection(models.Model):
     @property
     def history_from(self):
         """The first UTC day a sync read (None before any): Doow holds the provider's days from it."""
-        from integrations.coverage import first_day
-
-        return first_day(self.reported_spans)
+        return coverage.first_day(self.reported_spans)
 
     @property
     def is_live(self) -> bool:

@@ -343,7 +343,7 @@ def days_unknown_notice(connection: Connection, unknown: list, *, shown: str) ->
     """The notice naming a range's days OpenRouter never reported to Doow (`_unknown_days`);
     `shown`: how the page shows them."""
     first = connection.history_from
-    why = f"Doow's history of this organization starts on {first:%-d %b %Y}, the first day it still kept"
+    why = f"Doow's history of this organization starts on {first:%-d %b %Y}, the oldest day OpenRouter still kept at the first sync"
     if unknown[-1][1] > first:
         why += ", with a gap where the organization went unsynced for longer than that"
     return {
