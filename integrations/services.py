@@ -449,11 +449,12 @@ def sync_run_finish(
     error_summary: str = "",
     detail: dict | None = None,
     complete_through=None,
-    reported: tuple[date, date] | None = None,
+    reported_from: date | None = None,
 ) -> None:
-    """Close a run and set the connection's state from its outcome. `reported`: the first and last
-    day of the provider's daily activity the run read in full, added to the connection's reported
-    days (integrations.coverage). The run's connection must have been read after the sync's claim."""
+    """Close a run and set the connection's state from its outcome. `reported_from`: the first day of
+    the provider's daily activity the run read in full, through `complete_through`; those days are
+    added to the connection's reported days (integrations.coverage). The run's connection must have
+    been read after the sync's claim."""
     now = timezone.now()
     run.status, run.finished_at, run.error_summary = status, now, error_summary
     run.save(
@@ -479,8 +480,10 @@ def sync_run_finish(
         }
         if complete_through is not None:
             updates["complete_through"] = complete_through
-        if reported is not None:
-            updates["reported_spans"] = coverage.add(run.connection.reported_spans, *reported)
+        if reported_from is not None and complete_through is not None:
+            updates["reported_spans"] = coverage.add(
+                run.connection.reported_spans, reported_from, complete_through
+            )
         live.update(**updates)
     elif status in (SyncRunStatus.PARTIAL, SyncRunStatus.FAILED, SyncRunStatus.DEFERRED):
         # Keep needs_attention if a permanent error set it; otherwise back to connected, due again soon.

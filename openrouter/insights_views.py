@@ -203,9 +203,7 @@ def people(request: HttpRequest, connection_id: int) -> HttpResponse:
             "end": end,
             "presets": PRESETS,
             "by_person": insights.spend_by_person(connection=connection, start=query.start, end=end),
-            "notices": range_notices(
-                connection, query.start, end, shown="the spend by person leaves them out"
-            ),
+            "notices": range_notices(connection, query, shown="the spend by person leaves them out"),
             "keys": [(key, key_people.get(key.key_hash)) for key in key_page.object_list],
             "key_page": key_page,
             "members": Membership.objects.filter(company=request.company)
@@ -273,7 +271,7 @@ def reconciliation(request: HttpRequest, connection_id: int) -> HttpResponse:
             "lines": insights.reconciliation(connection=connection, start=query.start, end=end)
             if end >= query.start
             else [],
-            "notices": range_notices(connection, query.start, end, shown="every line leaves them out"),
+            "notices": range_notices(connection, query, shown="every line leaves them out"),
             "section": "reconciliation",
         },
     )

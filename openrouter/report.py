@@ -289,8 +289,7 @@ def detail_report(*, connection: Connection, query: DetailQuery) -> dict:
         deltas = {name: _delta(totals[name], previous[name]) for name in (*METRICS, "total_tokens")}
     has_usage = bool(totals["requests"] or totals["spend_usd"] or totals["byok_spend_usd"])
     status = connection_status(connection)
-    through = _complete_through(connection, query)
-    range_unknown = _unknown_days(connection, query.start, through) if query.start <= through else []
+    range_unknown = unknown_days_in_range(connection, query)
     return {
         **status,
         "query": query,
@@ -343,7 +342,10 @@ def days_unknown_notice(connection: Connection, unknown: list, *, shown: str) ->
     """The notice naming a range's days OpenRouter never reported to Doow (`_unknown_days`);
     `shown`: how the page shows them."""
     first = connection.history_from
-    why = f"Doow's history of this organization starts on {first:%-d %b %Y}, the oldest day OpenRouter still kept at the first sync"
+    why = (
+        f"Doow's history of this organization starts on {first:%-d %b %Y}, the oldest day OpenRouter "
+        "still kept at the first sync"
+    )
     if unknown[-1][1] > first:
         why += ", with a gap where the organization went unsynced for longer than that"
     return {
@@ -355,12 +357,16 @@ def days_unknown_notice(connection: Connection, unknown: list, *, shown: str) ->
     }
 
 
-def range_notices(connection: Connection, start: date, end: date, *, shown: str) -> list[dict]:
-    """Notices for a page showing the completed days from `start` to `end` (people, reconciliation).
-    Days after the last one a sync read are not unknown but not read yet (the next sync reads them)."""
-    if connection.complete_through is not None:
-        end = min(end, connection.complete_through)
-    unknown = _unknown_days(connection, start, end) if start <= end else []
+def unknown_days_in_range(connection: Connection, query: DetailQuery) -> list[tuple[date, date]]:
+    """`_unknown_days` of the range's complete days: days after the last one a sync read are not
+    unknown but not read yet (the next sync reads them; the chart names them apart)."""
+    through = _complete_through(connection, query)
+    return _unknown_days(connection, query.start, through) if query.start <= through else []
+
+
+def range_notices(connection: Connection, query: DetailQuery, *, shown: str) -> list[dict]:
+    """The days_unknown notice of a page showing the range's complete days (people, reconciliation)."""
+    unknown = unknown_days_in_range(connection, query)
     return [days_unknown_notice(connection, unknown, shown=shown)] if unknown else []
 
 

@@ -217,7 +217,7 @@ def _run_claimed(connection, trigger, attempt, transport, sleep, now, base_url) 
         message=f"Sync finished: {run.keys_seen} keys seen, {run.keys_fetched} fetched, "
         f"{run.rows_written} rows written, {run.requests_made} requests.",
         complete_through=job.complete_through,
-        reported=job.reported,
+        reported_from=job.reported_from,
     )
     return SyncResult(status=SyncRunStatus.SUCCEEDED, run_id=run.pk, keys_seen=run.keys_seen)
 
@@ -336,7 +336,7 @@ class _SyncJob:
         self.stop_fetching = threading.Event()
         self.fetch_failures: list[BaseException] = []  # the errors that set stop_fetching, in order
         self.complete_through: date | None = None
-        self.reported: tuple[date, date] | None = None
+        self.reported_from: date | None = None  # the first day read in full, through complete_through
         # Hashes of listed keys whose activity was never stored (no usage rows exist for them yet).
         self.never_fetched: set[str] = set()
         # Keys read and activity fetched but not written yet: written every OPENROUTER_WRITE_BATCH_KEYS keys.
@@ -512,7 +512,7 @@ class _SyncJob:
         )
         self.complete_through = self.window_end
         # Account-wide activity was read for every day from account_start on: their totals are known.
-        self.reported = (account_start, self.window_end)
+        self.reported_from = account_start
 
     def store_credits(self, credits) -> None:
         CreditsSnapshot.objects.create(
