@@ -277,7 +277,10 @@ CONTENT_SECURITY_POLICY = {
 }
 
 # --- Celery. One place for broker, limits and the beat schedule (doow/celery.py reads these).
-CELERY_BROKER_URL = env_secret("CELERY_BROKER_URL") or "filesystem://"
+# The filesystem transport ignores the host; naming one keeps kombu from logging "No hostname was
+# supplied" in every process that sends a task.
+EMBEDDED_BROKER_URL = "filesystem://localhost//"
+CELERY_BROKER_URL = env_secret("CELERY_BROKER_URL") or EMBEDDED_BROKER_URL
 CELERY_VISIBILITY_TIMEOUT = 3600
 CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=540)
 CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=600)

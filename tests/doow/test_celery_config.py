@@ -1,6 +1,7 @@
 """The Celery app's configuration: limits that keep Redis from re-delivering a running task, and the
 beat schedule."""
 
+import logging
 import time
 from types import SimpleNamespace
 
@@ -49,6 +50,29 @@ def test_the_broker_gets_the_visibility_timeout_when_it_is_redis():
         assert options["data_folder_in"] == options["data_folder_out"]
     else:
         assert options["visibility_timeout"] == settings.CELERY_VISIBILITY_TIMEOUT
+
+
+def test_the_embedded_broker_names_a_host_so_kombu_does_not_warn(caplog, tmp_path):
+    from kombu import Connection
+
+    folders = {
+        "data_folder_in": str(tmp_path),
+        "data_folder_out": str(tmp_path),
+        "processed_folder": str(tmp_path),
+        "control_folder": str(tmp_path),  # exchange bindings; kombu's default is ./control
+    }
+    with (
+        caplog.at_level(logging.WARNING, logger="kombu"),
+        Connection(settings.EMBEDDED_BROKER_URL, transport_options=folders) as broker,
+    ):
+        queue = broker.SimpleQueue("embedded-broker-check")
+        queue.put({"sent": True})
+        message = queue.get(timeout=5)
+        message.ack()
+        queue.close()
+        broker.clone().release()  # what a worker's producer pool does, and where kombu warned
+    assert message.payload == {"sent": True}
+    assert not [record for record in caplog.records if record.name.startswith("kombu")]
 
 
 def test_beat_schedule_has_exactly_the_periodic_jobs():
