@@ -439,7 +439,11 @@ def _notices(
             }
         )
     if range_unknown:
-        notices.append(days_unknown_notice(connection, range_unknown, shown="the chart greys them"))
+        notices.append(
+            days_unknown_notice(
+                connection, range_unknown, shown="the chart greys them; the exports hold no rows for them"
+            )
+        )
     complete = connection.complete_through
     if query.end > _complete_through(connection, query):
         through = f"through {complete:%-d %b} UTC" if complete else "for no day yet"

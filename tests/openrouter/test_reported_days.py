@@ -156,6 +156,15 @@ def test_days_before_the_history_are_named_greyed_and_left_out_not_shown_as_zero
     assert data["unknown_days"] == chart["unknown_days"]
 
 
+def test_the_notice_says_the_exports_hold_no_rows_for_unknown_days_and_they_do_not(synced, page, alice):
+    notice = {n["code"]: n for n in page(synced, "range=90d").context["notices"]}["days_unknown"]
+    assert "the exports hold no rows for them" in notice["text"]
+
+    response = client_for(alice).get(f"/c/acme/integrations/openrouter/{synced.pk}/export.csv?range=90d")
+    days = {line.split(",")[0] for line in b"".join(response.streaming_content).decode().splitlines()[1:]}
+    assert days and min(days) == WINDOW[0].isoformat()
+
+
 def test_a_gap_in_the_history_is_named_as_one(synced, emulator, page):
     emulator.set_today(TODAY + timedelta(days=41))
     sync(synced, emulator)
