@@ -131,20 +131,7 @@ def sync_now(request: HttpRequest, connection_id: int) -> HttpResponse:
         )
         connection_enqueue_sync(connection=connection, trigger="manual")
         messages.success(request, f"Sync of {connection.name} queued.")
-    if request.POST.get("next"):
-        return redirect(_safe_next(request))
     return redirect("company-settings", company_slug=request.company.slug)
-
-
-def _safe_next(request: HttpRequest) -> str:
-    from django.utils.http import url_has_allowed_host_and_scheme
-
-    target = request.POST.get("next", "")
-    if url_has_allowed_host_and_scheme(
-        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
-    ):
-        return target
-    return "/"
 
 
 def _already_disconnected(request: HttpRequest, connection) -> HttpResponse:

@@ -1,0 +1,150 @@
+"""Bad input gets a clear answer, never a server error: every URL under /c/<company>/, found by
+walking the resolver, is sent hostile query strings and form bodies by the company's own admin,
+with real objects behind its ids so the views get past their lookups and parse what they are sent.
+A 4xx or a page that says what is wrong is fine; a 5xx is a bug."""
+
+import pytest
+
+from integrations.models import Connection, SyncRun
+from openrouter.alerts import budget_create
+from tests.conftest import client_for
+from tests.support import connect, sync, usage_snapshot
+from tests.url_walker import company_routes
+from usage.models import Alert, AlertRule, BudgetScope
+
+pytestmark = pytest.mark.django_db
+
+# Every parameter name the app's views and forms read, from query strings or form bodies.
+PARAMETERS = [
+    "range",
+    "from",
+    "to",
+    "shown",
+    "key",
+    "model",
+    "provider",
+    "workspace",
+    "tab",
+    "sort",
+    "page",
+    "metric",
+    "part",
+    "reload_when_done",
+    "group_by",
+    "after",
+    "level",
+    "kind",
+    "day",
+    "connection",
+    "state",
+    "action",
+    "scope",
+    "target",
+    "monthly_usd",
+    "enabled",
+    "threshold",
+    "notify_roles",
+    "key_hash",
+    "user",
+    "confirm",
+    "delete_usage",
+    "name",
+    "next",
+    "company",
+]
+
+HOSTILE_VALUES = [
+    "",
+    "-1",
+    "99999999999999999999999999999",
+    "1e309",
+    "NaN",
+    "-Infinity",
+    "0.0000000000000000000001",
+    "2026-02-30",
+    "9999-12-31",
+    "0001-01-01",
+    "-",
+    "'; DROP TABLE usage_usagedaily; --",
+    "<script>alert(1)</script>",
+    "ünïcødé 🦄 \u202e\u200b",
+    "../../etc/passwd",
+    "x" * 5000,
+]
+
+
+def hostile_data(value: str) -> dict[str, list[str]]:
+    # Each name twice: a view reading one value must cope with a list as well.
+    return {name: [value, value[::-1]] for name in PARAMETERS}
+
+
+@pytest.fixture
+def acme_objects(acme, emulator):
+    connection = connect(acme, emulator)
+    sync(connection, emulator)
+    budget = budget_create(
+        connection=connection, scope=BudgetScope.CONNECTION, target="", target_label="", monthly_usd=100
+    )
+    rule = AlertRule.objects.filter(connection=connection).first()
+    alert = Alert.objects.create(
+        company=acme,
+        connection=connection,
+        rule=rule,
+        kind=rule.kind,
+        period="2026-11",
+        title="t",
+        message="m",
+    )
+    run = SyncRun.objects.filter(connection=connection).first()
+    return {
+        "connection_id": connection.pk,
+        "budget_id": budget.pk,
+        "rule_id": rule.pk,
+        "alert_id": alert.pk,
+        "run_id": run.pk,
+    }
+
+
+def urls(routes, objects: dict) -> list[str]:
+    """Each route's URL with Acme's real objects behind its ids; the export in both formats."""
+    found = []
+    for route in routes:
+        kwargs = {name: objects.get(name, value) for name, value in route.dummy_kwargs.items()}
+        for fmt in ("csv", "json") if "fmt" in kwargs else (None,):
+            if fmt:
+                kwargs["fmt"] = fmt
+            found.append(type(route)(route.route, route.name, route.view, kwargs).url("acme"))
+    return found
+
+
+def server_errors(client, paths: list[str]) -> list[tuple]:
+    failures = []
+    for path in paths:
+        for value in HOSTILE_VALUES:
+            data = hostile_data(value)
+            for method in (client.get, client.post):
+                status = method(path, data).status_code
+                if status >= 500:
+                    failures.append((method.__name__, path, value[:40], status))
+    return failures
+
+
+def test_no_company_url_answers_hostile_input_with_a_server_error(acme, alice, acme_objects, emulator_server):
+    client = client_for(alice, raise_request_exception=False)  # every failure, not the first
+    routes = company_routes()
+    assert {"budget_id", "rule_id", "alert_id", "run_id", "connection_id"} <= {
+        name for route in routes for name in route.dummy_kwargs
+    }
+    # Hostile input may well confirm a disconnect (an admin's own action, which may delete the usage
+    # history): those routes come last, after the check that nothing else touched the usage rows.
+    disconnecting = [route for route in routes if "disconnect" in route.name]
+    assert len(disconnecting) == 2
+    connection = Connection.objects.get(pk=acme_objects["connection_id"])
+    usage_before = usage_snapshot(connection)
+    assert usage_before
+
+    failures = server_errors(client, urls([r for r in routes if r not in disconnecting], acme_objects))
+    assert usage_snapshot(connection) == usage_before
+    failures += server_errors(client, urls(disconnecting, acme_objects))
+
+    assert not failures, failures
