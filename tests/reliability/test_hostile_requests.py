@@ -148,3 +148,10 @@ def test_no_company_url_answers_hostile_input_with_a_server_error(acme, alice, a
     failures += server_errors(client, urls(disconnecting, acme_objects))
 
     assert not failures, failures
+
+
+@pytest.mark.parametrize("signed_in", [False, True])
+def test_no_url_outside_a_company_answers_hostile_input_with_a_server_error(signed_in, alice):
+    client = client_for(alice if signed_in else None, raise_request_exception=False)
+    # Logging out ends the session the other URLs are walked with: it goes last.
+    assert not server_errors(client, ["/", "/favicon.ico", "/login/", "/switch-company/", "/logout/"])
