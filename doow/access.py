@@ -40,7 +40,10 @@ def _to_login(request: HttpRequest) -> HttpResponse:
     the polled element."""
     if not request.headers.get("HX-Request"):
         return redirect_to_login(request.get_full_path())
-    current = urlsplit(request.headers.get("HX-Current-URL", ""))
+    try:
+        current = urlsplit(request.headers.get("HX-Current-URL", ""))
+    except ValueError:  # a header no browser sends ("http://[x/"): back to the start, not a 500
+        current = urlsplit("/")
     page = (current.path or "/") + (f"?{current.query}" if current.query else "")
     response = HttpResponse(status=204)
     response["HX-Redirect"] = redirect_to_login(page).url

@@ -69,6 +69,7 @@ HOSTILE_VALUES = [
     "<script>alert(1)</script>",
     "ünïcødé 🦄 \u202e\u200b",
     "../../etc/passwd",
+    "http://[not-an-address/",
     "x" * 5000,
 ]
 
@@ -117,13 +118,16 @@ def urls(routes, objects: dict) -> list[str]:
     return found
 
 
-def server_errors(client, paths: list[str]) -> list[tuple]:
+def server_errors(client, paths: list[str], *, htmx: bool = False) -> list[tuple]:
+    """(method, path, value, status) of each 5xx. `htmx`: the requests also claim to come from htmx,
+    with the hostile value as the page they were made from (HX-Current-URL)."""
     failures = []
     for path in paths:
         for value in HOSTILE_VALUES:
             data = hostile_data(value)
+            headers = {"HX-Request": "true", "HX-Current-URL": value} if htmx else {}
             for method in (client.get, client.post):
-                status = method(path, data).status_code
+                status = method(path, data, headers=headers).status_code
                 if status >= 500:
                     failures.append((method.__name__, path, value[:40], status))
     return failures
@@ -155,3 +159,14 @@ def test_no_url_outside_a_company_answers_hostile_input_with_a_server_error(sign
     client = client_for(alice if signed_in else None, raise_request_exception=False)
     # Logging out ends the session the other URLs are walked with: it goes last.
     assert not server_errors(client, ["/", "/favicon.ico", "/login/", "/switch-company/", "/logout/"])
+
+
+def test_an_htmx_request_signed_out_from_a_hostile_page_url_is_sent_to_login(acme, acme_objects):
+    client = client_for(None, raise_request_exception=False)
+    assert not server_errors(client, urls(company_routes(), acme_objects), htmx=True)
+
+    response = client.get(
+        "/c/acme/integrations/cards/", headers={"HX-Request": "true", "HX-Current-URL": "http://[x/"}
+    )
+    assert response.status_code == 204
+    assert response["HX-Redirect"] == "/login/?next=/"
