@@ -314,6 +314,10 @@ OPENROUTER_SYNC_INTERVAL_MINUTES = env.int("OPENROUTER_SYNC_INTERVAL_MINUTES", d
 OPENROUTER_MAX_REQUESTS_PER_SECOND = env.float("OPENROUTER_MAX_REQUESTS_PER_SECOND", default=10.0)
 OPENROUTER_CONCURRENCY = env.int("OPENROUTER_CONCURRENCY", default=4)
 OPENROUTER_MAX_RETRIES = env.int("OPENROUTER_MAX_RETRIES", default=4)
+# The largest body Doow reads from OpenRouter. Its largest are the models list and the unpaginated
+# 30 days of an organization's activity by model and endpoint, well below this; reading on past it
+# (a broken proxy, a wrong base URL, a compressed bomb) could take the worker's memory.
+OPENROUTER_MAX_RESPONSE_MB = env.int("OPENROUTER_MAX_RESPONSE_MB", default=64)
 # Keys (with their activity) a sync writes per transaction: few enough to hold in a worker's memory,
 # many enough that per-transaction costs stay small next to the rows. A smaller organization's
 # whole sync is one write transaction.

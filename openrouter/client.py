@@ -4,7 +4,8 @@ Every request has an explicit timeout, goes through a per-client rate limiter, a
 for transient failures (timeouts, 5xx, 408/425, malformed bodies, short 429s) with exponential backoff
 and full jitter. What cannot be settled within the retry budget raises ProviderError; 401/402/403/404
 are permanent and never retried. Any other 4xx is a RequestRejected: the same request would be
-refused again, so it is not retried either. The key only ever travels in the Authorization header.
+refused again, so it is not retried either; so is a body larger than OPENROUTER_MAX_RESPONSE_MB,
+which is read no further. The key only ever travels in the Authorization header.
 """
 
 import email.utils
@@ -47,6 +48,18 @@ class RequestRejected(ProviderError):
     def __init__(self, message: str, *, status: int):
         super().__init__(message, permanent=False, code=f"http_{status}")
         self.status = status
+
+
+class ResponseTooLarge(RequestRejected):
+    """A body past the configured limit: reading on could take the worker's memory (a broken proxy,
+    a wrong base URL, a compressed bomb), and the same request would send it again."""
+
+    def __init__(self, path: str, *, limit: int, status: int):
+        super().__init__(
+            f"OpenRouter sent more than {limit // 2**20} MiB for {path}; Doow stopped reading it.",
+            status=status,
+        )
+        self.code = "too_large"
 
 
 # 4xx statuses that do describe a passing condition: retried like a 5xx.
@@ -122,6 +135,7 @@ class OpenRouterClient:
             follow_redirects=False,
         )
         self.max_retries = settings.OPENROUTER_MAX_RETRIES if max_retries is None else max_retries
+        self.max_response_bytes = settings.OPENROUTER_MAX_RESPONSE_MB * 2**20
         self.max_inline_wait = max_inline_wait
         self.sleep = sleep
         self.limiter = RateLimiter(
@@ -179,12 +193,17 @@ class OpenRouterClient:
         with self._count_lock:
             self.requests_made += 1
         try:
-            response = self._http.get(path.lstrip("/"), params=params)
+            with self._http.stream("GET", path.lstrip("/"), params=params) as response:
+                body = _read_body(response, path, limit=self.max_response_bytes)
         except httpx.TimeoutException:
             raise ProviderError(f"OpenRouter did not answer {path} in time.", code="timeout") from None
         except httpx.TransportError as exc:
             raise ProviderError(
                 f"Could not reach OpenRouter ({type(exc).__name__}) for {path}.", code="network"
+            ) from None
+        except httpx.DecodingError:
+            raise ProviderError(
+                f"OpenRouter sent a body that does not decode for {path}.", code="malformed"
             ) from None
         status = response.status_code
         if status == 429:
@@ -192,17 +211,17 @@ class OpenRouterClient:
             self.on_event("rate_limited", {"path": path, "retry_after": retry_after})
             raise RateLimited(f"OpenRouter rate-limited {path}.", retry_after=retry_after)
         if status in (401, 403):
-            raise ProviderError(_error_message(response, path), permanent=True, code=f"http_{status}")
+            raise ProviderError(_error_message(status, body, path), permanent=True, code=f"http_{status}")
         if status == 402:
-            raise ProviderError(_error_message(response, path), permanent=True, code="http_402")
+            raise ProviderError(_error_message(status, body, path), permanent=True, code="http_402")
         if status == 404:
-            raise ProviderError(_error_message(response, path), permanent=True, code="http_404")
+            raise ProviderError(_error_message(status, body, path), permanent=True, code="http_404")
         if 400 <= status < 500 and status not in TRANSIENT_CLIENT_ERRORS:
-            raise RequestRejected(_error_message(response, path), status=status)
+            raise RequestRejected(_error_message(status, body, path), status=status)
         if status >= 400:
             raise ProviderError(f"OpenRouter answered {status} for {path}.", code=f"http_{status}")
         try:
-            return json.loads(response.content, parse_float=Decimal)
+            return json.loads(body, parse_float=Decimal)
         except (ValueError, UnicodeDecodeError):
             raise ProviderError(
                 f"OpenRouter sent a body that is not JSON for {path}.", code="malformed"
@@ -268,11 +287,25 @@ class OpenRouterClient:
                 return
 
 
-def _error_message(response: httpx.Response, path: str) -> str:
+def _read_body(response: httpx.Response, path: str, *, limit: int) -> bytes:
+    """The decoded body, read no further than `limit` bytes (ResponseTooLarge past it)."""
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ResponseTooLarge(path, limit=limit, status=response.status_code)
+    chunks, size = [], 0
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise ResponseTooLarge(path, limit=limit, status=response.status_code)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _error_message(status: int, body: bytes, path: str) -> str:
     """OpenRouter's own error message (it never echoes the key), else a generic one. A NUL or a lone
     surrogate becomes U+FFFD: the message is stored in the event log, which cannot hold either."""
     try:
-        message = schemas.storable_text(str(response.json()["error"]["message"])[:300])
+        message = schemas.storable_text(str(json.loads(body)["error"]["message"])[:300])
     except (ValueError, KeyError, TypeError):
         message = ""
-    return f"OpenRouter refused {path} ({response.status_code}){': ' + message if message else ''}."
+    return f"OpenRouter refused {path} ({status}){': ' + message if message else ''}."

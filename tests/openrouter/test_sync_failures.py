@@ -20,7 +20,7 @@ from openrouter.emulator import Emulator, EmulatorConfig, Fault
 from openrouter.models import ApiKeySnapshot
 from openrouter.schemas import COUNTER_FIELDS
 from openrouter.sync import PERMANENT_HINTS, _SyncJob, sync_connection
-from tests.support import EMULATOR_BASE_URL, TODAY, Sleeps, connect, sync, usage_snapshot
+from tests.support import EMULATOR_BASE_URL, TODAY, Sleeps, connect, noon, sync, usage_snapshot
 
 pytestmark = pytest.mark.django_db
 
@@ -329,3 +329,85 @@ def test_a_fetch_that_stopped_before_the_failing_one_does_not_hide_its_error(acm
 
     assert SyncRun.objects.get(pk=result.run_id).error_summary == "http_500"
     assert "failed unexpectedly" not in caplog.text
+
+
+# --- A body past OPENROUTER_MAX_RESPONSE_MB
+
+
+def endless_chunks(sent: list[int]):
+    """A body that never ends, counting what it hands out."""
+    chunk = b" " * 65536
+    while True:
+        sent.append(len(chunk))
+        yield chunk
+
+
+@pytest.mark.parametrize("shape", ["declared", "streamed", "compressed"])
+def test_a_body_past_the_limit_is_read_no_further_and_fails_the_sync_clearly(
+    connection, emulator, settings, shape
+):
+    import gzip
+
+    import respx
+
+    settings.OPENROUTER_MAX_RESPONSE_MB = 1
+    sent: list[int] = []
+    activity_requests = []
+
+    def answer(request):
+        if request.url.path.endswith("/activity"):
+            activity_requests.append(request)
+            if shape == "declared":
+                return httpx.Response(
+                    200, headers={"Content-Length": str(2**30)}, content=endless_chunks(sent)
+                )
+            if shape == "streamed":
+                return httpx.Response(200, content=endless_chunks(sent))
+            bomb = gzip.compress(b"[" + b"0," * 2**20 + b"0]")  # 2 MiB of JSON in 2 KiB
+            return httpx.Response(200, headers={"Content-Encoding": "gzip"}, content=bomb)
+        return emulator.transport().handle_request(request)
+
+    sleeps = Sleeps()
+    with respx.mock(base_url=EMULATOR_BASE_URL, assert_all_called=False) as router:
+        router.route().mock(side_effect=answer)
+        result = sync_connection(
+            connection.pk, base_url=EMULATOR_BASE_URL, sleep=sleeps, now=noon(emulator.today)
+        )
+
+    assert result.status in ("failed", "partial")
+    assert not result.retry, "the same request would send the same body: no Celery retry either"
+    # Not retried inline: each request was sent once (keys' activity is fetched in parallel).
+    urls = [str(request.url) for request in activity_requests]
+    assert len(urls) == len(set(urls)) >= 1 and sleeps == []
+    # Each read no further than the limit and one chunk; a declared length is refused unread.
+    assert sum(sent) <= len(urls) * (2**20 + 65536 if shape == "streamed" else 0)
+    run = SyncRun.objects.get(pk=result.run_id)
+    assert run.error_summary == "too_large"
+    finished = SyncEvent.objects.get(run=run, code=f"sync_{result.status}")
+    assert finished.level == "error"
+    assert "OpenRouter sent more than 1 MiB for /activity; Doow stopped reading it." in finished.message
+    connection.refresh_from_db()
+    assert (connection.state, connection.attention_reason) == (ConnectionState.CONNECTED, "")
+
+
+def test_a_body_that_does_not_decode_is_retried_as_malformed(connection, emulator, globex):
+    import respx
+
+    broken = []
+
+    def answer(request):
+        if request.url.path.endswith("/credits") and not broken:
+            broken.append(request)
+            return httpx.Response(200, headers={"Content-Encoding": "gzip"}, content=b"not gzip at all")
+        return emulator.transport().handle_request(request)
+
+    sleeps = Sleeps()
+    with respx.mock(base_url=EMULATOR_BASE_URL, assert_all_called=False) as router:
+        router.route().mock(side_effect=answer)
+        result = sync_connection(
+            connection.pk, base_url=EMULATOR_BASE_URL, sleep=sleeps, now=noon(emulator.today)
+        )
+
+    assert result.status == "succeeded"
+    assert len(broken) == 1 and len(sleeps) == 1, "retried once, after a backoff"
+    assert usage_snapshot(connection) == clean_snapshot(emulator, globex)
