@@ -55,6 +55,13 @@ PARAMETERS = [
 
 HOSTILE_VALUES = [
     "",
+    # Values some parameter takes, sent to every parameter: they get past more of the parsing.
+    "1",
+    "on",
+    "custom",
+    "2026-11-01",
+    "admin",
+    # Values none takes.
     "-1",
     "99999999999999999999999999999",
     "1e309",
@@ -75,8 +82,9 @@ HOSTILE_VALUES = [
 
 
 def hostile_data(value: str) -> dict[str, list[str]]:
-    # Each name twice: a view reading one value must cope with a list as well.
-    return {name: [value, value[::-1]] for name in PARAMETERS}
+    # Each name twice, the value last (where QueryDict.get looks): a view reading one value must
+    # cope with a list as well.
+    return {name: [value[::-1], value] for name in PARAMETERS}
 
 
 @pytest.fixture
