@@ -66,13 +66,17 @@ class ResponseTooLarge(RequestRejected):
 TRANSIENT_CLIENT_ERRORS = frozenset({408, 425})
 
 
+# Longer than any wait OpenRouter means: a week, whether asked for in seconds or as a date.
+RETRY_AFTER_CAP = 7 * 24 * 3600
+
+
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
     """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date); None if absent/garbage."""
     if not value:
         return None
     value = value.strip()
     if value.isascii() and value.isdigit():  # str.isdigit() alone accepts "²"
-        return float(min(int(value), 7 * 24 * 3600))
+        return float(min(int(value), RETRY_AFTER_CAP))
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError, OverflowError):
@@ -81,7 +85,7 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+    return min(max(0.0, (when - (now or datetime.now(UTC))).total_seconds()), RETRY_AFTER_CAP)
 
 
 def backoff_seconds(attempt: int, *, base: float = 0.5, cap: float = 30.0) -> float:
