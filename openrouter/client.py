@@ -62,6 +62,19 @@ class ResponseTooLarge(RequestRejected):
         self.code = "too_large"
 
 
+class ListingStuck(RequestRejected):
+    """A page of a listing identical to the one before it: the server is not moving through the
+    listing (an ignored offset), and reading on would send requests until the time limit."""
+
+    def __init__(self, path: str, *, offset: int):
+        super().__init__(
+            f"OpenRouter sent the same page of {path} again at offset {offset}: its listing does not "
+            "advance, so Doow stopped reading it.",
+            status=200,
+        )
+        self.code = "listing_stuck"
+
+
 # 4xx statuses that do describe a passing condition: retried like a 5xx.
 TRANSIENT_CLIENT_ERRORS = frozenset({408, 425})
 
@@ -282,13 +295,16 @@ class OpenRouterClient:
         return self._get_data("/models", schemas.parse_models)
 
     def _iter_counted(self, path: str, parse: Callable, *, page_size: int):
-        offset = 0
+        offset, previous = 0, None
         while True:
             items, total = self._get_data(path, parse, {"offset": offset, "limit": page_size})
+            if items and items == previous:
+                raise ListingStuck(path, offset=offset)
             yield from items
             offset += len(items)
             if not items or (total is not None and offset >= total):
                 return
+            previous = items
 
 
 def _read_body(response: httpx.Response, path: str, *, limit: int) -> bytes:

@@ -56,7 +56,7 @@ from integrations.services import (
     sync_run_start,
 )
 from openrouter import normalize
-from openrouter.client import OpenRouterClient, RateLimited, RequestRejected
+from openrouter.client import ListingStuck, OpenRouterClient, RateLimited, RequestRejected
 from openrouter.models import ApiKey, ApiKeySnapshot, CreditsSnapshot, Member, Model, Workspace
 from openrouter.schemas import COUNTER_FIELDS, KeyRecord
 from usage.selectors import METRICS, usage_attributed_sums
@@ -616,7 +616,7 @@ class _SyncJob:
 
             def read(workspace_id: str, offset: int, may_end_short: bool) -> None:
                 nonlocal seen_page_size
-                listed = offset
+                listed, previous_hashes = offset, None
                 known = sum(known_counts.values()) if not workspace_id else known_counts.get(workspace_id, 0)
                 while True:
                     try:
@@ -630,6 +630,10 @@ class _SyncJob:
                         return
                     if not page:
                         return
+                    hashes = [key.hash for key in page]
+                    if hashes == previous_hashes:
+                        raise ListingStuck("/keys", offset=listed)
+                    previous_hashes = hashes
                     seen_page_size = max(seen_page_size, len(page))
                     listed += len(page)
                     self.run.keys_seen += len(page)

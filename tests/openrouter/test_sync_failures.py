@@ -411,3 +411,42 @@ def test_a_body_that_does_not_decode_is_retried_as_malformed(connection, emulato
     assert result.status == "succeeded"
     assert len(broken) == 1 and len(sleeps) == 1, "retried once, after a backoff"
     assert usage_snapshot(connection) == clean_snapshot(emulator, globex)
+
+
+# --- A listing that does not advance (the server ignores the offset)
+
+
+@pytest.mark.parametrize("path", ["/keys", "/workspaces", "/organization/members"])
+def test_a_listing_that_sends_the_same_page_again_stops_at_once_and_says_so(connection, emulator, path):
+    import respx
+
+    requests = []
+
+    def answer(request):
+        if request.url.path.endswith(path):
+            requests.append(request)
+            # Every offset answered with the first page; a page of one, so the listing has more.
+            params = dict(request.url.params) | {"offset": "0"}
+            params |= {"limit": "1"} if path != "/keys" else {}
+            request = httpx.Request("GET", request.url.copy_with(params=params), headers=request.headers)
+        return emulator.transport().handle_request(request)
+
+    sleeps = Sleeps()
+    with respx.mock(base_url=EMULATOR_BASE_URL, assert_all_called=False) as router:
+        router.route().mock(side_effect=answer)
+        result = sync_connection(
+            connection.pk, base_url=EMULATOR_BASE_URL, sleep=sleeps, now=noon(emulator.today)
+        )
+
+    assert result.status in ("failed", "partial")
+    assert not result.retry, "the listing would not advance next time either: no Celery retry"
+    assert len(requests) == 2 and sleeps == [], "stopped at the first repeated page, not retried"
+    run = SyncRun.objects.get(pk=result.run_id)
+    assert run.error_summary == "listing_stuck"
+    finished = SyncEvent.objects.get(run=run, code=f"sync_{result.status}")
+    assert f"OpenRouter sent the same page of {path} again at offset " in finished.message
+    assert "its listing does not advance, so Doow stopped reading it." in finished.message
+    connection.refresh_from_db()
+    assert connection.state == ConnectionState.CONNECTED
+    # Nothing was marked deleted on a listing that never ended.
+    assert not connection.openrouter_keys.filter(missing_since__isnull=False).exists()
