@@ -4,8 +4,9 @@ Every request has an explicit timeout, goes through a per-client rate limiter, a
 for transient failures (timeouts, 5xx, 408/425, malformed bodies, short 429s) with exponential backoff
 and full jitter. What cannot be settled within the retry budget raises ProviderError; 401/402/403/404
 are permanent and never retried. Any other 4xx is a RequestRejected: the same request would be
-refused again, so it is not retried either; so is a body larger than OPENROUTER_MAX_RESPONSE_MB,
-which is read no further. The key only ever travels in the Authorization header.
+refused again, so it is not retried either; nor are a body larger than OPENROUTER_MAX_RESPONSE_MB,
+which is read no further, and a listing that sends the same page again. The key only ever travels in
+the Authorization header.
 """
 
 import email.utils
