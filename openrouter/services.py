@@ -152,6 +152,18 @@ def _verify(secret: str, *, company: Company, transport=None) -> VerifiedCredent
             raise ConnectError(
                 "OpenRouter did not accept this key: it is invalid, revoked or expired. Nothing was stored."
             ) from None
+        if exc.code == "rate_limited":
+            raise ConnectError(
+                "OpenRouter is limiting requests right now, so the key could not be verified. Nothing was "
+                "stored; please try again in a minute."
+            ) from None
+        if exc.code in ("timeout", "network") or exc.code.startswith("http_5"):
+            raise ConnectError(
+                "Could not reach OpenRouter to verify the key. Nothing was stored; please try again in a minute."
+            ) from None
+        # An answer that came but cannot be used (a body that is not OpenRouter's, another 4xx):
+        # "could not reach" would send the admin to check their network for nothing.
         raise ConnectError(
-            "Could not reach OpenRouter to verify the key. Nothing was stored; please try again in a minute."
+            f"OpenRouter's answer to the key check could not be used ({exc.code}). Nothing was stored; "
+            "please try again in a minute."
         ) from None

@@ -1,5 +1,6 @@
 """The admin's journey: connect (verify, store encrypted, enqueue the initial sync) and disconnect."""
 
+import html
 import io
 import logging
 from unittest import mock
@@ -321,3 +322,26 @@ def test_disconnect_command(acme, synced):
     assert raw_row(synced.pk) == ("", "", "disconnected")
     with pytest.raises(CommandError, match="No live OpenRouter connection"):
         call_command("openrouter_disconnect", "--company", "acme")
+
+
+@pytest.mark.parametrize(
+    ("fault", "said"),
+    [
+        (Fault(path="/key", retry_after=3600), "OpenRouter is limiting requests right now"),
+        (Fault(path="/key", status=400), "OpenRouter's answer to the key check could not be used (http_400)"),
+        (
+            Fault(path="/key", non_json=True),
+            "OpenRouter's answer to the key check could not be used (malformed)",
+        ),
+    ],
+    ids=["rate-limited", "rejected", "not-json"],
+)
+def test_an_answer_that_cannot_be_used_says_so_not_that_openrouter_is_unreachable(
+    alice, emulator, emulator_server, fault, said
+):
+    emulator.faults.add(fault)
+    body = client_for(alice).post(CONNECT_URL, {"key": emulator.management_key}).content.decode()
+    assert said in html.unescape(body) and "Nothing was stored" in body
+    assert "Could not reach" not in body
+    assert_no_piece_of(emulator.management_key, body)
+    assert not Connection.objects.exists()
