@@ -105,3 +105,34 @@ def thread_with_own_connection(target) -> threading.Thread:
             connections.close_all()
 
     return threading.Thread(target=run)
+
+
+def objects_behind_every_id(company, emulator) -> dict:
+    """A synced connection of `company` with a budget, an alert rule, an open alert and a sync run:
+    a real row for every kind of id the company's URLs take, by the URL parameter's name."""
+    from integrations.models import SyncRun
+    from openrouter.alerts import budget_create
+    from usage.models import Alert, AlertRule, BudgetScope
+
+    connection = connect(company, emulator)
+    sync(connection, emulator)
+    budget = budget_create(
+        connection=connection, scope=BudgetScope.CONNECTION, target="", target_label="", monthly_usd=100
+    )
+    rule = AlertRule.objects.filter(connection=connection).first()
+    alert = Alert.objects.create(
+        company=company,
+        connection=connection,
+        rule=rule,
+        kind=rule.kind,
+        period="2026-11",
+        title="t",
+        message="m",
+    )
+    return {
+        "connection_id": connection,
+        "budget_id": budget,
+        "rule_id": rule,
+        "alert_id": alert,
+        "run_id": SyncRun.objects.filter(connection=connection).first(),
+    }

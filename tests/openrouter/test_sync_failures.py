@@ -20,7 +20,7 @@ from openrouter.emulator import Emulator, EmulatorConfig, Fault
 from openrouter.models import ApiKeySnapshot
 from openrouter.schemas import COUNTER_FIELDS
 from openrouter.sync import PERMANENT_HINTS, _SyncJob, sync_connection
-from tests.support import EMULATOR_BASE_URL, TODAY, Sleeps, connect, noon, sync, usage_snapshot
+from tests.support import EMULATOR_BASE_URL, TODAY, Sleeps, connect, sync, usage_snapshot
 
 pytestmark = pytest.mark.django_db
 
@@ -348,8 +348,6 @@ def test_a_body_past_the_limit_is_read_no_further_and_fails_the_sync_clearly(
 ):
     import gzip
 
-    import respx
-
     settings.OPENROUTER_MAX_RESPONSE_MB = 1
     sent: list[int] = []
     activity_requests = []
@@ -368,11 +366,7 @@ def test_a_body_past_the_limit_is_read_no_further_and_fails_the_sync_clearly(
         return emulator.transport().handle_request(request)
 
     sleeps = Sleeps()
-    with respx.mock(base_url=EMULATOR_BASE_URL, assert_all_called=False) as router:
-        router.route().mock(side_effect=answer)
-        result = sync_connection(
-            connection.pk, base_url=EMULATOR_BASE_URL, sleep=sleeps, now=noon(emulator.today)
-        )
+    result = sync(connection, emulator, sleep=sleeps, transport=httpx.MockTransport(answer))
 
     assert result.status in ("failed", "partial")
     assert not result.retry, "the same request would send the same body: no Celery retry either"
@@ -391,8 +385,6 @@ def test_a_body_past_the_limit_is_read_no_further_and_fails_the_sync_clearly(
 
 
 def test_a_body_that_does_not_decode_is_retried_as_malformed(connection, emulator, globex):
-    import respx
-
     broken = []
 
     def answer(request):
@@ -402,11 +394,7 @@ def test_a_body_that_does_not_decode_is_retried_as_malformed(connection, emulato
         return emulator.transport().handle_request(request)
 
     sleeps = Sleeps()
-    with respx.mock(base_url=EMULATOR_BASE_URL, assert_all_called=False) as router:
-        router.route().mock(side_effect=answer)
-        result = sync_connection(
-            connection.pk, base_url=EMULATOR_BASE_URL, sleep=sleeps, now=noon(emulator.today)
-        )
+    result = sync(connection, emulator, sleep=sleeps, transport=httpx.MockTransport(answer))
 
     assert result.status == "succeeded"
     assert len(broken) == 1 and len(sleeps) == 1, "retried once, after a backoff"
@@ -418,8 +406,6 @@ def test_a_body_that_does_not_decode_is_retried_as_malformed(connection, emulato
 
 @pytest.mark.parametrize("path", ["/keys", "/workspaces", "/organization/members"])
 def test_a_listing_that_sends_the_same_page_again_stops_at_once_and_says_so(connection, emulator, path):
-    import respx
-
     requests = []
 
     def answer(request):
@@ -432,11 +418,7 @@ def test_a_listing_that_sends_the_same_page_again_stops_at_once_and_says_so(conn
         return emulator.transport().handle_request(request)
 
     sleeps = Sleeps()
-    with respx.mock(base_url=EMULATOR_BASE_URL, assert_all_called=False) as router:
-        router.route().mock(side_effect=answer)
-        result = sync_connection(
-            connection.pk, base_url=EMULATOR_BASE_URL, sleep=sleeps, now=noon(emulator.today)
-        )
+    result = sync(connection, emulator, sleep=sleeps, transport=httpx.MockTransport(answer))
 
     assert result.status in ("failed", "partial")
     assert not result.retry, "the listing would not advance next time either: no Celery retry"

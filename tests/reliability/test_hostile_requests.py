@@ -1,16 +1,15 @@
 """Bad input gets a clear answer, never a server error: every URL under /c/<company>/, found by
 walking the resolver, is sent hostile query strings and form bodies by the company's own admin,
-with real objects behind its ids so the views get past their lookups and parse what they are sent.
+with real objects behind its ids so the views get past their lookups and parse what they are sent;
+signed out, as htmx polling from a hostile page URL; and the URLs outside a company likewise.
 A 4xx or a page that says what is wrong is fine; a 5xx is a bug."""
 
 import pytest
 
-from integrations.models import Connection, SyncRun
-from openrouter.alerts import budget_create
+from integrations.models import Connection
 from tests.conftest import client_for
-from tests.support import connect, sync, usage_snapshot
+from tests.support import objects_behind_every_id, usage_snapshot
 from tests.url_walker import company_routes
-from usage.models import Alert, AlertRule, BudgetScope
 
 pytestmark = pytest.mark.django_db
 
@@ -88,30 +87,8 @@ def hostile_data(value: str) -> dict[str, list[str]]:
 
 
 @pytest.fixture
-def acme_objects(acme, emulator):
-    connection = connect(acme, emulator)
-    sync(connection, emulator)
-    budget = budget_create(
-        connection=connection, scope=BudgetScope.CONNECTION, target="", target_label="", monthly_usd=100
-    )
-    rule = AlertRule.objects.filter(connection=connection).first()
-    alert = Alert.objects.create(
-        company=acme,
-        connection=connection,
-        rule=rule,
-        kind=rule.kind,
-        period="2026-11",
-        title="t",
-        message="m",
-    )
-    run = SyncRun.objects.filter(connection=connection).first()
-    return {
-        "connection_id": connection.pk,
-        "budget_id": budget.pk,
-        "rule_id": rule.pk,
-        "alert_id": alert.pk,
-        "run_id": run.pk,
-    }
+def acme_objects(acme, emulator) -> dict[str, int]:
+    return {name: obj.pk for name, obj in objects_behind_every_id(acme, emulator).items()}
 
 
 def urls(routes, objects: dict) -> list[str]:

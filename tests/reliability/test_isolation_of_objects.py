@@ -5,13 +5,11 @@ every URL with an id fills ids that match no row; this one fills them with Acme'
 import pytest
 from django.forms.models import model_to_dict
 
-from integrations.models import SyncRun
-from openrouter.alerts import budget_create
 from openrouter.emulator import Emulator, EmulatorConfig
 from tests.conftest import client_for
-from tests.support import connect, sync
+from tests.support import connect, objects_behind_every_id
 from tests.url_walker import company_routes
-from usage.models import Alert, AlertRule, AlertState, Budget, BudgetScope
+from usage.models import Alert, AlertState, Budget
 
 pytestmark = pytest.mark.django_db
 
@@ -26,28 +24,12 @@ ACTION_DATA = {
 
 
 def test_another_companys_admin_reaches_none_of_acmes_objects_by_id(acme, globex, charlie, emulator):
-    acme_connection = connect(acme, emulator)
-    sync(acme_connection, emulator)
-    budget = budget_create(
-        connection=acme_connection, scope=BudgetScope.CONNECTION, target="", target_label="", monthly_usd=100
-    )
-    rule = AlertRule.objects.filter(connection=acme_connection).first()
-    alert = Alert.objects.create(
-        company=acme,
-        connection=acme_connection,
-        rule=rule,
-        kind=rule.kind,
-        period="2026-11",
-        title="t",
-        message="m",
+    acme_objects = objects_behind_every_id(acme, emulator)
+    acme_connection, budget, rule, alert = (
+        acme_objects[name] for name in ("connection_id", "budget_id", "rule_id", "alert_id")
     )
     globex_connection = connect(globex, Emulator(EmulatorConfig(seed=11, keys=2)))
-    acme_ids = {
-        "budget_id": budget.pk,
-        "rule_id": rule.pk,
-        "alert_id": alert.pk,
-        "run_id": SyncRun.objects.filter(connection=acme_connection).first().pk,
-    }
+    acme_ids = {name: obj.pk for name, obj in acme_objects.items() if name != "connection_id"}
     before = {obj: model_to_dict(obj) for obj in (budget, rule, alert)}
     client = client_for(charlie)
     routes = [route for route in company_routes() if set(route.dummy_kwargs) & set(acme_ids)]
