@@ -41,8 +41,11 @@ class CompanyRoute:
         roles = getattr(self.view, "allowed_roles", None)
         return frozenset(roles) if roles is not None else None
 
-    def url(self, company_slug: str) -> str:
-        values = {**self.dummy_kwargs, "company_slug": company_slug}
+    def url(self, company_slug: str, **ids) -> str:
+        """The route's path in that company: `ids` for the parameters it takes (the rest of `ids`
+        is ignored, so one set of real ids serves every route), dummy values for the others."""
+        taken = {name: value for name, value in ids.items() if name in self.dummy_kwargs}
+        values = {**self.dummy_kwargs, **taken, "company_slug": company_slug}
         return "/" + _PARAMETER.sub(lambda match: str(values[match["name"]]), self.route)
 
     def __str__(self) -> str:

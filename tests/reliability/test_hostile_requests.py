@@ -93,14 +93,11 @@ def acme_objects(acme, emulator) -> dict[str, int]:
 
 def urls(routes, objects: dict) -> list[str]:
     """Each route's URL with Acme's real objects behind its ids; the export in both formats."""
-    found = []
-    for route in routes:
-        kwargs = {name: objects.get(name, value) for name, value in route.dummy_kwargs.items()}
-        for fmt in ("csv", "json") if "fmt" in kwargs else (None,):
-            if fmt:
-                kwargs["fmt"] = fmt
-            found.append(type(route)(route.route, route.name, route.view, kwargs).url("acme"))
-    return found
+    return [
+        route.url("acme", **objects, fmt=fmt)
+        for route in routes
+        for fmt in (("csv", "json") if "fmt" in route.dummy_kwargs else (None,))
+    ]
 
 
 def server_errors(client, paths: list[str], *, htmx: bool = False) -> list[tuple]:
