@@ -279,6 +279,9 @@ def connection_disconnect(
         sync_lease_token="",
         sync_progress={},
         next_sync_at=None,
+        # Deleted usage takes the days it reported with it: a reconnected organization's days
+        # before its new window are then unknown, not shown as days without spend.
+        **({"reported_spans": [], "complete_through": None} if delete_usage else {}),
     )
     provider = get_provider(locked.provider)
     deleted = provider.purge_data(locked) if delete_usage else 0

@@ -11,6 +11,7 @@ from django.apps import apps
 
 from integrations import coverage
 from integrations.models import Connection, SyncRun
+from integrations.services import connection_disconnect
 from openrouter import report
 from openrouter.emulator import Fault
 from tests.conftest import client_for
@@ -77,6 +78,25 @@ def test_a_sync_that_does_not_finish_records_no_day(acme, emulator):
     result = sync(connection, emulator)
     assert result.status != "succeeded"
     assert spans_of(connection) == []
+
+
+def test_usage_deleted_at_a_disconnect_takes_its_days_with_it(synced, emulator, page):
+    """Reconnected after the deleted days left OpenRouter's window, they are unknown, not $0."""
+    connection_disconnect(connection=synced, delete_usage=True)
+    assert spans_of(synced) == [] and synced.complete_through is None
+    emulator.set_today(TODAY + timedelta(days=40))
+    again = connect(synced.company, emulator)
+    assert again.pk == synced.pk
+    assert sync(again, emulator).status == "succeeded"
+    assert spans_of(again) == [(TODAY + timedelta(days=10), TODAY + timedelta(days=39))]
+    response = page(again, f"from={WINDOW[0]}&to={WINDOW[1]}")
+    notices = {n["code"]: n for n in response.context["notices"]}
+    assert notices["days_unknown"]["title"] == "No figures for 25 Oct – 23 Nov 2026"
+
+
+def test_usage_kept_at_a_disconnect_keeps_its_days(synced):
+    connection_disconnect(connection=synced, delete_usage=False)
+    assert spans_of(synced) == [WINDOW]
 
 
 def test_a_normal_key_records_no_day(acme, emulator):
