@@ -595,7 +595,8 @@ class _SyncJob:
 
         OpenRouter documents no page size and says to read until an empty page. The size a listing
         uses is remembered, so a later sync can take a short page as the end (one request fewer per
-        workspace) when the listing holds at least the keys Doow knows there; if any known key then
+        workspace) when the listing holds at least the keys Doow knows there and no earlier page of
+        it was short (which would prove the remembered size wrong); if any known key then
         went unlisted, the listings that ended short are read on to the empty page before any key
         is marked deleted. A first sync always reads to the empty page.
         """
@@ -638,9 +639,13 @@ class _SyncJob:
                     listed += len(page)
                     self.run.keys_seen += len(page)
                     self.read_key_page(page, pool)
-                    if may_end_short and page_size and len(page) < page_size and known and listed >= known:
-                        ended_short[workspace_id] = listed
-                        return
+                    if may_end_short and page_size and len(page) < page_size:
+                        if known and listed >= known:
+                            ended_short[workspace_id] = listed
+                            return
+                        # A short page that is not the end: OpenRouter's pages shrank since the
+                        # size was remembered, so no later page of this listing can end it early.
+                        may_end_short = False
 
             for workspace_id in workspace_ids:
                 read(workspace_id, 0, may_end_short=True)

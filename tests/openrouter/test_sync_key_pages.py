@@ -99,6 +99,27 @@ def test_a_remembered_page_size_larger_than_the_servers_loses_no_key(connection,
     assert connection.config[PAGE_SIZE_CONFIG] == PAGE
 
 
+def test_pages_that_shrank_while_keys_were_added_lose_no_key(acme):
+    """A short page that is not the end proves the remembered size wrong for the rest of the listing:
+    a later page of the new, smaller size is not taken as the end once Doow's known keys are listed."""
+    emulator = Emulator(
+        EmulatorConfig(seed=7, keys=24, workspaces=1, deleted_keys=0, today=TODAY, keys_page_size=PAGE)
+    )
+    connection = connect(acme, emulator)
+    sync(connection, emulator)
+    listed = [k["hash"] for k in emulator.truth.listed_keys()]
+    # As if only the first 6 keys existed at the last sync, whose pages held 2 × PAGE keys.
+    ApiKey.objects.filter(connection=connection).exclude(key_hash__in=listed[:6]).delete()
+    connection.config[PAGE_SIZE_CONFIG] = 2 * PAGE
+    connection.save(update_fields=["config"])
+    emulator.set_today(emulator.today + timedelta(days=1))
+
+    assert sync(connection, emulator).status == "succeeded"
+
+    stored = ApiKey.objects.filter(connection=connection, missing_since__isnull=True)
+    assert set(stored.values_list("key_hash", flat=True)) == set(listed)
+
+
 def test_writing_in_small_batches_stores_exactly_what_one_batch_does(connection, emulator, globex, settings):
     reference_emulator = Emulator(emulator.config)
     reference = connect(globex, reference_emulator)
