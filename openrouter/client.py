@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
+from urllib.parse import quote
 
 import httpx
 from django.conf import settings
@@ -279,6 +280,10 @@ class OpenRouterClient:
         if workspace_id:
             params["workspace_id"] = workspace_id
         return self._get_data("/keys", schemas.parse_keys, params)
+
+    def get_key_by_hash(self, key_hash: str) -> schemas.KeyRecord:
+        """One key of the organization, listed or not (a deleted key answers 404)."""
+        return self._get_data(f"/keys/{quote(key_hash, safe='')}", schemas.parse_one_key)
 
     def get_activity(
         self, *, api_key_hash: str | None = None, group_by_workspace: bool = False, date: str | None = None

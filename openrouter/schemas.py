@@ -273,6 +273,10 @@ def parse_key(record, where: str = "/keys item") -> KeyRecord:
     )
 
 
+def parse_one_key(payload) -> KeyRecord:
+    return parse_key(_data(payload, "/keys/{hash}"), "/keys/{hash}")
+
+
 def parse_keys(payload) -> list[KeyRecord]:
     return [parse_key(item) for item in _list(payload, "/keys")]
 

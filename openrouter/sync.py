@@ -652,6 +652,7 @@ class _SyncJob:
             if ended_short and self.unlisted_keys(listed_before).exists():
                 for workspace_id, offset in ended_short.items():
                     read(workspace_id, offset, may_end_short=False)
+            self.look_up_unlisted_keys(listed_before, vanished_workspaces, pool)
         except BaseException:
             # A failure or the soft time limit ends the sync: queued fetches are cancelled, and the
             # ones running are not waited for (with their retries one may take minutes, past the hard
@@ -662,7 +663,8 @@ class _SyncJob:
         pool.shutdown()
 
         def finish():
-            # Every listing was read to its end: keys no longer listed were deleted in OpenRouter.
+            # Every listing was read to its end, and OpenRouter answered 404 for each known key none
+            # of them showed: those keys were deleted in OpenRouter.
             self.unlisted_keys(listed_before).exclude(workspace_id__in=vanished_workspaces).update(
                 missing_since=self.now
             )
@@ -674,6 +676,36 @@ class _SyncJob:
                 Connection.objects.filter(pk=self.connection.pk).update(config=config)
 
         return finish
+
+    def look_up_unlisted_keys(
+        self, listed_before: datetime, vanished_workspaces: set[str], pool: ThreadPoolExecutor
+    ) -> None:
+        """Ask OpenRouter for each known key no listing showed, and read one it still has as if listed.
+
+        Offset pagination skips a key when one before it is deleted (or moves workspace) between two
+        page requests, and a key of a workspace the workspace listing skipped is not listed at all:
+        absence from a listing does not prove a key deleted. A key is looked up once, when it goes
+        unlisted; once marked deleted it is not asked for again."""
+        unlisted = list(
+            self.unlisted_keys(listed_before)
+            .exclude(workspace_id__in=vanished_workspaces)
+            .values_list("key_hash", flat=True)
+        )
+        if not unlisted:
+            return
+
+        def look_up(key_hash: str) -> KeyRecord | None:
+            try:
+                return self.client.get_key_by_hash(key_hash)
+            except ProviderError as exc:
+                if exc.code == "http_404":
+                    return None  # deleted: `finish` marks it
+                raise
+
+        still_there = [key for key in pool.map(look_up, unlisted) if key is not None]
+        if still_there:
+            self.run.keys_seen += len(still_there)
+            self.read_key_page(still_there, pool)
 
     def unlisted_keys(self, listed_before: datetime):
         """Known keys no listing of this sync has shown (queued keys were listed, though their

@@ -114,7 +114,12 @@ def list_keys(emu: Emulator, caller: str | int, query: dict[str, str]) -> dict:
 def get_key_by_hash(emu: Emulator, caller: str | int, query: dict[str, str], key_hash: str) -> dict:
     require_management(caller, 401)
     i = emu.world.index_of_hash(key_hash)
-    if i is None or i >= emu.world.listed_count or emu.world.profile(i).created_ord > emu.today_ord:
+    if (
+        i is None
+        or i >= emu.world.listed_count
+        or i in emu.removed_keys
+        or emu.world.profile(i).created_ord > emu.today_ord
+    ):
         raise ApiError(404, "API key not found")
     return {"data": emu.api_key(i)}
 

@@ -43,6 +43,7 @@ class Emulator:
         self._snapshot: Snapshot | None = None
         self._listings: dict[tuple, array] = {}
         self.revoked: set[str] = set()
+        self.removed_keys: set[int] = set()  # keys deleted by delete_key, after the world was built
         self._other_management_keys: set[str] = set()
         self.faults = FaultSet(config.seed)
         self.request_log = RequestLog()
@@ -81,6 +82,16 @@ class Emulator:
     def revoke(self, secret: str) -> None:
         with self._lock:
             self.revoked.add(secret)
+
+    def delete_key(self, key_hash: str) -> None:
+        """Delete a key now, as an admin does in OpenRouter: it leaves the listings and GET /keys/{hash}
+        answers 404. The generated world does not change, so the account-wide activity and credits
+        keep its usage (later days' too)."""
+        i = self.world.index_of_hash(key_hash)
+        if i is None:
+            raise KeyError(key_hash)
+        with self._lock:
+            self.removed_keys.add(i)
 
     # -- clock ------------------------------------------------------------------------------------------
 
@@ -136,6 +147,8 @@ class Emulator:
                     self.today_ord, workspace, include_disabled, include_expired
                 )
                 self._listings[cache_key] = found
+            if self.removed_keys:
+                found = array(found.typecode, (i for i in found if i not in self.removed_keys))
             return found
 
     def credits_units(self) -> tuple[int, int]:

@@ -97,6 +97,21 @@ def test_revoked_keys_are_refused(emu):
     assert_error(client(emu, emu.management_key).get("/credits"), 401)
 
 
+def test_a_deleted_key_leaves_the_listings_and_answers_404_but_its_usage_stays(emu):
+    http = client(emu, emu.management_key)
+    listing = {"include_disabled": "true", "include_expired": "true"}
+    first = http.get("/keys", params=listing).json()["data"][0]["hash"]
+    credits_before, activity_before = http.get("/credits").json(), http.get("/activity").json()
+
+    emu.delete_key(first)
+
+    assert first not in {key["hash"] for key in http.get("/keys", params=listing).json()["data"]}
+    assert first not in {key["hash"] for key in emu.truth.listed_keys()}
+    assert_error(http.get(f"/keys/{first}"), 404)
+    assert http.get("/credits").json() == credits_before
+    assert http.get("/activity").json() == activity_before
+
+
 def test_unknown_things_are_404_and_bad_parameters_400(emu):
     http = client(emu, emu.management_key)
     assert_error(http.get("/keys/" + "0" * 64), 404)

@@ -4,13 +4,17 @@ provably safe, and read on to the empty page before any key is marked deleted.""
 
 import math
 from datetime import timedelta
+from decimal import Decimal
 
+import httpx
 import pytest
+from django.db.models import Sum
 
 from openrouter.emulator import Emulator, EmulatorConfig
 from openrouter.models import ApiKey
 from openrouter.sync import PAGE_SIZE_CONFIG
 from tests.support import TODAY, connect, sync, usage_snapshot
+from usage.models import UsageDaily
 
 pytestmark = pytest.mark.django_db
 PAGE = 5
@@ -191,3 +195,65 @@ def test_a_listing_that_fails_part_way_keeps_what_was_fetched(connection, emulat
     emulator.faults.clear()
     assert sync(connection, emulator).status == "succeeded"
     assert stored_total(connection) == emulator.truth.activity_total(start, end)
+
+
+def deleting_before_page(emulator, offset: int) -> httpx.MockTransport:
+    """The emulator, with the first listed key deleted just before the /keys page at `offset` is
+    answered, as an admin deleting a key in OpenRouter while a sync reads: every later key moves up
+    one place, so the one that was first on that page is now on the page already read."""
+    inner, done = emulator.transport(), []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if (
+            not done
+            and request.url.path.endswith("/keys")
+            and request.url.params.get("offset") == str(offset)
+        ):
+            done.append(next(emulator.truth.listed_keys())["hash"])
+            emulator.delete_key(done[0])
+        return inner.handle_request(request)
+
+    return httpx.MockTransport(answer)
+
+
+def stored_spend(connection, key_hash: str, start, end) -> Decimal:
+    rows = UsageDaily.objects.filter(connection=connection, api_key_hash=key_hash, day__range=(start, end))
+    return rows.aggregate(total=Sum("spend_usd"))["total"] or Decimal(0)
+
+
+def deleted_keys(connection) -> set[str]:
+    return set(
+        ApiKey.objects.filter(connection=connection, missing_since__isnull=False).values_list(
+            "key_hash", flat=True
+        )
+    )
+
+
+def test_a_key_deleted_between_two_pages_leaves_every_other_key_listed_and_fetched(acme):
+    emulator = Emulator(
+        EmulatorConfig(seed=7, keys=12, workspaces=1, deleted_keys=0, today=TODAY, keys_page_size=3)
+    )
+    connection = connect(acme, emulator)
+    sync(connection, emulator)
+    emulator.set_today(emulator.today + timedelta(days=1))  # every key's activity is due again
+    listed = [k["hash"] for k in emulator.truth.listed_keys()]
+    deleted, skipped = listed[0], listed[3]  # `skipped` moves from the second page onto the first
+
+    assert (
+        sync(connection, emulator, transport=deleting_before_page(emulator, offset=3)).status == "succeeded"
+    )
+
+    # No page showed `skipped`: it is not taken for deleted, and its new day is fetched.
+    assert deleted_keys(connection) == set()
+    start, end = emulator.truth.activity_window()
+    assert stored_spend(connection, skipped, start, end) == emulator.truth.activity_total(
+        start, end, api_key_hash=skipped
+    )
+    assert emulator.request_log.matching(f"/keys/{skipped}")  # OpenRouter was asked for it
+    # `deleted` was read before it went: the next sync asks for it alone, gets 404 and marks it.
+    emulator.request_log.clear()
+    emulator.set_today(emulator.today + timedelta(days=1))
+    assert sync(connection, emulator).status == "succeeded"
+    asked = [e.path for e in emulator.request_log.matching(method="GET") if e.path.startswith("/keys/")]
+    assert asked == [f"/keys/{deleted}"]
+    assert deleted_keys(connection) == {deleted}

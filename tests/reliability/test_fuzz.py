@@ -18,6 +18,7 @@ from openrouter.emulator import Emulator, EmulatorConfig
 PARSERS = {
     "/key": schemas.parse_current_key,
     "/keys": schemas.parse_keys,
+    "/keys/{hash}": schemas.parse_one_key,
     "/activity": schemas.parse_activity,
     "/credits": schemas.parse_credits,
     "/workspaces": schemas.parse_workspaces,
@@ -51,7 +52,12 @@ def valid_payloads() -> dict:
     payloads = {
         path: json.loads(client.get(path.lstrip("/"), headers=auth).content, parse_float=Decimal)
         for path in PARSERS
+        if path != "/keys/{hash}"
     }
+    first_key = payloads["/keys"]["data"][0]["hash"]
+    payloads["/keys/{hash}"] = json.loads(
+        client.get(f"keys/{first_key}", headers=auth).content, parse_float=Decimal
+    )
     payloads["/key"] = json.loads(
         client.get("key", headers={"Authorization": f"Bearer {emulator.normal_key}"}).content,
         parse_float=Decimal,
