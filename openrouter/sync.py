@@ -1,8 +1,8 @@
 """One sync of one OpenRouter connection: pull, normalise, write.
 
-Reads only (never /generation or a write endpoint). Organization scope walks workspaces, every key
-page of every workspace, the activity of keys whose counters moved, account-wide activity (for
-usage of deleted or unlisted keys), credits and members. Single-key scope snapshots /key.
+Reads only (never /generation or a write endpoint). Organization scope reads credits, workspaces,
+members, account-wide activity (for usage of deleted or unlisted keys), then every key page of every
+workspace and the activity of keys whose counters moved. Single-key scope snapshots /key.
 
 Writes happen in short transactions that first lock the connection row and re-check that it is
 still connected under the same generation, so a disconnect during a sync stops all further writes.
@@ -498,9 +498,13 @@ class _SyncJob:
             self.refresh_models_if_stale()
             workspace_ids = self.read_workspaces()
             self.read_members()
-            finish_keys = self.sync_keys(workspace_ids)
-            self.progress("reconciling account-wide activity")
+            # Account-wide activity before the keys': a key's answer that still covers the window's
+            # first day then proves this one does too, so reconciling rewrites that day's unattributed
+            # rows whenever the keys' are rewritten. Read last, an answer after midnight would leave
+            # that day's unattributed rows as they were beside keys' rows fetched before it.
+            self.progress("reading account-wide activity")
             account, account_start = self.fetch_activity(group_by_workspace=True)
+            finish_keys = self.sync_keys(workspace_ids)
         except BaseException:
             # What was read and fetched is kept, so the next run fetches only what is left.
             self.write_pending()

@@ -11,10 +11,10 @@ import httpx
 import pytest
 
 from integrations.models import ConnectionState, SyncEvent, SyncRun
-from openrouter.emulator import Fault
+from openrouter.emulator import Emulator, EmulatorConfig, Fault
 from openrouter.models import ApiKey, ApiKeySnapshot, CreditsSnapshot, Member, Workspace
 from openrouter.sync import sync_connection
-from tests.support import EMULATOR_BASE_URL, Sleeps, connect, stored_total, sync, usage_snapshot
+from tests.support import EMULATOR_BASE_URL, TODAY, Sleeps, connect, stored_total, sync, usage_snapshot
 from usage.models import UsageDaily
 
 pytestmark = pytest.mark.django_db
@@ -355,6 +355,58 @@ def test_midnight_passing_during_a_sync_loses_no_day(connection, emulator, setti
     new_start, new_end = window(emulator)
     assert stored_total(connection, day__gte=new_start) == emulator.truth.activity_total(new_start, new_end)
     assert stored_total(connection, day=start) == truth[start]
+
+
+class MidnightBeforeTransport(httpx.BaseTransport):
+    """The emulator moves to the next UTC day just before the first account-wide (or per-key)
+    /activity request is answered."""
+
+    def __init__(self, emulator, *, per_key: bool):
+        self.inner, self.emulator, self.per_key, self.passed = emulator.transport(), emulator, per_key, False
+
+    def handle_request(self, request):
+        is_activity = request.url.path.endswith("/activity")
+        if is_activity and not self.passed and ("api_key_hash" in request.url.params) == self.per_key:
+            self.passed = True
+            self.emulator.set_today(self.emulator.today + timedelta(days=1))
+        return self.inner.handle_request(request)
+
+
+@pytest.mark.parametrize("per_key", [False, True], ids=["before the account-wide answer", "before the keys'"])
+def test_midnight_passing_between_the_account_wide_and_the_keys_answers_counts_no_cent_twice(acme, per_key):
+    """A key whose usage was stored unattributed (no listing showed it) is fetched for the first time
+    by a sync that midnight interrupts: the window's first day, which answers after midnight no longer
+    cover, must not hold the key's part both in its rows and in the unattributed ones."""
+    emulator = Emulator(EmulatorConfig(seed=8, keys=12, workspaces=1, deleted_keys=0, today=TODAY))
+    connection = connect(acme, emulator)
+    next_first_day = TODAY + timedelta(days=1) - timedelta(days=30)
+    late = next(
+        key["hash"]
+        for key in emulator.truth.listed_keys()
+        if emulator.truth.activity_total(next_first_day, next_first_day, api_key_hash=key["hash"])
+    )
+    emulator.delete_key(late)  # not listed at the first sync
+    sync(connection, emulator)
+    assert stored_total(connection, api_key_hash=late) == 0
+    emulator.removed_keys.clear()  # listed again from the next day on
+    emulator.set_today(TODAY + timedelta(days=1))
+    start, end = window(emulator)
+    truth = {
+        day: emulator.truth.activity_total(day, day)
+        for day in (start + timedelta(days=n) for n in range((end - start).days + 1))
+    }
+
+    result = sync_connection(
+        connection.pk,
+        transport=MidnightBeforeTransport(emulator, per_key=per_key),
+        base_url=EMULATOR_BASE_URL,
+        sleep=Sleeps(),
+        now=datetime.combine(emulator.today, time(23, 59, 30), tzinfo=UTC),
+    )
+
+    assert result.status == "succeeded"
+    assert emulator.today == end + timedelta(days=2), "midnight should have passed during the sync"
+    assert {day: stored_total(connection, day=day) for day in truth} == truth
 
 
 class LongDecimalsTransport(httpx.BaseTransport):

@@ -86,4 +86,4 @@ def test_each_phase_is_shown_while_the_sync_is_in_it(acme, emulator, monkeypatch
     assert seen["/workspaces"] == "reading workspaces"
     assert seen["/organization/members"] == "reading organization members"
     assert seen["/keys"] == "reading keys and their activity"
-    assert seen["/activity (account)"] == "reconciling account-wide activity"
+    assert seen["/activity (account)"] == "reading account-wide activity"
