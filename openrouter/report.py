@@ -414,8 +414,9 @@ def _notices(
                 "code": "single_key",
                 "title": "A normal API key: single-key scope",
                 "text": "OpenRouter only shows this key's own usage counters to a normal key, not daily "
-                "activity by model, workspace or other keys. Connect a management key for the whole "
-                "organization.",
+                "activity by model, workspace or other keys, so this page shows those counters (today, "
+                "this week, this month) and no daily figures to total or compare. Connect a management "
+                "key for the whole organization.",
             }
         )
     if latest_run is not None and _was_rate_limited(latest_run):

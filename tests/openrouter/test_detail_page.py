@@ -461,7 +461,13 @@ def test_a_normal_key_explains_its_single_key_scope(acme, alice, emulator):
     sync(connection, emulator)
     response = client_for(alice).get(url(connection))
     assert "single_key" in notice_codes(response)
-    assert "not visible to a normal key" in response.content.decode()
+    html = response.content.decode()
+    assert "not visible to a normal key" in html
+    # No daily activity: no range totals of $0 "same as the previous period", no chart, no tables.
+    for daily in ('data-testid="totals"', 'data-testid="range-summary"', 'data-testid="breakdown-card"'):
+        assert daily not in html
+    assert 'data-testid="today-spend"' in html and 'data-testid="month"' in html
+    assert "Not in the totals above" not in html
 
 
 def test_a_range_through_today_explains_the_reporting_delay(synced, alice):
