@@ -1,11 +1,13 @@
 """The OpenRouter side of connecting: verify a pasted key, then hand it to integrations to store."""
 
+import hmac
 import logging
 from typing import NamedTuple
 
 from django.views.decorators.debug import sensitive_variables
 
 from doow.models import Company
+from integrations import crypto
 from integrations.models import Connection, CredentialScope
 from integrations.providers import ProviderError, VerifiedCredential
 from integrations.selectors import connection_disconnected_for
@@ -28,6 +30,7 @@ class Connected(NamedTuple):
     connection: Connection
     notice: str  # for the admin: a limited scope, or that an earlier connection was connected again
     again: bool  # an earlier, disconnected connection of the organization goes on (not a new one)
+    same_key: bool = False  # the key it already held, pasted again (checked, not rotated)
 
 
 @sensitive_variables("secret")
@@ -87,6 +90,7 @@ def openrouter_replace_key(
     renames it."""
     secret = secret.strip()
     again = not connection.is_live
+    same_key = not again and _is_the_stored_key(connection, secret)
     verified = _verify(secret, company=connection.company, transport=transport)
     problem = _replacement_problem(connection, verified)
     if problem:
@@ -94,7 +98,20 @@ def openrouter_replace_key(
     stored = _store_in(
         connection, secret, verified, actor=actor, request=request, refused="Nothing was changed.", name=name
     )
-    return Connected(stored, "", again=again)
+    return Connected(stored, "", again=again, same_key=same_key)
+
+
+@sensitive_variables("secret", "stored")
+def _is_the_stored_key(connection: Connection, secret: str) -> bool:
+    """Whether `secret` is the key the connection holds now: pasted again to check it, it is not a
+    rotation, and the admin must not be told to revoke it."""
+    if not connection.secret:
+        return False
+    try:
+        stored = crypto.decrypt(connection.secret, context=connection.secret_context)
+    except crypto.DecryptionError:
+        return False
+    return hmac.compare_digest(stored.encode(), secret.encode())
 
 
 @sensitive_variables("secret")

@@ -22,7 +22,7 @@ def connect(request: HttpRequest) -> HttpResponse:
     form = ConnectForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
-            connection, notice, again = openrouter_connect(
+            connection, notice, again, _same_key = openrouter_connect(
                 company=request.company,
                 secret=form.cleaned_data["key"],
                 name=form.cleaned_data["name"],
@@ -56,20 +56,30 @@ def replace_key(request: HttpRequest, connection_id: int) -> HttpResponse:
     form = KeyForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
-            connection, _notice, again = openrouter_replace_key(
+            replaced = openrouter_replace_key(
                 connection=connection, secret=form.cleaned_data["key"], actor=request.user, request=request
             )
         except ConnectError as exc:
             form.add_error("key", str(exc))
         else:
-            messages.success(
-                request,
-                f"{connection.name} {'is connected again' if again else 'has its new key'} "
-                f"({connection.masked_secret}) and a sync has started."
-                + ("" if again else " Revoke the old key in OpenRouter (Settings → Management keys)."),
-            )
+            messages.success(request, _replaced_message(replaced))
             return redirect("company-settings", company_slug=request.company.slug)
     return render(request, "openrouter/replace_key.html", {"connection": connection, "form": form})
+
+
+def _replaced_message(replaced) -> str:
+    connection = replaced.connection
+    if replaced.same_key:
+        return (
+            f"{connection.name} already uses this key ({connection.masked_secret}): OpenRouter accepted it "
+            "again and a sync has started. Keep it: it is the key in use."
+        )
+    if replaced.again:
+        return f"{connection.name} is connected again ({connection.masked_secret}) and a sync has started."
+    return (
+        f"{connection.name} has its new key ({connection.masked_secret}) and a sync has started. "
+        "Revoke the old key in OpenRouter (Settings → Management keys)."
+    )
 
 
 @require_GET

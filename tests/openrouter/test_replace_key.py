@@ -44,6 +44,19 @@ def leaked_pieces(secret: str, text: str) -> list[str]:
     return [secret[i : i + 8] for i in range(len(secret) - 7) if secret[i : i + 8] in text]
 
 
+def test_pasting_the_key_in_use_again_checks_it_and_does_not_say_to_revoke_it(
+    alice, synced, emulator, emulator_server, send_task, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client_for(alice).post(replace_url(synced), {"key": emulator.management_key}, follow=True)
+
+    page = response.content.decode()
+    assert "Prod org already uses this key (sk-or-…" in page and "a sync has started" in page
+    assert "Revoke" not in page
+    assert not leaked_pieces(emulator.management_key, page)
+    assert connection_secret(Connection.objects.get(pk=synced.pk)) == emulator.management_key
+
+
 def test_a_revoked_key_is_replaced_in_place_and_the_connection_keeps_its_history(
     alice, synced, emulator, emulator_server, send_task, django_capture_on_commit_callbacks
 ):

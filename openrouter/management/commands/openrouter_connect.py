@@ -37,7 +37,7 @@ class Command(BaseCommand):
             self._replace(company, options["connection"], secret, options["name"])
             return
         try:
-            connection, notice, again = openrouter_connect(
+            connection, notice, again, _same_key = openrouter_connect(
                 company=company, secret=secret, name=options["name"]
             )
         except ConnectError as exc:
@@ -56,12 +56,15 @@ class Command(BaseCommand):
         if connection is None:
             raise CommandError(f"{company.slug} has no OpenRouter connection with id {connection_id}.")
         try:
-            connection, _notice, again = openrouter_replace_key(
+            connection, _notice, again, same_key = openrouter_replace_key(
                 connection=connection, secret=secret, name=name
             )
         except ConnectError as exc:
             raise CommandError(str(exc)) from None
+        done = (
+            "Connected again" if again else "Checked the key in use of" if same_key else "Replaced the key of"
+        )
         self.stdout.write(
-            f"{'Connected again' if again else 'Replaced the key of'} {connection.name} "
-            f"(id {connection.pk}) of {company.slug}: key {connection.masked_secret}; sync queued."
+            f"{done} {connection.name} (id {connection.pk}) of {company.slug}: key {connection.masked_secret}; "
+            "sync queued."
         )
