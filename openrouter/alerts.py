@@ -24,6 +24,7 @@ from doow.models import Membership, Role
 from integrations.models import Connection, ConnectionState, EventKind, EventLevel, SyncRun, SyncRunStatus
 from integrations.services import sync_event_add
 from openrouter import insights
+from openrouter.formatting import usd
 from openrouter.models import ApiKey, CreditsSnapshot
 from usage.anomalies import DEFAULT_Z, detect_spike, new_spenders
 from usage.forecast import Forecast, runway_days
@@ -381,25 +382,25 @@ def _budget_check(rule: AlertRule, reads: _Reads):
         yield _Firing(
             budget.target,
             _month(now),
-            f"{label}: 80% of the ${amount} monthly budget used",
-            f"Spent ${spent} of ${amount} this month ({spent / amount:.0%}).",
+            f"{label}: 80% of the {usd(amount)} monthly budget used",
+            f"Spent {usd(spent)} of {usd(amount)} this month ({spent / amount:.0%}).",
             detail,
         )
     elif rule.kind == AlertKind.BUDGET_100 and spent >= amount:
         yield _Firing(
             budget.target,
             _month(now),
-            f"{label}: monthly budget of ${amount} reached",
-            f"Spent ${spent} this month, over the ${amount} budget.",
+            f"{label}: monthly budget of {usd(amount)} reached",
+            f"Spent {usd(spent)} this month, over the {usd(amount)} budget.",
             detail,
         )
     elif rule.kind == AlertKind.BUDGET_PROJECTED and forecast.expected > amount and spent < amount:
         yield _Firing(
             budget.target,
             _month(now),
-            f"{label}: projected to exceed the ${amount} budget",
-            f"At the current run-rate of ${forecast.daily_rate}/day the month ends near ${forecast.expected} "
-            f"(range ${forecast.low}–${forecast.high}).",
+            f"{label}: projected to exceed the {usd(amount)} budget",
+            f"At the current run-rate of {usd(forecast.daily_rate)}/day the month ends near {usd(forecast.expected)} "
+            f"(range {usd(forecast.low)}–{usd(forecast.high)}).",
             detail,
         )
 
@@ -410,8 +411,8 @@ def _credit_low(rule: AlertRule, reads: _Reads):
         yield _Firing(
             "",
             now.date().isoformat(),
-            f"Credit balance below ${rule.threshold}",
-            f"OpenRouter credits remaining: ${credits.balance:.2f} (purchased ${credits.total_credits:.2f}).",
+            f"Credit balance below {usd(rule.threshold)}",
+            f"OpenRouter credits remaining: {usd(credits.balance)} (purchased {usd(credits.total_credits)}).",
             {"balance": credits.balance},
         )
 
@@ -427,7 +428,7 @@ def _credit_runway(rule: AlertRule, reads: _Reads):
             "",
             now.date().isoformat(),
             f"Credits projected to run out in {days:.1f} days",
-            f"${credits.balance:.2f} left at ${forecast.daily_rate}/day.",
+            f"{usd(credits.balance)} left at {usd(forecast.daily_rate)}/day.",
             {"balance": credits.balance, "daily_rate": forecast.daily_rate},
         )
 
@@ -450,7 +451,7 @@ def _key_limit(rule: AlertRule, reads: _Reads):
                 key.key_hash,
                 f"{now.date().isoformat()}:{key.limit_reset or 'total'}",
                 f"Key {key.name or key.key_hash[:12]}: limit almost used",
-                f"${key.limit_remaining:.2f} of its ${key.limit:.2f} OpenRouter limit remains.",
+                f"{usd(key.limit_remaining)} of its {usd(key.limit)} OpenRouter limit remains.",
                 {"limit": key.limit, "limit_remaining": key.limit_remaining},
             )
 
@@ -490,7 +491,7 @@ def _anomalies(rule: AlertRule, reads: _Reads):
                 f"{noun}:{subject}",
                 day.isoformat(),
                 f"Unusual spend on {noun} {label} on {day:%d %b}",
-                f"${spike.amount:.2f} against a usual ${spike.baseline:.2f}/day ("
+                f"{usd(spike.amount)} against a usual {usd(spike.baseline)}/day ("
                 + (f"{spike.times_usual}× usual, " if spike.times_usual is not None else "")
                 + f"robust z-score {spike.score}).",
                 {
@@ -517,7 +518,7 @@ def _new_spenders(rule: AlertRule, reads: _Reads):
             yield _Firing(
                 f"new-{noun}:{subject}",
                 day.isoformat(),
-                f"New {noun} {label} spent ${amount:.2f} on {day:%d %b}",
+                f"New {noun} {label} spent {usd(amount)} on {day:%d %b}",
                 f"The {noun} {label} had no spend in the previous 30 days.",
                 {noun: subject, "amount": amount},
             )

@@ -1,4 +1,4 @@
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from html import escape
 
 from django import template
@@ -7,19 +7,12 @@ from django.template.defaultfilters import date as date_filter
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
+from openrouter.formatting import usd
+
 register = template.Library()
 
 
-@register.filter
-def usd(value) -> str:
-    """Money for people: cents, or 6 decimals below a cent so small spend is not shown as $0.00."""
-    if value is None or value == "":
-        return "—"
-    amount = Decimal(value)
-    places = Decimal("0.01") if amount == 0 or abs(amount) >= Decimal("0.01") else Decimal("0.000001")
-    rounded = amount.quantize(places, rounding=ROUND_HALF_UP)
-    whole, _, frac = f"{abs(rounded):f}".partition(".")
-    return f"{'-' if rounded < 0 else ''}${intcomma(int(whole))}.{frac}"
+register.filter("usd", usd)
 
 
 @register.filter

@@ -111,6 +111,19 @@ def test_credit_low_is_raised_again_when_the_balance_drops_again_the_same_day(sy
     assert [m for m in mail.outbox if "Credit balance below" in m.subject]
 
 
+def test_alert_titles_and_emails_show_money_to_the_cent(synced, emulator):
+    default_rules_ensure(connection=synced)
+    AlertRule.objects.filter(connection=synced, kind=AlertKind.CREDIT_LOW).update(threshold=Decimal("1000"))
+    credits_left(synced, 3)
+
+    evaluate_alerts(connection=synced, now=now_for(emulator))
+
+    alert = Alert.objects.get(kind=AlertKind.CREDIT_LOW)
+    assert alert.title == "Credit balance below $1,000.00"
+    assert "OpenRouter credits remaining: $3.00" in alert.message
+    assert [m for m in mail.outbox if m.subject.endswith("Credit balance below $1,000.00")]
+
+
 def test_a_reopened_alert_is_open_unacknowledged_and_listed_as_newly_raised(synced, emulator, fiona):
     alert, now = credit_alert_handled_by(fiona, "acknowledge", synced, emulator)
     credits_recover_then_run_low_again(synced, now)
