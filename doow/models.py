@@ -15,6 +15,10 @@ class EmailUserManager(UserManager):
         user.save(using=self._db)
         return user
 
+    def get_by_natural_key(self, email):
+        # Addresses are stored lower-cased: one typed with capitals or spaces at login is the same person.
+        return super().get_by_natural_key(self.normalize_email((email or "").strip()).lower())
+
     def create_user(self, email, password=None, **extra_fields):
         extra_fields.setdefault("is_staff", False)
         extra_fields.setdefault("is_superuser", False)
@@ -37,6 +41,10 @@ class User(AbstractUser):
 
     def __str__(self) -> str:
         return self.email
+
+    def clean(self) -> None:
+        super().clean()
+        self.email = self.email.strip().lower()  # as the manager stores it, so the login finds it
 
     @property
     def display_name(self) -> str:

@@ -24,6 +24,21 @@ def test_login_with_email_and_password_lands_on_the_company(alice):
     assert client.get("/").url == "/c/acme/settings/"
 
 
+@pytest.mark.parametrize("typed", ["Alice@Acme.test", "ALICE@ACME.TEST", " alice@acme.test "])
+def test_an_email_typed_with_capitals_or_spaces_logs_the_same_person_in(alice, typed):
+    client = client_for(None)
+    response = client.post("/login/", {"username": typed, "password": PASSWORD})
+    assert response.status_code == 302
+    assert client.session[SESSION_KEY] == str(alice.pk)
+
+
+def test_an_address_saved_with_capitals_is_stored_as_people_type_it_anywhere(db):
+    user = User(email="Fiona@Acme.Test")
+    user.clean()
+    assert user.email == "fiona@acme.test"
+    assert User.objects.create_user(email="Omar@Acme.Test").email == "omar@acme.test"
+
+
 def test_login_follows_next_to_the_page_asked_for(alice):
     response = client_for(None).post(
         "/login/",
