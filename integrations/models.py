@@ -1,4 +1,4 @@
-from datetime import date
+from datetime import date, datetime, timedelta
 
 from django.conf import settings
 from django.db import models
@@ -7,6 +7,9 @@ from django.utils import timezone
 
 from doow.models import Company
 from integrations import coverage
+
+# How long the cards call a requested sync queued while no worker has started it.
+SYNC_QUEUED_SHOWN_FOR = timedelta(minutes=15)
 
 
 class ConnectionState(models.TextChoices):
@@ -57,6 +60,9 @@ class Connection(models.Model):
     attention_reason = models.TextField(blank=True)
     last_synced_at = models.DateTimeField(null=True, blank=True)
     last_sync_attempt_at = models.DateTimeField(null=True, blank=True)
+    # When a sync was last sent to the workers by hand (or at connect): until one starts, the cards
+    # say it is queued.
+    sync_requested_at = models.DateTimeField(null=True, blank=True)
     next_sync_at = models.DateTimeField(null=True, blank=True, db_index=True)
     # Last completed UTC day covered by the provider's daily activity.
     complete_through = models.DateField(null=True, blank=True)
@@ -106,6 +112,17 @@ class Connection(models.Model):
     @property
     def is_live(self) -> bool:
         return self.state != ConnectionState.DISCONNECTED
+
+    @property
+    def sync_queued_since(self) -> datetime | None:
+        """When the sync requested last was sent, if no worker has started a sync since. Shown for a
+        while only: a message the broker lost leaves the next scheduled sync to run."""
+        requested = self.sync_requested_at
+        if requested is None or self.state in (ConnectionState.SYNCING, ConnectionState.DISCONNECTED):
+            return None
+        if self.last_sync_attempt_at is not None and self.last_sync_attempt_at >= requested:
+            return None
+        return requested if requested > timezone.now() - SYNC_QUEUED_SHOWN_FOR else None
 
     @property
     def is_syncing(self) -> bool:

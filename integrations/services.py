@@ -208,6 +208,7 @@ def connection_enqueue_sync(*, connection: Connection, trigger: str) -> None:
 
     task_name = get_provider(connection.provider).sync_task
     connection_id = connection.pk
+    Connection.objects.filter(pk=connection_id).update(sync_requested_at=timezone.now())
     transaction.on_commit(lambda: app.send_task(task_name, args=[connection_id], kwargs={"trigger": trigger}))
 
 

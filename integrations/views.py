@@ -116,6 +116,12 @@ def sync_now(request: HttpRequest, connection_id: int) -> HttpResponse:
         messages.info(
             request, f"{connection.name} is syncing now; its figures appear as soon as that sync ends."
         )
+    elif queued := connection.sync_queued_since:
+        messages.info(
+            request,
+            f"A sync of {connection.name} is already queued (since {queued:%H:%M} UTC); it starts as soon "
+            "as a worker is free.",
+        )
     else:
         sync_event_add(
             connection=connection,

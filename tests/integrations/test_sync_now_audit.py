@@ -1,16 +1,18 @@
 """Manual "sync now" (R26): one audit row with actor, company and IP, and no secret in it."""
 
 import json
+from datetime import timedelta
 from unittest import mock
 
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
 from doow.models import AuditEntry
-from integrations.models import SyncEvent
+from integrations.models import SYNC_QUEUED_SHOWN_FOR, Connection, SyncEvent
 from integrations.services import connection_disconnect, sync_claim, sync_release
 from tests.conftest import client_for
-from tests.support import connect
+from tests.support import connect, sync
 
 pytestmark = pytest.mark.django_db
 
@@ -77,3 +79,39 @@ def test_sync_now_while_a_sync_runs_queues_nothing_and_says_so(
     with django_capture_on_commit_callbacks(execute=True):
         client_for(alice).post(sync_now_url(connection))
     assert send_task.call_count == 1
+
+
+def cards(user) -> str:
+    return client_for(user).get(reverse("integrations:cards", args=["acme"])).content.decode()
+
+
+def test_a_queued_sync_shows_on_its_card_which_polls_until_a_worker_starts_it(
+    acme, alice, emulator, send_task, django_capture_on_commit_callbacks
+):
+    connection = connect(acme, emulator, name="Prod org")
+    sync(connection, emulator)  # the initial sync is over: the card shows the connection at rest
+    assert 'data-testid="sync-queued"' not in cards(alice) and "hx-trigger" not in cards(alice)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        client_for(alice).post(sync_now_url(connection))
+
+    shown = cards(alice)
+    assert 'data-testid="sync-queued"' in shown and "waiting for a worker to start it" in shown
+    assert 'hx-trigger="every 2s"' in shown  # the card refreshes itself
+    assert 'disabled title="A sync is queued"' in shown
+    with django_capture_on_commit_callbacks(execute=True):
+        again = client_for(alice).post(sync_now_url(connection), follow=True).content.decode()
+    assert "A sync of Prod org is already queued" in again
+    assert send_task.call_count == 1
+
+    token = sync_claim(connection_id=connection.pk)  # a worker starts it
+    assert 'data-testid="sync-queued"' not in cards(alice) and 'data-testid="sync-progress"' in cards(alice)
+    sync_release(connection_id=connection.pk, token=token)
+
+
+def test_a_sync_no_worker_started_is_called_queued_for_a_while_only(acme, alice, emulator, send_task):
+    connection = connect(acme, emulator, name="Prod org")
+    sync(connection, emulator)
+    requested = timezone.now() - SYNC_QUEUED_SHOWN_FOR - timedelta(seconds=1)
+    Connection.objects.filter(pk=connection.pk).update(sync_requested_at=requested)
+    assert 'data-testid="sync-queued"' not in cards(alice) and "hx-trigger" not in cards(alice)
