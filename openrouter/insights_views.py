@@ -5,6 +5,7 @@ from decimal import Decimal
 from django import forms
 from django.contrib import messages
 from django.core.paginator import Paginator
+from django.db.models import F
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -18,7 +19,7 @@ from openrouter import insights
 from openrouter.alerts import budget_create, default_rules_ensure
 from openrouter.models import ApiKey, Workspace
 from openrouter.report import PRESETS, DetailQuery, key_choices, range_notices
-from usage.models import AlertKind, AlertRule, Budget, BudgetScope, threshold_problem
+from usage.models import THRESHOLD_RANGES, AlertKind, AlertRule, Budget, BudgetScope, threshold_problem
 
 # The budgets page lists this many workspaces' forecasts, those projected to spend most.
 WORKSPACE_FORECASTS = 50
@@ -71,6 +72,9 @@ class AlertRuleForm(forms.Form):
 
     def clean_threshold(self):
         threshold = self.cleaned_data.get("threshold")
+        if threshold is None and self.kind in THRESHOLD_RANGES:
+            # Left empty, it would be saved as "no change": say so instead of keeping it silently.
+            raise forms.ValidationError(f"Enter {THRESHOLD_RANGES[self.kind][3]}.")
         if threshold is not None and (problem := threshold_problem(self.kind, threshold)):
             raise forms.ValidationError(problem)
         return threshold
@@ -121,16 +125,23 @@ def budgets(request: HttpRequest, connection_id: int) -> HttpResponse:
             "target": asked.get("target", ""),
             "keys": keys,
             "more_keys": more_keys,
+            # The connection's rules, then each budget's three (which take the budget's amount).
             "rules": [
-                (rule, ALERT_THRESHOLD_HELP.get(rule.kind, ""))
-                for rule in AlertRule.objects.filter(connection=connection, budget__isnull=True).order_by(
-                    "kind"
-                )
+                (rule, ALERT_THRESHOLD_HELP.get(rule.kind, ""), _rule_name(rule))
+                for rule in AlertRule.objects.filter(connection=connection)
+                .select_related("budget")
+                .order_by(F("budget").asc(nulls_first=True), "budget__scope", "budget__target_label", "kind")
             ],
             "roles": Role.choices,
             "section": "budgets",
         },
     )
+
+
+def _rule_name(rule: AlertRule) -> str:
+    """What the rule's controls are called, unique on the page (each budget has the same three)."""
+    kind = rule.get_kind_display()
+    return f"{kind} ({rule.budget.label})" if rule.budget else kind
 
 
 def _workspace_forecasts(connection, workspaces: list) -> dict:

@@ -128,6 +128,36 @@ def test_alert_rules_are_editable(fiona, synced):
     assert rule.enabled is False
 
 
+def test_an_empty_threshold_is_refused_and_says_what_to_enter(fiona, synced):
+    client = client_for(fiona)
+    client.get(url("budgets", synced))
+    rule = AlertRule.objects.get(connection=synced, kind="credit_low")
+    before = rule.threshold
+
+    page = client.post(url("alert-rule", synced, rule.pk), {"threshold": "", "enabled": "on"}, follow=True)
+
+    assert "was not saved: Enter a USD balance of 0 or more." in page.content.decode()
+    rule.refresh_from_db()
+    assert rule.threshold == before
+
+
+def test_each_budgets_alert_rules_are_listed_and_editable(fiona, synced):
+    key = ApiKey.objects.filter(connection=synced).first()
+    client = client_for(fiona)
+    client.post(url("budgets", synced), {"scope": "key", "target": key.key_hash, "monthly_usd": "10"})
+    budget = Budget.objects.get()
+    page = client.get(url("budgets", synced)).content.decode()
+    table = page.split('data-testid="alert-rules"')[1].split("</table>")[0]
+    assert table.count(f'data-budget="{budget.pk}"') == 3
+    assert f"{budget.label} · $10.00/month" in table
+    assert f'aria-label="Budget reached ({budget.label}) enabled"' in table
+
+    rule = AlertRule.objects.get(budget=budget, kind="budget_100")
+    client.post(url("alert-rule", synced, rule.pk), {"notify_roles": ["admin"]})
+    rule.refresh_from_db()
+    assert (rule.enabled, rule.notify_roles, rule.threshold) == (False, ["admin"], None)
+
+
 def test_people_page_and_manual_owner(alice, fiona, synced):
     # The page's default range ends today: the emulator's day, so it holds the synced usage.
     with mock.patch("django.utils.timezone.now", return_value=noon(TODAY)):
