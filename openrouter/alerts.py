@@ -20,6 +20,7 @@ from django.db import IntegrityError, transaction
 from django.urls import reverse
 from django.utils import timezone
 
+from doow.access import HEALTH_READERS, USAGE_READERS
 from doow.models import Membership, Role
 from integrations.models import Connection, ConnectionState, EventKind, EventLevel, SyncRun, SyncRunStatus
 from integrations.services import sync_event_add
@@ -302,17 +303,24 @@ def _links(alert: Alert, connection: Connection) -> str:
         return ""
     slug = connection.company.slug
     if alert.kind == AlertKind.SYNC_FAILING:
-        behind = (
+        what, path, readers = (
             "The sync's events",
             f"{reverse('integrations:events', args=[slug])}?connection={connection.pk}",
+            HEALTH_READERS,
         )
     elif alert.kind in BUDGET_KINDS:
-        behind = ("The budget and its forecast", reverse("openrouter:budgets", args=[slug, connection.pk]))
+        what, path = "The budget and its forecast", reverse("openrouter:budgets", args=[slug, connection.pk])
+        readers = USAGE_READERS
     else:
-        behind = ("The figures", reverse("openrouter:detail", args=[slug, connection.pk]))
+        what, path = "The figures", reverse("openrouter:detail", args=[slug, connection.pk])
+        readers = USAGE_READERS
+    # One email goes to every role ticked: say whom the page opens for when some cannot open it.
+    if set(alert.rule.notify_roles) - readers:
+        what += (
+            " (opens for " + " and ".join(label for value, label in Role.choices if value in readers) + ")"
+        )
     return (
-        f"\nAcknowledge or resolve it: {base}{reverse('usage:alerts', args=[slug])}\n"
-        f"{behind[0]}: {base}{behind[1]}\n"
+        f"\nAcknowledge or resolve it: {base}{reverse('usage:alerts', args=[slug])}\n{what}: {base}{path}\n"
     )
 
 

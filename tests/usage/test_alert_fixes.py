@@ -507,6 +507,20 @@ def test_alert_emails_link_to_the_alerts_page_and_the_figures_behind_them(synced
     )
 
 
+def test_an_alert_emailed_to_ops_too_says_whom_its_figures_open_for(synced, emulator, settings):
+    settings.DOOW_PUBLIC_URL = "https://doow.example.com"
+    default_rules_ensure(connection=synced)
+    AlertRule.objects.filter(connection=synced, kind=AlertKind.CREDIT_LOW).update(
+        notify_roles=["finance", "ops"]
+    )
+    mail.outbox.clear()
+    credits_left(synced, 3)
+    evaluate_alerts(connection=synced, now=now_for(emulator))
+    (email,) = [m for m in mail.outbox if "Credit balance below" in m.subject]
+    link = f"https://doow.example.com/c/acme/integrations/openrouter/{synced.pk}/"
+    assert f"The figures (opens for Admin and Finance): {link}\n" in email.body
+
+
 def test_without_a_public_url_alert_emails_carry_no_link(synced, emulator, settings):
     settings.DOOW_PUBLIC_URL = ""
     mail.outbox.clear()
