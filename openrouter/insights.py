@@ -11,8 +11,8 @@ from django.utils import timezone
 
 from doow.models import Membership, User
 from integrations.models import Connection, CredentialScope
+from openrouter.formatting import usd
 from openrouter.models import ApiKey, ApiKeySnapshot, CreditsSnapshot, KeyOwner, Member, Workspace
-from openrouter.templatetags.openrouter import usd
 from usage.cache import cached
 from usage.forecast import RUN_RATE_DAYS, Forecast, month_end_forecast
 from usage.models import UNATTRIBUTED_LABEL, Budget, BudgetScope, UsageDaily
@@ -211,6 +211,22 @@ def forecast(
     if workspace is not None:
         return forecasts(connection=connection, by="workspace", targets=[workspace], now=now)[workspace]
     return forecasts(connection=connection, now=now)[""]
+
+
+def month_of_filters(*, connection: Connection, filters: dict) -> dict:
+    """This month's spend and forecast for the key or workspace the page is filtered by, or else the
+    connection's, and what it covers when that is not what the page shows (key counters and
+    forecasts cannot be split by model or provider)."""
+    key, workspace = filters.get("key"), filters.get("workspace")
+    if key is not None:
+        month, covers = forecast(connection=connection, key=key), "this key" if key else UNATTRIBUTED_LABEL
+    elif workspace:
+        month, covers = forecast(connection=connection, workspace=workspace), "this workspace"
+    else:
+        month, covers = forecast(connection=connection), "the whole connection" if filters else ""
+    if filters.get("model") or filters.get("provider"):
+        covers += ": the model and provider filters do not apply here"
+    return {"forecast": month, "covers": covers}
 
 
 _BUDGET_SLICES = {BudgetScope.CONNECTION: None, BudgetScope.WORKSPACE: "workspace", BudgetScope.KEY: "key"}

@@ -91,7 +91,7 @@ def detail(request: HttpRequest, connection_id: int) -> HttpResponse:
     query = DetailQuery.from_params(request.GET)
     context = detail_report(connection=connection, query=query)
     context["month"] = {
-        "forecast": insights.forecast(connection=connection),
+        **insights.month_of_filters(connection=connection, filters=query.filters),
         "budgets": insights.budget_statuses(connection=connection),
         "budget_for": insights.budget_target_of_filters(connection=connection, filters=query.filters),
     }

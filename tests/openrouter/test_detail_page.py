@@ -16,7 +16,7 @@ from django.utils import timezone
 from integrations import coverage
 from integrations.models import Connection, ConnectionState, EventKind, EventLevel, SyncRun
 from integrations.services import sync_event_add
-from openrouter import report
+from openrouter import insights, report
 from openrouter.emulator import Emulator, EmulatorConfig
 from openrouter.normalize import name_sort_key
 from openrouter.report import DetailQuery
@@ -169,6 +169,30 @@ def test_deleted_keys_have_their_own_row(synced, alice, emulator):
     assert len(unattributed) == 1
     assert unattributed[0]["spend_usd"] == stored_total(synced, api_key_hash="") > 0
     assert UNATTRIBUTED_LABEL in response.content.decode()
+
+
+def test_this_months_card_follows_a_key_or_workspace_filter_and_says_what_it_covers(synced, alice):
+    key = synced.openrouter_keys.filter(missing_since__isnull=True).order_by("name").first()
+
+    def month(query: str):
+        response = client_for(alice).get(url(synced, query))
+        covers = response.content.decode().split('data-testid="month-covers">')[1:]
+        return response.context["month"]["forecast"], covers[0].split("</span>")[0] if covers else ""
+
+    now = noon(TODAY)
+    assert month("") == (insights.forecast(connection=synced, now=now), "")
+    assert month(f"key={key.key_hash}") == (
+        insights.forecast(connection=synced, key=key.key_hash, now=now),
+        "(this key)",
+    )
+    assert month(f"workspace={key.workspace_id}") == (
+        insights.forecast(connection=synced, workspace=key.workspace_id, now=now),
+        "(this workspace)",
+    )
+    assert month("provider=OpenAI") == (
+        insights.forecast(connection=synced, now=now),
+        "(the whole connection: the model and provider filters do not apply here)",
+    )
 
 
 def test_key_rows_name_their_creator_and_workspace(synced, alice, emulator):
