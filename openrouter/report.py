@@ -300,6 +300,7 @@ def detail_report(*, connection: Connection, query: DetailQuery) -> dict:
         "totals": totals,
         "previous": previous,
         "previous_range": previous_range,
+        "previous_range_text": stretches_text([previous_range]) if previous_range else "",
         "deltas": deltas,
         "previous_unknown": stretches_text(previous_unknown),
         "previous_unknown_all": bool(previous_range) and previous_unknown == [previous_range],

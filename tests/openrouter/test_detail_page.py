@@ -315,6 +315,25 @@ def test_this_month_on_its_first_day_shows_no_change_and_says_no_day_has_ended(
     assert "Nothing was spent" not in page
 
 
+@pytest.mark.parametrize(
+    ("today", "query", "said"),
+    [
+        # The period before a range of years starts in another year than it ends.
+        (TODAY, "range=custom&from=2020-01-01&to=2026-11-23", "(7 Feb 2013 – 31 Dec 2019)"),
+        # One ended day is compared with one day, named once.
+        (TODAY.replace(month=12, day=2), "range=this_month", "(30 Nov 2026),"),
+    ],
+)
+def test_the_period_before_is_named_with_its_years_and_a_lone_day_once(
+    synced, alice, monkeypatch, today, query, said
+):
+    monkeypatch.setattr(report.timezone, "now", lambda: noon(today))
+    summary = (
+        client_for(alice).get(url(synced, query)).content.decode().split('data-testid="range-summary">')[1]
+    )
+    assert said in summary.split("</p>")[0]
+
+
 def test_this_month_compares_its_ended_days_with_as_many_before(synced, alice):
     # Doow has held this organization's days since September (earlier syncs read them).
     spans = coverage.add(synced.reported_spans, date(2026, 9, 1), date(2026, 10, 24))
