@@ -130,6 +130,7 @@ def export(request: HttpRequest, connection_id: int, fmt: str) -> StreamingHttpR
     else:
         body = exports.write_json(exports.export_records(**selection))
     response = StreamingHttpResponse(body, content_type="text/csv" if fmt == "csv" else "application/json")
-    filename = f"openrouter-usage-{connection.pk}-{query.start}-{query.end}.{fmt}"
+    grouping = "" if group_by == exports.ALL_DIMENSIONS else "-by-" + "-".join(group_by)
+    filename = f"openrouter-usage-{connection.pk}-{query.start}-{query.end}{grouping}.{fmt}"
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response

@@ -235,6 +235,23 @@ def test_the_csv_export_of_a_view_adds_up_to_its_totals(synced, fiona, emulator)
     assert sum(int(r["requests"]) for r in rows) == totals["requests"]
 
 
+def test_each_export_link_downloads_under_a_name_of_its_own(synced, fiona, emulator):
+    client = client_for(fiona)
+    page = client.get(url(synced, window_query(emulator, tab="keys"))).content.decode()
+    names = set()
+    for testid in ("export-csv", "export-json", "export-all"):
+        link = page.split(f'data-testid="{testid}" href="')[1].split('"')[0].replace("&amp;", "&")
+        response = client.get(link)
+        assert response.status_code == 200
+        names.add(response["Content-Disposition"].split('filename="')[1].rstrip('"'))
+        body = b"".join(response.streaming_content)
+        if testid == "export-json":
+            assert json.loads(body)
+    start, end = emulator.truth.activity_window()
+    stem = f"openrouter-usage-{synced.pk}-{start}-{end}"
+    assert names == {f"{stem}-by-key.csv", f"{stem}-by-key.json", f"{stem}.csv"}
+
+
 # --- The URL holds the view
 
 
