@@ -233,6 +233,18 @@ def test_reconciliation_page(fiona, synced):
     assert "unexplained" not in page
 
 
+def test_the_reconciliations_exact_amounts_add_up_to_the_last_digit(fiona, synced):
+    page = client_for(fiona).get(url("reconciliation", synced)).content.decode()
+    exact = {}
+    for row in page.split("<tbody>")[1].split("</tbody>")[0].split("<tr")[1:]:
+        label = row.split("<td>")[1].split("<")[0].strip()
+        exact[label] = Decimal(row.split('data-testid="exact">')[1].split("<")[0] or "0")
+    assert exact["OpenRouter account-wide activity"] == (
+        exact["Sum over listed API keys"] + exact["Unattributed remainder"]
+    )
+    assert 'data-testid="rounding-note"' in page
+
+
 def test_reconciliation_of_this_month_on_its_first_day_says_no_day_has_completed(fiona, synced):
     first_of_month = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
     with mock.patch("django.utils.timezone.now", return_value=first_of_month):
