@@ -34,6 +34,10 @@ class Provider:
     def verify(self, secret: str) -> VerifiedCredential:
         raise NotImplementedError
 
+    def revoke_where(self, connection) -> str:
+        """Where, in the provider, an admin revokes the connection's key (Doow cannot)."""
+        return f"in {self.name}"
+
     def purge_data(self, connection) -> int:
         """Delete synced data of a connection (disconnect with "delete usage data")."""
         raise NotImplementedError

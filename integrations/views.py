@@ -9,6 +9,7 @@ from doow.access import ADMINS, ALL_ROLES, HEALTH_READERS, company_view
 from doow.services import audit_record
 from integrations.forms import DisconnectForm, EventFilterForm
 from integrations.models import ConnectionState
+from integrations.registry import get_provider
 from integrations.selectors import connection_get, connection_list, sync_event_list, sync_run_get
 from integrations.services import connection_disconnect, connection_enqueue_sync, sync_event_add
 from integrations.templatetags.integrations import cards_context
@@ -140,6 +141,14 @@ def sync_now(request: HttpRequest, connection_id: int) -> HttpResponse:
     return redirect("company-settings", company_slug=request.company.slug)
 
 
+def _disconnect_context(connection, form) -> dict:
+    return {
+        "connection": connection,
+        "form": form,
+        "revoke_where": get_provider(connection.provider).revoke_where(connection),
+    }
+
+
 def _already_disconnected(request: HttpRequest, connection) -> HttpResponse:
     messages.info(request, f"{connection.name} is already disconnected.")
     return redirect("company-settings", company_slug=request.company.slug)
@@ -152,9 +161,7 @@ def disconnect_confirm(request: HttpRequest, connection_id: int) -> HttpResponse
     connection = connection_get(company=request.company, connection_id=connection_id)
     if connection.state == ConnectionState.DISCONNECTED:
         return _already_disconnected(request, connection)
-    return render(
-        request, "integrations/disconnect.html", {"connection": connection, "form": DisconnectForm()}
-    )
+    return render(request, "integrations/disconnect.html", _disconnect_context(connection, DisconnectForm()))
 
 
 @require_POST
@@ -165,7 +172,7 @@ def disconnect(request: HttpRequest, connection_id: int) -> HttpResponse:
         return _already_disconnected(request, connection)
     form = DisconnectForm(request.POST)
     if not form.is_valid():
-        return render(request, "integrations/disconnect.html", {"connection": connection, "form": form})
+        return render(request, "integrations/disconnect.html", _disconnect_context(connection, form))
     deleted = connection_disconnect(
         connection=connection,
         actor=request.user,
@@ -174,8 +181,8 @@ def disconnect(request: HttpRequest, connection_id: int) -> HttpResponse:
     )
     messages.warning(
         request,
-        f"{connection.name} is disconnected and its stored key deleted. Revoke the key in OpenRouter "
-        "(Settings → Management keys) too."
+        f"{connection.name} is disconnected and its stored key deleted. Revoke the key "
+        f"{get_provider(connection.provider).revoke_where(connection)} too."
         + (
             f" {deleted} usage rows were deleted."
             if form.cleaned_data["delete_usage"]

@@ -13,6 +13,17 @@ class KeyForm(forms.Form):
     )
 
 
+class SingleKeyForm(KeyForm):
+    """For a connection that reads one normal API key: only that key stands in for itself."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["key"].label = "OpenRouter API key"
+        self.fields[
+            "key"
+        ].help_text = "The same key this connection reads. Doow only reads its usage counters."
+
+
 class ConnectForm(KeyForm):
     name = forms.CharField(
         max_length=120,

@@ -56,6 +56,11 @@ class OpenRouterProvider(Provider):
             config={"organization_id": current.organization_id or "", "key_label": label},
         )
 
+    def revoke_where(self, connection) -> str:
+        if connection.scope == CredentialScope.SINGLE_KEY:
+            return "in OpenRouter (Settings → API Keys)"
+        return "in OpenRouter (Settings → Management keys)"
+
     def disconnected(self, connection) -> None:
         # No sync evaluates this connection's alerts any more: none stays open.
         from usage.models import Alert, AlertState, alerts_resolve

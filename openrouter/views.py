@@ -6,9 +6,10 @@ from django.views.decorators.debug import sensitive_post_parameters, sensitive_v
 from django.views.decorators.http import require_GET, require_http_methods
 
 from doow.access import ADMINS, USAGE_READERS, company_view
+from integrations.models import CredentialScope
 from integrations.selectors import connection_get
 from openrouter import exports, insights
-from openrouter.forms import ConnectForm, KeyForm
+from openrouter.forms import ConnectForm, KeyForm, SingleKeyForm
 from openrouter.report import DetailQuery, connection_status, detail_report
 from openrouter.services import ConnectError, openrouter_connect, openrouter_replace_key
 
@@ -53,7 +54,8 @@ def replace_key(request: HttpRequest, connection_id: int) -> HttpResponse:
     """A new key for the same organization in place of the old one (rotated, leaked or revoked), or
     for a disconnected connection: its history, budgets and owners stay with it."""
     connection = connection_get(company=request.company, connection_id=connection_id)
-    form = KeyForm(request.POST or None)
+    form_class = SingleKeyForm if connection.scope == CredentialScope.SINGLE_KEY else KeyForm
+    form = form_class(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
             replaced = openrouter_replace_key(

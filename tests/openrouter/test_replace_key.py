@@ -203,10 +203,23 @@ def test_a_single_key_connection_takes_only_its_own_key_back(alice, acme, emulat
     client = client_for(alice)
     page = client.post(replace_url(connection), {"key": emulator.management_key}).content.decode()
     assert "another key cannot stand in for" in page
+    assert "OpenRouter API key" in page and "management key" not in page.split("<form")[1]
     client.post(replace_url(connection), {"key": emulator.normal_key})
     connection.refresh_from_db()
     assert connection.state == ConnectionState.SYNCING
     assert connection_secret(connection) == emulator.normal_key
+
+
+def test_disconnecting_says_where_in_openrouter_the_key_is_revoked(alice, acme, emulator):
+    normal = connect(acme, emulator, secret=emulator.normal_key, name="One key")
+    organization = connect(acme, emulator, name="Prod org")
+    client = client_for(alice)
+    for connection, where in ((normal, "Settings → API Keys"), (organization, "Settings → Management keys")):
+        confirm = reverse("integrations:disconnect-confirm", args=["acme", connection.pk])
+        assert f"revoke it in OpenRouter ({where})" in client.get(confirm).content.decode()
+        disconnect = reverse("integrations:disconnect", args=["acme", connection.pk])
+        done = client.post(disconnect, {"confirm": "on"}, follow=True).content.decode()
+        assert f"Revoke the key in OpenRouter ({where}) too." in done
 
 
 def test_a_sync_that_read_the_replaced_key_does_not_flag_the_new_one(
