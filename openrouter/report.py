@@ -4,7 +4,7 @@ whatever the number of usage rows."""
 import calendar
 from dataclasses import dataclass, field
 from datetime import date, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from urllib.parse import urlencode
 
 from django.core.paginator import Paginator
@@ -252,7 +252,16 @@ def _delta(current, previous) -> dict:
     if not previous:
         return {"pct": None, "direction": "up" if current else "flat", "previous": previous}
     pct = (current - previous) / previous * 100
-    return {"pct": pct, "direction": "up" if pct > 0 else "down" if pct < 0 else "flat", "previous": previous}
+    direction = "up" if pct > 0 else "down" if pct < 0 else "flat"
+    # The change as shown, to a tenth of a percent, signed; one that rounds to 0.0 keeps its direction.
+    tenths = abs(pct).quantize(Decimal("0.1"), ROUND_HALF_UP)
+    if direction == "flat":
+        shown = "0.0%"
+    elif not tenths:
+        shown = "under 0.1%"
+    else:
+        shown = f"{'+' if direction == 'up' else '−'}{tenths}%"
+    return {"pct": pct, "direction": direction, "previous": previous, "shown": shown}
 
 
 def detail_report(*, connection: Connection, query: DetailQuery) -> dict:

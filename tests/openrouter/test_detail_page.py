@@ -11,6 +11,7 @@ from decimal import Decimal
 import httpx
 import pytest
 from django.http import QueryDict
+from django.template.loader import render_to_string
 from django.utils import timezone
 
 from integrations import coverage
@@ -393,6 +394,25 @@ def test_a_nul_character_in_a_parameter_is_a_clear_400(synced, alice, name):
     response = client_for(alice).get(url(synced, f"{name}=a%00b"))
     assert response.status_code == 400
     assert "NUL" in response.content.decode()
+
+
+@pytest.mark.parametrize(
+    ("current", "previous", "shown"),
+    [
+        ("99.98", "100", "▼ under 0.1% vs previous period"),
+        ("100.02", "100", "▲ under 0.1% vs previous period"),
+        ("87.66", "100", "▼ −12.3% vs previous period"),
+        ("250", "100", "▲ +150.0% vs previous period"),
+        ("100", "100", "0.0% vs previous period"),
+        ("5", "0", "new vs previous period"),
+    ],
+)
+def test_a_change_is_shown_signed_to_a_tenth_and_a_tiny_one_keeps_its_direction(current, previous, shown):
+    html = render_to_string(
+        "openrouter/_stat.html",
+        {"label": "Spend", "value": current, "delta": report._delta(current, previous)},
+    )
+    assert " ".join(html.split("</div>")[-3].split(">")[-1].split()) == shown
 
 
 def test_filters_sort_and_tab_round_trip_through_the_url():
