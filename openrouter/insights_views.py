@@ -188,10 +188,15 @@ def alert_rule_update(request: HttpRequest, connection_id: int, rule_id: int) ->
             rule.threshold = form.cleaned_data["threshold"]
         rule.notify_roles = form.cleaned_data["notify_roles"]
         rule.save(update_fields=["enabled", "threshold", "notify_roles"])
-        messages.success(request, f"Alert rule “{rule.get_kind_display()}” saved.")
+        unheard = (
+            ""
+            if rule.notify_roles or not rule.enabled
+            else " No role is emailed: its alerts are only listed on the Alerts page."
+        )
+        messages.success(request, f"Alert rule “{_rule_name(rule)}” saved.{unheard}")
     else:
         problems = " ".join(str(error) for errors in form.errors.values() for error in errors)
-        messages.error(request, f"The alert rule “{rule.get_kind_display()}” was not saved: {problems}")
+        messages.error(request, f"The alert rule “{_rule_name(rule)}” was not saved: {problems}")
     return redirect("openrouter:budgets", company_slug=request.company.slug, connection_id=connection.pk)
 
 

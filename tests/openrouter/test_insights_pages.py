@@ -126,6 +126,8 @@ def test_alert_rules_are_editable(fiona, synced):
     client.post(url("alert-rule", synced, rule.pk), {"threshold": "50"})
     rule.refresh_from_db()
     assert rule.enabled is False
+    page = client.post(url("alert-rule", synced, rule.pk), {"threshold": "50", "enabled": "on"}, follow=True)
+    assert "No role is emailed: its alerts are only listed on the Alerts page." in page.content.decode()
 
 
 def test_an_empty_threshold_is_refused_and_says_what_to_enter(fiona, synced):
