@@ -656,7 +656,8 @@ class _SyncJob:
             if ended_short and self.unlisted_keys(listed_before).exists():
                 for workspace_id, offset in ended_short.items():
                     read(workspace_id, offset, may_end_short=False)
-            self.look_up_unlisted_keys(listed_before, vanished_workspaces, pool)
+            if known_counts:  # a first sync knows no key that could have gone unlisted
+                self.look_up_unlisted_keys(listed_before, vanished_workspaces, pool)
         except BaseException:
             # A failure or the soft time limit ends the sync: queued fetches are cancelled, and the
             # ones running are not waited for (with their retries one may take minutes, past the hard
