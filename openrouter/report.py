@@ -456,7 +456,8 @@ def _notices(
             )
         )
     complete = connection.complete_through
-    if query.end > _complete_through(connection, query):
+    # A range none of whose days has ended gets the notice that says so (no_reported_day) alone.
+    if query.reported_days and query.end > _complete_through(connection, query):
         through = f"through {complete:%-d %b} UTC" if complete else "for no day yet"
         notices.append(
             {

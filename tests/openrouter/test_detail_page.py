@@ -550,6 +550,11 @@ def test_a_normal_key_explains_its_single_key_scope(acme, alice, emulator):
     assert "Not in the totals above" not in html
 
 
+def test_a_range_none_of_whose_days_has_ended_says_so_once(synced, alice):
+    response = client_for(alice).get(url(synced, "range=custom&from=2027-01-01&to=2027-01-31"))
+    assert notice_codes(response) & {"reporting_delay", "no_reported_day"} == {"no_reported_day"}
+
+
 def test_a_range_through_today_explains_the_reporting_delay(synced, alice):
     response = client_for(alice).get(url(synced, "range=this_month"))
     assert "reporting_delay" in notice_codes(response)
