@@ -321,6 +321,26 @@ class MidnightTransport(httpx.BaseTransport):
         return response
 
 
+def daily_truth(emulator) -> dict:
+    """What OpenRouter reports account-wide for each day of its current window."""
+    start, end = window(emulator)
+    return {
+        day: emulator.truth.activity_total(day, day)
+        for day in (start + timedelta(days=n) for n in range((end - start).days + 1))
+    }
+
+
+def sync_just_before_midnight(connection, emulator, transport):
+    """A sync that starts 30 s before UTC midnight; `transport` moves the emulator past it."""
+    return sync_connection(
+        connection.pk,
+        transport=transport,
+        base_url=EMULATOR_BASE_URL,
+        sleep=Sleeps(),
+        now=datetime.combine(emulator.today, time(23, 59, 30), tzinfo=UTC),
+    )
+
+
 def test_midnight_passing_during_a_sync_loses_no_day(connection, emulator, settings):
     settings.OPENROUTER_WRITE_BATCH_KEYS = 5  # answers from both sides of midnight in one batch and across
     day_before = emulator.today - timedelta(days=1)
@@ -328,20 +348,11 @@ def test_midnight_passing_during_a_sync_loses_no_day(connection, emulator, setti
     sync(connection, emulator)
     emulator.set_today(day_before + timedelta(days=1))
     start, end = window(emulator)
-    truth = {
-        day: emulator.truth.activity_total(day, day)
-        for day in (start + timedelta(days=n) for n in range((end - start).days + 1))
-    }
+    truth = daily_truth(emulator)
     keys = len(list(emulator.truth.listed_keys()))
 
     # Every key is stale (a day has completed); midnight passes after a third of their answers.
-    result = sync_connection(
-        connection.pk,
-        transport=MidnightTransport(emulator, after=keys // 3),
-        base_url=EMULATOR_BASE_URL,
-        sleep=Sleeps(),
-        now=datetime.combine(emulator.today, time(23, 59, 30), tzinfo=UTC),
-    )
+    result = sync_just_before_midnight(connection, emulator, MidnightTransport(emulator, after=keys // 3))
 
     assert result.status == "succeeded"
     assert emulator.today == end + timedelta(days=2), "midnight should have passed during the sync"
@@ -390,18 +401,11 @@ def test_midnight_passing_between_the_account_wide_and_the_keys_answers_counts_n
     assert stored_total(connection, api_key_hash=late) == 0
     emulator.removed_keys.clear()  # listed again from the next day on
     emulator.set_today(TODAY + timedelta(days=1))
-    start, end = window(emulator)
-    truth = {
-        day: emulator.truth.activity_total(day, day)
-        for day in (start + timedelta(days=n) for n in range((end - start).days + 1))
-    }
+    end = window(emulator)[1]
+    truth = daily_truth(emulator)
 
-    result = sync_connection(
-        connection.pk,
-        transport=MidnightBeforeTransport(emulator, per_key=per_key),
-        base_url=EMULATOR_BASE_URL,
-        sleep=Sleeps(),
-        now=datetime.combine(emulator.today, time(23, 59, 30), tzinfo=UTC),
+    result = sync_just_before_midnight(
+        connection, emulator, MidnightBeforeTransport(emulator, per_key=per_key)
     )
 
     assert result.status == "succeeded"
