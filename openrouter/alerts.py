@@ -31,6 +31,7 @@ from usage.anomalies import DEFAULT_Z, detect_spike, new_spenders
 from usage.forecast import Forecast, runway_days
 from usage.models import (
     DISMISSED,
+    UNATTRIBUTED_LABEL,
     Alert,
     AlertKind,
     AlertRule,
@@ -43,6 +44,9 @@ from usage.models import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_ROLES = [Role.ADMIN, Role.FINANCE]
+# Conditions that hold from one day to the next (their firings are dated by the day they are seen):
+# one alert for as long as they hold.
+ONGOING_KINDS = (AlertKind.CREDIT_LOW, AlertKind.CREDIT_RUNWAY, AlertKind.KEY_LIMIT)
 BUDGET_KINDS = (AlertKind.BUDGET_80, AlertKind.BUDGET_100, AlertKind.BUDGET_PROJECTED)
 ANOMALY_DAYS = 41  # the day judged and the 40 days before it
 NEW_SPENDER_DAYS = 30  # the day judged and the 29 days before it
@@ -204,6 +208,8 @@ def evaluate_alerts(*, connection: Connection, now: datetime | None = None) -> l
         firings = list(_check(rule, reads))
         keep = set()
         for firing in firings:
+            if rule.kind in ONGOING_KINDS:
+                firing.period = _ongoing_period(firing, open_alerts[rule.pk], dismissed[rule.pk])
             keep.add((firing.subject, firing.period))
             if (firing.subject, firing.period) in dismissed[rule.pk]:
                 continue
@@ -230,6 +236,18 @@ def evaluate_alerts(*, connection: Connection, now: datetime | None = None) -> l
         elif rule_id not in enabled_ids:
             alerts_resolve(alerts.values(), reason="Its alert rule was deleted.", now=now)
     return raised
+
+
+def _ongoing_period(firing: _Firing, open_alerts: dict, dismissed: dict) -> str:
+    """The period of the alert already raised for this subject (open, acknowledged or resolved by
+    hand) while its condition has held since: a balance or a key limit that stays low is one alert,
+    not a new one each UTC day. Once the condition clears, that alert resolves (or its dismissal
+    ends), and the next time it holds starts a period of its own."""
+    for alerts in (open_alerts, dismissed):
+        ongoing = sorted(period for subject, period in alerts if subject == firing.subject)
+        if ongoing:
+            return ongoing[0]
+    return firing.period
 
 
 def _undismiss(alerts) -> None:
@@ -484,6 +502,13 @@ def _sync_failing(rule: AlertRule, reads: _Reads):
         )
 
 
+def _label(subject: str, noun: str, key_names: dict[str, str]) -> str:
+    """A key by its name (the usage no listed key accounts for by its label), a model by its id."""
+    if noun != "key":
+        return subject
+    return key_names.get(subject) or subject or UNATTRIBUTED_LABEL
+
+
 def _anomalies(rule: AlertRule, reads: _Reads):
     day, names = reads.day, reads.key_names
     z = rule.threshold if rule.threshold is not None else DEFAULT_Z
@@ -492,9 +517,7 @@ def _anomalies(rule: AlertRule, reads: _Reads):
             spike = detect_spike(subject=subject, series=series, day=day, z_threshold=z)
             if spike is None:
                 continue
-            label = (
-                (names.get(subject) or subject or "(deleted or unlisted keys)") if noun == "key" else subject
-            )
+            label = _label(subject, noun, names)
             yield _Firing(
                 f"{noun}:{subject}",
                 day.isoformat(),
@@ -522,7 +545,7 @@ def _new_spenders(rule: AlertRule, reads: _Reads):
     for by, noun in (("api_key_hash", "key"), ("model_permaslug", "model")):
         series = reads.series(by, NEW_SPENDER_DAYS)
         for subject, amount in new_spenders(series_by_subject=series, day=day, minimum=minimum):
-            label = names.get(subject) or subject if noun == "key" else subject
+            label = _label(subject, noun, names)
             yield _Firing(
                 f"new-{noun}:{subject}",
                 day.isoformat(),

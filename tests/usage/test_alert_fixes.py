@@ -24,7 +24,7 @@ from openrouter.alerts import budget_create, default_rules_ensure, evaluate_aler
 from openrouter.models import ApiKey, CreditsSnapshot
 from tests.conftest import client_for
 from tests.support import now_for, usage_rows_edited
-from usage.models import Alert, AlertKind, AlertRule, AlertState, Budget, UsageDaily
+from usage.models import UNATTRIBUTED_LABEL, Alert, AlertKind, AlertRule, AlertState, Budget, UsageDaily
 
 pytestmark = pytest.mark.django_db
 
@@ -528,3 +528,65 @@ def test_without_a_public_url_alert_emails_carry_no_link(synced, emulator, setti
     evaluate_alerts(connection=synced, now=now_for(emulator))
     (email,) = [m for m in mail.outbox if "Credit balance below" in m.subject]
     assert "http" not in email.body and email.body.endswith(f"Connection: {synced.name}\n")
+
+
+# --- A condition that holds from one day to the next is one alert (found by an alert audit)
+
+
+@pytest.mark.parametrize("action", ["acknowledge", "resolve"])
+def test_low_credits_that_stay_low_are_one_alert_whatever_finance_did_with_it(
+    synced, emulator, fiona, action
+):
+    alert, now = credit_alert_handled_by(fiona, action, synced, emulator)
+    mail.outbox.clear()
+
+    for day in range(1, 4):  # the first syncs after each UTC midnight
+        raised = evaluate_alerts(connection=synced, now=now + timedelta(days=day, minutes=5))
+        assert AlertKind.CREDIT_LOW not in {a.kind for a in raised}
+
+    assert list(Alert.objects.filter(kind=AlertKind.CREDIT_LOW).values_list("pk", flat=True)) == [alert.pk]
+    assert not [m for m in mail.outbox if "Credit balance below" in m.subject]
+    # Once the balance has recovered and dropped again, it is a new alert.
+    credits_recover_then_run_low_again(synced, now + timedelta(days=4))
+    raised = evaluate_alerts(connection=synced, now=now + timedelta(days=5))
+    assert [a.kind for a in raised if a.kind == AlertKind.CREDIT_LOW] == [AlertKind.CREDIT_LOW]
+    assert Alert.objects.filter(kind=AlertKind.CREDIT_LOW).count() == 2
+
+
+def test_a_key_limit_almost_used_is_one_alert_until_it_clears(synced, emulator):
+    now = now_for(emulator)
+    key = ApiKey.objects.filter(connection=synced, disabled=False, missing_since__isnull=True).first()
+    ApiKey.objects.filter(pk=key.pk).update(limit=Decimal(100), limit_remaining=Decimal(4), limit_reset="")
+    evaluate_alerts(connection=synced, now=now)
+    mail.outbox.clear()
+
+    for day in range(1, 4):
+        evaluate_alerts(connection=synced, now=now + timedelta(days=day))
+
+    assert Alert.objects.filter(kind=AlertKind.KEY_LIMIT).count() == 1
+    assert Alert.objects.get(kind=AlertKind.KEY_LIMIT).state == AlertState.OPEN
+    assert not [m for m in mail.outbox if "limit" in m.subject]
+
+
+def test_a_first_spend_of_usage_no_listed_key_accounts_for_is_named(synced, emulator):
+    day = synced.complete_through
+    UsageDaily.objects.filter(connection=synced, api_key_hash="", day__lt=day).delete()
+    row = UsageDaily.objects.filter(connection=synced, day=day).exclude(api_key_hash="").first()
+    UsageDaily.objects.create(
+        company_id=synced.company_id,
+        connection=synced,
+        day=day,
+        workspace_id=row.workspace_id,
+        api_key_hash="",
+        model=row.model,
+        model_permaslug=row.model_permaslug,
+        provider_name=row.provider_name,
+        spend_usd=Decimal(25),
+        requests=3,
+    )
+    usage_rows_edited(synced)
+
+    evaluate_alerts(connection=synced, now=now_for(emulator))
+
+    alert = Alert.objects.get(kind=AlertKind.NEW_SPENDER, subject="new-key:")
+    assert alert.title.startswith(f"New key {UNATTRIBUTED_LABEL} spent $25.00")
