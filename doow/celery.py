@@ -59,6 +59,13 @@ def beat_schedule(settings) -> dict:
             "schedule": crontab(minute=17, hour=0),  # https://crontab.guru/#17_0_*_*_*
             "options": {"expires": 3600},
         },
+        # A connection that needs attention (a refused key) is not synced, so no sync evaluates its
+        # alerts: without this, its "sync failing" alert would never be raised.
+        "evaluate-stalled-alerts": {
+            "task": "openrouter.evaluate_stalled_alerts",
+            "schedule": crontab(minute=29),  # https://crontab.guru/#29_*_*_*_*
+            "options": {"expires": 3000},
+        },
         "clear-expired-sessions": {
             "task": "doow.clear_expired_sessions",
             "schedule": crontab(minute=41, hour=3),  # https://crontab.guru/#41_3_*_*_*

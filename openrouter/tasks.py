@@ -96,6 +96,19 @@ def evaluate_alerts_task(connection_id: int) -> int:
     return len(evaluate_alerts(connection=connection))
 
 
+@shared_task(name="openrouter.evaluate_stalled_alerts", ignore_result=True)
+def evaluate_stalled_alerts_task() -> int:
+    """Hourly: the alerts of connections no sync runs for (they need attention, e.g. a refused key),
+    so their "sync failing" alert is raised once its hours have passed."""
+    from integrations.models import Connection, ConnectionState
+
+    stalled = Connection.objects.filter(provider="openrouter", state=ConnectionState.NEEDS_ATTENTION)
+    ids = list(stalled.values_list("pk", flat=True))
+    for connection_id in ids:
+        evaluate_alerts_task.delay(connection_id)
+    return len(ids)
+
+
 @shared_task(name="openrouter.warm_reports", ignore_result=True)
 def warm_reports_task(connection_id: int) -> bool:
     """Compute the detail page's default view after a sync wrote new data, so the first reader

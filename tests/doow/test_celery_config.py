@@ -77,7 +77,12 @@ def test_the_embedded_broker_names_a_host_so_kombu_does_not_warn(caplog, tmp_pat
 
 def test_beat_schedule_has_exactly_the_periodic_jobs():
     schedule = app.conf.beat_schedule
-    assert set(schedule) == {"enqueue-due-syncs", "refresh-openrouter-models", "clear-expired-sessions"}
+    assert set(schedule) == {
+        "enqueue-due-syncs",
+        "refresh-openrouter-models",
+        "evaluate-stalled-alerts",
+        "clear-expired-sessions",
+    }
 
     due_syncs = schedule["enqueue-due-syncs"]
     assert due_syncs["task"] == "integrations.enqueue_due_syncs"
@@ -88,6 +93,10 @@ def test_beat_schedule_has_exactly_the_periodic_jobs():
     models = schedule["refresh-openrouter-models"]
     assert models["task"] == "openrouter.refresh_models"
     assert models["schedule"] == crontab(minute=17, hour=0)
+
+    stalled = schedule["evaluate-stalled-alerts"]
+    assert stalled["task"] == "openrouter.evaluate_stalled_alerts"
+    assert stalled["schedule"] == crontab(minute=29)
 
     sessions = schedule["clear-expired-sessions"]
     assert sessions["task"] == "doow.clear_expired_sessions"

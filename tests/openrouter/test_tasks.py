@@ -12,15 +12,21 @@ from django.utils import timezone
 
 from integrations import tasks as integrations_tasks
 from integrations.models import Connection, SyncRun
-from integrations.services import connection_disconnect
+from integrations.services import connection_disconnect, connections_due
 from integrations.tasks import enqueue_due_syncs
 from openrouter import client as openrouter_client
 from openrouter.emulator import Fault
 from openrouter.models import ApiKey
 from openrouter.sync import SyncResult
-from openrouter.tasks import load_http_client, retry_countdown, sync_connection_task
+from openrouter.tasks import (
+    evaluate_alerts_task,
+    evaluate_stalled_alerts_task,
+    load_http_client,
+    retry_countdown,
+    sync_connection_task,
+)
 from tests.support import connect, stored_total, sync, thread_with_own_connection
-from usage.models import UsageDaily
+from usage.models import Alert, UsageDaily
 
 
 def test_retry_countdown_honours_retry_after_and_stays_below_the_visibility_timeout():
@@ -220,3 +226,27 @@ def test_tasks_for_a_connection_that_no_longer_exists_do_nothing(db, connection_
     assert evaluate_alerts_task.run(connection_id) == 0
     assert warm_reports_task.run(connection_id) is False
     assert not SyncRun.objects.exists()
+
+
+def test_a_refused_key_raises_the_sync_failing_alert_though_no_sync_runs_any_more(
+    acme, alice, fiona, emulator, mailoutbox
+):
+    """A 401 marks the connection needs-attention, which no beat tick syncs again: the hourly
+    evaluation of stalled connections raises its "sync failing" alert once the hours have passed."""
+    connection = connect(acme, emulator)
+    sync(connection, emulator)
+    emulator.revoke(emulator.management_key)
+    assert sync(connection, emulator).status == "failed"
+    connection.refresh_from_db()
+    assert connection.state == "needs_attention" and connection.pk not in connections_due()
+    failed_at = SyncRun.objects.filter(connection=connection, status="failed").get().started_at
+
+    with mock.patch("openrouter.tasks.evaluate_alerts_task.delay", evaluate_alerts_task):
+        with mock.patch("django.utils.timezone.now", return_value=failed_at + timedelta(hours=1)):
+            assert evaluate_stalled_alerts_task() == 1
+        assert not Alert.objects.filter(kind="sync_failing").exists()
+        with mock.patch("django.utils.timezone.now", return_value=failed_at + timedelta(hours=7)):
+            evaluate_stalled_alerts_task()
+
+    assert Alert.objects.get(kind="sync_failing").title == "Sync failing for more than 6 hours"
+    assert [m for m in mailoutbox if "Sync failing" in m.subject]
