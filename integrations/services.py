@@ -13,7 +13,7 @@ from django.views.decorators.debug import sensitive_variables
 
 from doow.models import Company
 from doow.services import audit_record
-from integrations import coverage, crypto
+from integrations import coverage, crypto, log_scrub
 from integrations.models import (
     Connection,
     ConnectionState,
@@ -54,9 +54,20 @@ def sync_event_add(
         kind=kind,
         code=code,
         level=level,
-        message=message,
-        detail=detail or {},
+        # Ops read the event log: nothing key-shaped is stored in it, whatever a provider's error said.
+        message=log_scrub.scrub(message),
+        detail=_scrubbed(detail or {}),
     )
+
+
+def _scrubbed(value):
+    if isinstance(value, str):
+        return log_scrub.scrub(value)
+    if isinstance(value, dict):
+        return {key: _scrubbed(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrubbed(item) for item in value]
+    return value
 
 
 @sensitive_variables("secret")
@@ -239,6 +250,7 @@ def connection_mark_attention(
     flagged or logged, when its key was replaced or it was disconnected since `connection` was read:
     what a sync found wrong with the old key says nothing of the new one, and an error logged right
     after the replacement would read as the new key's."""
+    reason = log_scrub.scrub(reason)  # shown on the connection's card
     flagged = (
         Connection.objects.filter(pk=connection.pk, generation=connection.generation)
         .exclude(state=ConnectionState.DISCONNECTED)
@@ -460,7 +472,7 @@ def sync_run_finish(
     added to the connection's reported days (integrations.coverage). The run's connection must have
     been read after the sync's claim."""
     now = timezone.now()
-    run.status, run.finished_at, run.error_summary = status, now, error_summary
+    run.status, run.finished_at, run.error_summary = status, now, log_scrub.scrub(error_summary)
     run.save(
         update_fields=[
             "status",

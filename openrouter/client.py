@@ -230,13 +230,15 @@ class OpenRouterClient:
             self.on_event("rate_limited", {"path": path, "retry_after": retry_after})
             raise RateLimited(f"OpenRouter rate-limited {path}.", retry_after=retry_after)
         if status in (401, 403):
-            raise ProviderError(_error_message(status, body, path), permanent=True, code=f"http_{status}")
+            raise ProviderError(
+                self._error_message(status, body, path), permanent=True, code=f"http_{status}"
+            )
         if status == 402:
-            raise ProviderError(_error_message(status, body, path), permanent=True, code="http_402")
+            raise ProviderError(self._error_message(status, body, path), permanent=True, code="http_402")
         if status == 404:
-            raise ProviderError(_error_message(status, body, path), permanent=True, code="http_404")
+            raise ProviderError(self._error_message(status, body, path), permanent=True, code="http_404")
         if 400 <= status < 500 and status not in TRANSIENT_CLIENT_ERRORS:
-            raise RequestRejected(_error_message(status, body, path), status=status)
+            raise RequestRejected(self._error_message(status, body, path), status=status)
         if status >= 400:
             raise ProviderError(f"OpenRouter answered {status} for {path}.", code=f"http_{status}")
         try:
@@ -245,6 +247,11 @@ class OpenRouterClient:
             raise ProviderError(
                 f"OpenRouter sent a body that is not JSON for {path}.", code="malformed"
             ) from None
+
+    @sensitive_variables()
+    def _error_message(self, status: int, body: bytes, path: str) -> str:
+        secret = self._http.headers.get("Authorization", "").removeprefix("Bearer ")
+        return _error_message(status, body, path, secret=secret)
 
     def _get_data(self, path: str, parse: Callable, params: dict | None = None):
         """GET, then validate; a schema error counts as a transient failure (retried)."""
@@ -327,11 +334,33 @@ def _read_body(response: httpx.Response, path: str, *, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _error_message(status: int, body: bytes, path: str) -> str:
-    """OpenRouter's own error message (it never echoes the key), else a generic one. A NUL or a lone
-    surrogate becomes U+FFFD: the message is stored in the event log, which cannot hold either."""
+def _error_message(status: int, body: bytes, path: str, *, secret: str) -> str:
+    """The server's own error message, else a generic one. It goes to the event log, which ops read:
+    any piece of the key it quotes back (a proxy or gateway in front of OpenRouter may) is redacted.
+    A NUL or a lone surrogate becomes U+FFFD: the event log cannot hold either."""
     try:
         message = schemas.storable_text(str(json.loads(body)["error"]["message"])[:300])
     except (ValueError, KeyError, TypeError):
         message = ""
+    message = redact_pieces(message, secret)
     return f"OpenRouter refused {path} ({status}){': ' + message if message else ''}."
+
+
+@sensitive_variables("secret")
+def redact_pieces(text: str, secret: str, piece: int = 8) -> str:
+    """`text` with every run of `piece` or more characters of `secret` in it replaced by [redacted]."""
+    hidden = [False] * len(text)
+    for i in range(len(secret) - piece + 1):
+        at = text.find(secret[i : i + piece])
+        while at != -1:
+            hidden[at : at + piece] = [True] * piece
+            at = text.find(secret[i : i + piece], at + 1)
+    if not any(hidden):
+        return text
+    out = []
+    for at, char in enumerate(text):
+        if not hidden[at]:
+            out.append(char)
+        elif at == 0 or not hidden[at - 1]:
+            out.append("[redacted]")
+    return "".join(out)

@@ -5,6 +5,7 @@ import logging
 import sys
 from unittest import mock
 
+import httpx
 import pytest
 from django.apps import apps
 from django.core.signals import got_request_exception
@@ -191,3 +192,32 @@ def test_an_error_report_hides_a_key_held_by_a_variable_nobody_marked_sensitive(
         everything = reporter.get_traceback_text() + reporter.get_traceback_html()
     assert "injected failure" in everything and "headers" in everything
     assert not [piece for piece in pieces(key) if piece in everything]
+
+
+@pytest.mark.parametrize("status", [401, 400])
+@pytest.mark.parametrize(
+    "quoted",
+    [lambda key: f"Bearer {key}", lambda key: key[12:40], lambda key: f"…{key[-9:]}"],
+    ids=["the header", "a middle piece", "its tail"],
+)
+def test_a_server_quoting_the_key_back_gets_no_piece_of_it_stored_or_shown(
+    acme, oscar, emulator, status, quoted
+):
+    """A proxy or gateway in front of OpenRouter may quote the credential in its error message."""
+    key = emulator.management_key
+
+    def echo(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            status, json={"error": {"code": status, "message": f"Key refused: {quoted(key)}"}}
+        )
+
+    connection = connect(acme, emulator)
+    sync(connection, emulator, transport=httpx.MockTransport(echo))
+
+    connection.refresh_from_db()
+    stored = [connection.attention_reason]
+    stored += [f"{event.message} {event.detail}" for event in connection.events.all()]
+    stored += [run.error_summary for run in SyncRun.objects.filter(connection=connection)]
+    page = client_for(oscar).get("/c/acme/integrations/events/").content.decode()
+    assert "Key refused: " in page and "[redacted]" in page
+    assert not [piece for piece in pieces(key) if piece in page or any(piece in text for text in stored)]
