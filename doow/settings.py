@@ -29,6 +29,36 @@ def env_secret(name: str, default: str | None = None) -> str | None:
     return os.environ.get(name, default)
 
 
+def _number(kind, name: str, default, *, least=None, above=None):
+    """An int or float from the environment, refused at start with its name when it is not one or is
+    out of range (a bare ValueError named neither)."""
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        value = default
+    else:
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise ImproperlyConfigured(f"{name} must be a number, not {raw!r}.") from None
+    if least is not None and value < least:
+        raise ImproperlyConfigured(f"{name} must be at least {least}, not {value}.")
+    if above is not None and value <= above:
+        raise ImproperlyConfigured(f"{name} must be more than {above}, not {value}.")
+    return value
+
+
+def env_int(name: str, default: int, **bounds) -> int:
+    return _number(int, name, default, **bounds)
+
+
+def env_float(name: str, default: float, **bounds) -> float:
+    return _number(float, name, default, **bounds)
+
+
+_debug = os.environ.get("DEBUG", "").strip().lower()
+if _debug not in ("", "true", "false", "1", "0", "yes", "no", "on", "off"):
+    # Anything but a clear yes would silently mean production.
+    raise ImproperlyConfigured(f"DEBUG must be true or false, not {os.environ['DEBUG']!r}.")
 DEBUG = env.bool("DEBUG", default=False)
 LOCAL_DIR = Path(env.str("DOOW_LOCAL_DIR", default=str(BASE_DIR / ".local")))
 
@@ -77,6 +107,9 @@ else:
         )
     if len(SECRET_KEY) < 50 or SECRET_KEY.startswith("django-insecure-"):
         raise ImproperlyConfigured("SECRET_KEY must be at least 50 random characters in production.")
+    from integrations.crypto import _parse_key_ring
+
+    _parse_key_ring(DOOW_ENCRYPTION_KEYS)  # a malformed ring stops the start, not the first connect
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost"] if DEBUG else [])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
@@ -134,7 +167,11 @@ TEMPLATES = [
     },
 ]
 
-DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{LOCAL_DIR / 'doow.sqlite3'}")}
+DATABASES = {
+    "default": environ.Env.db_url_config(
+        env_secret("DATABASE_URL") or f"sqlite:///{LOCAL_DIR / 'doow.sqlite3'}"
+    )
+}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     LOCAL_DIR.mkdir(parents=True, exist_ok=True)
     # WAL and a busy timeout let the web server, worker and beat share the file.
@@ -145,7 +182,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         {"timeout": 30, "init_command": "PRAGMA journal_mode=WAL;PRAGMA synchronous=NORMAL;"}
     )
 else:
-    DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
+    DATABASES["default"]["CONN_MAX_AGE"] = env_int("DATABASE_CONN_MAX_AGE", 60, least=0)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     # Memory per sort or hash of one query. Reports group thousands of keys: with PostgreSQL's
     # default (4MB) the planner sorted the key table's rows on disk instead of hashing them in memory
@@ -162,9 +199,9 @@ CACHES = {
         env_secret("CACHE_URL") or (f"filecache://{LOCAL_DIR / 'cache'}" if DEBUG else "locmemcache://")
     )
 }
-REPORT_CACHE_SECONDS = env.int("REPORT_CACHE_SECONDS", default=86400)
+REPORT_CACHE_SECONDS = env_int("REPORT_CACHE_SECONDS", 86400, least=1)
 # After a sync, workers pre-compute the detail page of connections with at least this many keys.
-REPORT_WARM_MIN_KEYS = env.int("REPORT_WARM_MIN_KEYS", default=200)
+REPORT_WARM_MIN_KEYS = env_int("REPORT_WARM_MIN_KEYS", 200, least=0)
 
 AUTH_USER_MODEL = "doow.User"
 AUTH_PASSWORD_VALIDATORS = [
@@ -180,16 +217,9 @@ LOGOUT_REDIRECT_URL = "login"
 # Proxies in front of Doow that append the address they received a request from to X-Forwarded-For.
 # 0: Doow is reached directly and the client is REMOTE_ADDR (X-Forwarded-For is ignored, since
 # anyone can send it). N: the client is the Nth address from the right (doow/client_ip.py).
-DOOW_TRUSTED_PROXY_COUNT = env.int("DOOW_TRUSTED_PROXY_COUNT", default=0)
-DOOW_LOGIN_FAILURE_LIMIT = env.int("DOOW_LOGIN_FAILURE_LIMIT", default=5)
-DOOW_LOGIN_COOLOFF_MINUTES = env.int("DOOW_LOGIN_COOLOFF_MINUTES", default=15)
-for _name, _value, _least in (
-    ("DOOW_TRUSTED_PROXY_COUNT", DOOW_TRUSTED_PROXY_COUNT, 0),
-    ("DOOW_LOGIN_FAILURE_LIMIT", DOOW_LOGIN_FAILURE_LIMIT, 1),
-    ("DOOW_LOGIN_COOLOFF_MINUTES", DOOW_LOGIN_COOLOFF_MINUTES, 1),
-):
-    if _value < _least:
-        raise ImproperlyConfigured(f"{_name} must be at least {_least}, not {_value}.")
+DOOW_TRUSTED_PROXY_COUNT = env_int("DOOW_TRUSTED_PROXY_COUNT", 0, least=0)
+DOOW_LOGIN_FAILURE_LIMIT = env_int("DOOW_LOGIN_FAILURE_LIMIT", 5, least=1)
+DOOW_LOGIN_COOLOFF_MINUTES = env_int("DOOW_LOGIN_COOLOFF_MINUTES", 15, least=1)
 
 # The axes backend goes first: it refuses a locked-out client before any password is checked.
 AUTHENTICATION_BACKENDS = [
@@ -239,6 +269,15 @@ EMAIL_BACKEND = env.str(
     if DEBUG
     else "django.core.mail.backends.smtp.EmailBackend",
 )
+# The SMTP server alert emails go through, as one URL (smtp+tls://user:password@host:587); its
+# password may come from EMAIL_URL_FILE. Unset: localhost:25.
+if _email_url := env_secret("EMAIL_URL"):
+    _email = environ.Env.email_url_config(_email_url)
+    EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND") or _email["EMAIL_BACKEND"]
+    EMAIL_HOST, EMAIL_PORT = _email["EMAIL_HOST"], _email["EMAIL_PORT"]
+    EMAIL_HOST_USER, EMAIL_HOST_PASSWORD = _email["EMAIL_HOST_USER"], _email["EMAIL_HOST_PASSWORD"]
+    EMAIL_USE_TLS, EMAIL_USE_SSL = _email.get("EMAIL_USE_TLS", False), _email.get("EMAIL_USE_SSL", False)
+EMAIL_TIMEOUT = 20  # a stalled SMTP server must not hold a worker past a sync's time limit
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Doow <no-reply@doow.test>")
 # Where people reach Doow, for the links in alert emails (a worker sends them, with no request to
 # take the host from). Unset: the emails carry no link.
@@ -256,7 +295,7 @@ CSRF_COOKIE_SAMESITE = "Lax"
 if not DEBUG:
     SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-    SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000)
+    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000, least=0)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True
     SESSION_COOKIE_SECURE = True
@@ -282,10 +321,17 @@ CONTENT_SECURITY_POLICY = {
 EMBEDDED_BROKER_URL = "filesystem://localhost//"
 CELERY_BROKER_URL = env_secret("CELERY_BROKER_URL") or EMBEDDED_BROKER_URL
 CELERY_VISIBILITY_TIMEOUT = 3600
-CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=540)
-CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=600)
+CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 540, least=1)
+# Above the soft limit, which lets a sync stop cleanly and keep what it wrote.
+CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 600, above=CELERY_TASK_SOFT_TIME_LIMIT)
 # A retry's countdown plus a run must end before Redis re-delivers the unacked message.
-CELERY_RETRY_DELAY_CAP = env.int("CELERY_RETRY_DELAY_CAP", default=900)
+CELERY_RETRY_DELAY_CAP = env_int("CELERY_RETRY_DELAY_CAP", 900, least=1)
+if CELERY_RETRY_DELAY_CAP + CELERY_TASK_TIME_LIMIT >= CELERY_VISIBILITY_TIMEOUT:
+    raise ImproperlyConfigured(
+        f"CELERY_RETRY_DELAY_CAP + CELERY_TASK_TIME_LIMIT must stay below the broker's visibility timeout "
+        f"({CELERY_VISIBILITY_TIMEOUT} s), not {CELERY_RETRY_DELAY_CAP + CELERY_TASK_TIME_LIMIT} s: a task "
+        "waiting longer would be delivered twice."
+    )
 # Celery's Django fixup closes the database connection before and after every task unless this is
 # set, so each task would pay for a new PostgreSQL backend (~10 ms of machine CPU per sync in the
 # fan-out bench). With it, the fixup closes them only every this many tasks; doow.celery applies
@@ -309,19 +355,27 @@ OPENROUTER_BASE_URL = env.str(
     "OPENROUTER_BASE_URL",
     default="http://127.0.0.1:8765/api/v1" if DEBUG else "https://openrouter.ai/api/v1",
 )
-OPENROUTER_TIMEOUT_SECONDS = env.float("OPENROUTER_TIMEOUT_SECONDS", default=20.0)
-OPENROUTER_SYNC_INTERVAL_MINUTES = env.int("OPENROUTER_SYNC_INTERVAL_MINUTES", default=60)
-OPENROUTER_MAX_REQUESTS_PER_SECOND = env.float("OPENROUTER_MAX_REQUESTS_PER_SECOND", default=10.0)
-OPENROUTER_CONCURRENCY = env.int("OPENROUTER_CONCURRENCY", default=4)
-OPENROUTER_MAX_RETRIES = env.int("OPENROUTER_MAX_RETRIES", default=4)
+if not DEBUG and not OPENROUTER_BASE_URL.startswith("https://"):
+    from urllib.parse import urlsplit
+
+    if urlsplit(OPENROUTER_BASE_URL).hostname not in ("127.0.0.1", "localhost", "::1"):
+        # Every request carries a management key in its Authorization header.
+        raise ImproperlyConfigured(
+            f"OPENROUTER_BASE_URL must be https:// in production, not {OPENROUTER_BASE_URL!r}."
+        )
+OPENROUTER_TIMEOUT_SECONDS = env_float("OPENROUTER_TIMEOUT_SECONDS", 20.0, above=0)
+OPENROUTER_SYNC_INTERVAL_MINUTES = env_int("OPENROUTER_SYNC_INTERVAL_MINUTES", 60, least=1)
+OPENROUTER_MAX_REQUESTS_PER_SECOND = env_float("OPENROUTER_MAX_REQUESTS_PER_SECOND", 10.0, least=0)
+OPENROUTER_CONCURRENCY = env_int("OPENROUTER_CONCURRENCY", 4, least=1)
+OPENROUTER_MAX_RETRIES = env_int("OPENROUTER_MAX_RETRIES", 4, least=0)
 # The largest body Doow reads from OpenRouter. Its largest are the models list and the unpaginated
 # 30 days of an organization's activity by model and endpoint, well below this; reading on past it
 # (a broken proxy, a wrong base URL, a compressed bomb) could take the worker's memory.
-OPENROUTER_MAX_RESPONSE_MB = env.int("OPENROUTER_MAX_RESPONSE_MB", default=64)
+OPENROUTER_MAX_RESPONSE_MB = env_int("OPENROUTER_MAX_RESPONSE_MB", 64, least=1)
 # Keys (with their activity) a sync writes per transaction: few enough to hold in a worker's memory,
 # many enough that per-transaction costs stay small next to the rows. A smaller organization's
 # whole sync is one write transaction.
-OPENROUTER_WRITE_BATCH_KEYS = env.int("OPENROUTER_WRITE_BATCH_KEYS", default=1000)
+OPENROUTER_WRITE_BATCH_KEYS = env_int("OPENROUTER_WRITE_BATCH_KEYS", 1000, least=1)
 
 # Error reports (mails to ADMINS, the debug page) hide anything key-shaped in frame variables.
 DEFAULT_EXCEPTION_REPORTER_FILTER = "integrations.log_scrub.ScrubSecretsReporterFilter"
@@ -334,7 +388,7 @@ LOGGING = {
     "handlers": {
         "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["scrub_secrets"]},
     },
-    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO").upper()},
     "loggers": {
         # httpx logs every request line at INFO and headers at DEBUG; keep it quiet and scrubbed.
         "httpx": {"level": "WARNING"},

@@ -1,7 +1,14 @@
-"""Start-up canary: every key id that stored secrets use must be in the key ring and decrypt."""
+"""Start-up canary: every stored secret must decrypt with the key ring.
 
-from django.core.checks import Error, register
+A ring that decrypts none of them is an error that stops every management command but the repair
+ones (a deploy that dropped the key in use, caught before it runs). A few that do not decrypt are
+warnings: their connections are marked "needs attention" when used, and one bad row must not stop
+`migrate`, the workers or the commands that repair it."""
+
+from django.core.checks import Error, Warning, register
 from django.db import DatabaseError
+
+REPAIR_HINT = "Put the key back in DOOW_ENCRYPTION_KEYS, or paste the connection's key again (Replace key)."
 
 
 @register()
@@ -9,10 +16,12 @@ def key_ring_decrypts_stored_secrets(app_configs=None, **kwargs):
     from integrations.selectors import key_ring_problems
 
     try:
-        problems = key_ring_problems()
+        problems, none_decrypt = key_ring_problems()
     except DatabaseError:
         return []  # Not migrated yet: nothing stored to check.
-    return [Error(problem, id="integrations.E001") for problem in problems]
+    if none_decrypt:
+        return [Error(problem, hint=REPAIR_HINT, id="integrations.E001") for problem in problems]
+    return [Warning(problem, hint=REPAIR_HINT, id="integrations.W001") for problem in problems]
 
 
 def _report_key_ring_at_worker_start(**kwargs) -> None:
@@ -22,7 +31,7 @@ def _report_key_ring_at_worker_start(**kwargs) -> None:
     from integrations.selectors import key_ring_problems
 
     try:
-        problems = key_ring_problems()
+        problems, _none_decrypt = key_ring_problems()
     except DatabaseError:
         return
     for problem in problems:

@@ -67,23 +67,17 @@ def sync_run_get(*, company: Company, run_id: int) -> SyncRun:
     return get_object_or_404(SyncRun.objects.select_related("connection"), company=company, pk=run_id)
 
 
-def key_ring_problems() -> list[str]:
-    """Try one stored secret per key id; report key ids that are missing or do not decrypt."""
-    problems = []
-    seen: set[str] = set()
+def key_ring_problems() -> tuple[list[str], bool]:
+    """Stored secrets the key ring cannot decrypt, each named by connection and key id, and whether
+    none decrypts at all (the ring is wrong as a whole, as after a deploy that dropped its key)."""
+    problems, decrypted = [], 0
     for connection in (
         Connection.objects.exclude(secret="").only("pk", "company_id", "provider", "secret").iterator()
     ):
         try:
-            key_id = crypto.key_id_of(connection.secret)
-        except crypto.DecryptionError as exc:
-            problems.append(f"Connection {connection.pk}: {exc}")
-            continue
-        if key_id in seen:
-            continue
-        seen.add(key_id)
-        try:
             crypto.decrypt(connection.secret, context=connection.secret_context)
         except crypto.DecryptionError as exc:
-            problems.append(f"Key id {key_id!r} (connection {connection.pk}): {exc}")
-    return problems
+            problems.append(f"Connection {connection.pk}: {exc}")
+        else:
+            decrypted += 1
+    return problems, bool(problems) and not decrypted

@@ -350,10 +350,12 @@ def connections_rotate_secrets(*, actor=None) -> RotationResult:
                 continue
             try:
                 previous_key_id = crypto.key_id_of(connection.secret)
+                # Decrypted even when already under the primary key: a key of that id with other
+                # bytes (a mistyped ring) must fail here, not pass as "current".
+                plaintext = crypto.decrypt(connection.secret, context=connection.secret_context)
                 if not crypto.needs_rotation(connection.secret):
                     result.current += 1
                     continue
-                plaintext = crypto.decrypt(connection.secret, context=connection.secret_context)
             except crypto.DecryptionError as exc:
                 # DecryptionError never carries the secret or ciphertext; its message names a key id at most.
                 result.failed.append(

@@ -71,6 +71,9 @@ def test_app_services_run_in_production_mode_with_secrets_from_files(compose, se
     assert environment["DOOW_ENCRYPTION_KEYS_FILE"] == "/run/secrets/encryption_keys"
     assert "ALLOWED_HOSTS" in environment
     assert environment["OPENROUTER_BASE_URL"] == "${OPENROUTER_BASE_URL:-https://openrouter.ai/api/v1}"
+    # Alert email and the proxy in front reach the app from .env.
+    assert environment["EMAIL_URL"] == "${EMAIL_URL:-}"
+    assert environment["DOOW_TRUSTED_PROXY_COUNT"] == "${DOOW_TRUSTED_PROXY_COUNT:-1}"
     # No secret value is written into the compose file itself.
     assert "SECRET_KEY" not in environment and "DOOW_ENCRYPTION_KEYS" not in environment
     assert set(service["secrets"]) == {"secret_key", "encryption_keys"}

@@ -22,6 +22,10 @@ INHERITED_SETTINGS = (
     "DOOW_ENCRYPTION_KEYS",
     "DOOW_ENCRYPTION_KEYS_FILE",
     "DATABASE_URL",
+    "DATABASE_URL_FILE",
+    "EMAIL_URL",
+    "OPENROUTER_BASE_URL",
+    "LOG_LEVEL",
     "CELERY_BROKER_URL",
     "CELERY_BROKER_URL_FILE",
     "ALLOWED_HOSTS",
@@ -178,3 +182,81 @@ def test_a_nonsensical_lockout_setting_stops_startup(tmp_path, name, value):
     result = run_django(tmp_path, SETUP, DEBUG="true", **{name: value})
     assert result.returncode != 0
     assert f"{name} must be at least" in result.stderr
+
+
+def printed_settings(tmp_path, names: str, **settings_env) -> subprocess.CompletedProcess:
+    return run_django(
+        tmp_path,
+        ["-c", f"import django; django.setup(); from django.conf import settings as s; print({names})"],
+        **settings_env,
+    )
+
+
+def test_the_database_url_can_be_read_from_a_file(tmp_path):
+    (tmp_path / "database_url").write_text("postgres://doow:pw@db.internal:5432/doow\n")
+    result = printed_settings(
+        tmp_path,
+        "s.DATABASES['default']['ENGINE'], s.DATABASES['default']['HOST']",
+        DEBUG="false",
+        DATABASE_URL="",
+        DATABASE_URL_FILE=str(tmp_path / "database_url"),
+        **production_secrets(),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["django.db.backends.postgresql", "db.internal"]
+
+
+def test_an_email_url_configures_the_smtp_server(tmp_path):
+    result = printed_settings(
+        tmp_path,
+        "s.EMAIL_BACKEND, s.EMAIL_HOST, s.EMAIL_PORT, s.EMAIL_HOST_USER, s.EMAIL_USE_TLS",
+        DEBUG="false",
+        EMAIL_URL="smtp+tls://alerts:secret@smtp.example.com:587",
+        **production_secrets(),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [
+        "django.core.mail.backends.smtp.EmailBackend",
+        "smtp.example.com",
+        "587",
+        "alerts",
+        "True",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("settings_env", "said"),
+    [
+        ({"DOOW_ENCRYPTION_KEYS": "changeme"}, "DOOW_ENCRYPTION_KEYS entries must look like 'id:base64key'"),
+        ({"DOOW_ENCRYPTION_KEYS": "k1:c2hvcnQ="}, "must be 32 bytes"),
+        ({"OPENROUTER_BASE_URL": "http://openrouter.ai/api/v1"}, "OPENROUTER_BASE_URL must be https://"),
+    ],
+)
+def test_production_refuses_an_unusable_key_ring_or_a_plain_http_openrouter(tmp_path, settings_env, said):
+    result = run_django(tmp_path, SETUP, DEBUG="false", **{**production_secrets(), **settings_env})
+    assert result.returncode != 0
+    assert said in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "said"),
+    [
+        ("REPORT_CACHE_SECONDS", "abc", "REPORT_CACHE_SECONDS must be a number, not 'abc'"),
+        ("OPENROUTER_SYNC_INTERVAL_MINUTES", "0", "OPENROUTER_SYNC_INTERVAL_MINUTES must be at least 1"),
+        ("OPENROUTER_TIMEOUT_SECONDS", "0", "OPENROUTER_TIMEOUT_SECONDS must be more than 0"),
+        ("OPENROUTER_MAX_RETRIES", "-1", "OPENROUTER_MAX_RETRIES must be at least 0"),
+        ("CELERY_TASK_SOFT_TIME_LIMIT", "700", "CELERY_TASK_TIME_LIMIT must be more than 700"),
+        ("CELERY_RETRY_DELAY_CAP", "99999", "must stay below the broker's visibility timeout"),
+        ("DEBUG", "maybe", "DEBUG must be true or false, not 'maybe'"),
+    ],
+)
+def test_a_setting_that_is_not_a_usable_value_stops_startup_and_names_itself(tmp_path, name, value, said):
+    result = run_django(tmp_path, SETUP, **{"DEBUG": "true", name: value})
+    assert result.returncode != 0
+    assert said in result.stderr
+
+
+def test_the_log_level_may_be_written_in_lower_case(tmp_path):
+    result = printed_settings(tmp_path, "s.LOGGING['root']['level']", DEBUG="true", LOG_LEVEL="debug")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "DEBUG"

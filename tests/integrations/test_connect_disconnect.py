@@ -316,6 +316,10 @@ def test_connect_command_reads_stdin_and_fails_clearly(acme, emulator, emulator_
 
 
 def test_disconnect_command(acme, synced):
+    # A connection id that matches none disconnects none (0 once counted as "not given").
+    with pytest.raises(CommandError, match="No live OpenRouter connection"):
+        call_command("openrouter_disconnect", "--company", "acme", "--connection", "0")
+    assert raw_row(synced.pk)[2] != "disconnected"
     out = io.StringIO()
     call_command("openrouter_disconnect", "--company", "acme", stdout=out)
     assert "stored key deleted" in out.getvalue()

@@ -114,3 +114,39 @@ def test_rotation_continues_past_a_secret_that_does_not_decrypt_and_names_it(thr
     broken.refresh_from_db()
     assert broken.secret == broken_ciphertext
     assert not rotated_rows().filter(company__slug="globex").exists()
+
+
+def test_a_key_of_the_primary_id_with_other_bytes_is_reported_not_counted_current(
+    three_connections, settings
+):
+    """A mistyped ring that keeps the id: the secrets under it do not decrypt, and rotation says so."""
+    settings.DOOW_ENCRYPTION_KEYS = crypto.generate_key_entry("old")  # same id, other key bytes
+
+    with pytest.raises(CommandError, match=r"3 stored secret\(s\) do not decrypt"):
+        call_command("rotate_encryption_keys", stdout=io.StringIO(), stderr=io.StringIO())
+
+
+def test_the_key_ring_check_warns_of_one_bad_secret_and_stops_commands_only_when_none_decrypts(
+    three_connections, settings
+):
+    from django.core.checks import run_checks
+
+    connections, keys = three_connections
+    settings.DOOW_ENCRYPTION_KEYS = LOST
+    broken = connections[1]
+    Connection.objects.filter(pk=broken.pk).update(
+        secret=crypto.encrypt(keys[1], context=broken.secret_context)
+    )
+    settings.DOOW_ENCRYPTION_KEYS = OLD
+
+    found = {message.id: message.msg for message in run_checks() if message.id.startswith("integrations.")}
+    assert found == {
+        "integrations.W001": f"Connection {broken.pk}: " + found["integrations.W001"].split(": ", 1)[1]
+    }
+
+    settings.DOOW_ENCRYPTION_KEYS = NEW  # a deploy that lost both keys in use: nothing decrypts
+    ids = [message.id for message in run_checks() if message.id.startswith("integrations.")]
+    assert ids == ["integrations.E001"] * 3  # each secret named once
+    # The repair command still runs under the error, and names what it cannot decrypt.
+    with pytest.raises(CommandError, match=r"3 stored secret\(s\) do not decrypt"):
+        call_command("rotate_encryption_keys", stdout=io.StringIO(), stderr=io.StringIO())

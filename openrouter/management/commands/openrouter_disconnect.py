@@ -5,6 +5,8 @@ from openrouter.management.commands._common import company_by_slug
 
 
 class Command(BaseCommand):
+    # It repairs what the key-ring check (integrations.E001) reports, so that check must not stop it.
+    requires_system_checks: list = []
     help = "Disconnect a company's OpenRouter connection(s): the stored key is deleted at once."
 
     def add_arguments(self, parser):
@@ -19,7 +21,7 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         company = company_by_slug(options["company"])
         live = company.connections.filter(provider="openrouter").exclude(state="disconnected")
-        if options["connection"]:
+        if options["connection"] is not None:
             live = live.filter(pk=options["connection"])
         connections = list(live)
         if not connections:

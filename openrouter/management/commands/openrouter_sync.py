@@ -29,7 +29,7 @@ class Command(BaseCommand):
         connections = Connection.objects.filter(provider="openrouter").exclude(state="disconnected")
         if options["company"]:
             connections = connections.filter(company__slug=options["company"])
-        if options["connection"]:
+        if options["connection"] is not None:
             connections = connections.filter(pk=options["connection"])
         ids = list(connections.values_list("pk", flat=True))
         if not ids:
