@@ -31,6 +31,18 @@ def _configure(sender, **kwargs) -> None:
     )
 
 
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def scrub_secrets_from_worker_logs(logger=None, **kwargs) -> None:
+    """Celery replaces the root logger's handlers (and with them the scrubbing filter settings.LOGGING
+    gives Django's): put the filter back on every handler it set up, in the process that decrypts keys."""
+    from integrations.log_scrub import ScrubSecretsFilter
+
+    for handler in logger.handlers if logger is not None else ():
+        if not any(isinstance(f, ScrubSecretsFilter) for f in handler.filters):
+            handler.addFilter(ScrubSecretsFilter())
+
+
 @signals.task_prerun.connect
 @signals.task_postrun.connect
 def close_old_database_connections(sender=None, **kwargs) -> None:
