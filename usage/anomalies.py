@@ -1,5 +1,6 @@
 """Spend anomalies: each series compared with its own trailing baseline, robustly (median and MAD),
-so a single spike does not hide the next and weekly dips or steady growth do not cry wolf."""
+so a single spike does not hide the next and weekly dips, steady growth or a job that runs once a
+week do not cry wolf."""
 
 import statistics
 from collections.abc import Iterable
@@ -48,6 +49,11 @@ def detect_spike(
     # A usual day at or below 0 (unattributed rows can be negative: credits OpenRouter gave back)
     # counts as 0: the day must then be MIN_AMOUNT of real spend, not merely less negative.
     usual = max(median, Decimal(0))
+    if not usual:
+        # Idle on most days (a weekly job, a key used every few days): its usual day is a day it is
+        # used, or every such day would pass for a spike against the idle ones.
+        spending = [v for v in baseline if v > 0]
+        usual = Decimal(str(statistics.median(spending))) if spending else Decimal(0)
     if score < z_threshold or value - usual < MIN_AMOUNT or (usual and value < usual * MIN_RATIO):
         return None
     return Anomaly(

@@ -60,6 +60,15 @@ def test_weekends_are_not_flagged():
     assert detect_spike(subject="k", series=series(values), day=END) is None
 
 
+@pytest.mark.parametrize("every", [7, 3], ids=["a weekly job", "every third day"])
+def test_a_key_used_on_some_days_only_is_judged_against_the_days_it_is_used(every):
+    day = date(2026, 11, 23)
+    used = {day - timedelta(days=every * n): Decimal(50) for n in range(0, 42 // every)}
+    assert detect_spike(subject="batch", series=used, day=day) is None  # its usual $50
+    spike = detect_spike(subject="batch", series={**used, day: Decimal(400)}, day=day)
+    assert spike is not None and spike.amount == 400  # eight times its usual day
+
+
 def test_pennies_and_short_histories_are_not_news():
     tiny = noisy(0.01)
     tiny[-1] = 0.5
