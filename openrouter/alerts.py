@@ -122,6 +122,12 @@ class _Reads:
         self._series: dict[str, dict[str, dict]] = {}
         self._recipients: dict[tuple, list[str]] = {}
 
+    @property
+    def days_missing(self) -> bool:
+        """Whether a completed day (yesterday) is not in the stored activity yet."""
+        complete = self.connection.complete_through
+        return complete is None or complete < self.now.date() - timedelta(days=1)
+
     @cached_property
     def budget_forecasts(self) -> dict[int, Forecast]:
         # Grouped queries per budget scope, not two per budget.
@@ -207,6 +213,10 @@ def evaluate_alerts(*, connection: Connection, now: datetime | None = None) -> l
     for rule in enabled:
         firings = list(_check(rule, reads))
         keep = set()
+        if rule.kind in BUDGET_KINDS and reads.days_missing:
+            # No sync has read yesterday yet: the month to date lacks it, and a budget alert whose
+            # condition seems to have cleared may only be short of that day. It stays as it is.
+            keep |= set(open_alerts[rule.pk]) | set(dismissed[rule.pk])
         for firing in firings:
             if rule.kind in ONGOING_KINDS:
                 firing.period = _ongoing_period(firing, open_alerts[rule.pk], dismissed[rule.pk])

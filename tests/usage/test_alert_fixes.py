@@ -21,9 +21,10 @@ from integrations.models import SyncEvent, SyncRun
 from integrations.services import connection_disconnect
 from openrouter import alerts, insights
 from openrouter.alerts import budget_create, default_rules_ensure, evaluate_alerts
+from openrouter.emulator import Fault
 from openrouter.models import ApiKey, CreditsSnapshot
 from tests.conftest import client_for
-from tests.support import now_for, usage_rows_edited
+from tests.support import now_for, sync, usage_rows_edited
 from usage.models import UNATTRIBUTED_LABEL, Alert, AlertKind, AlertRule, AlertState, Budget, UsageDaily
 
 pytestmark = pytest.mark.django_db
@@ -590,3 +591,29 @@ def test_a_first_spend_of_usage_no_listed_key_accounts_for_is_named(synced, emul
 
     alert = Alert.objects.get(kind=AlertKind.NEW_SPENDER, subject="new-key:")
     assert alert.title.startswith(f"New key {UNATTRIBUTED_LABEL} spent $25.00")
+
+
+def test_a_budget_alert_is_not_taken_for_cleared_while_no_sync_has_read_yesterday(synced, emulator):
+    """After midnight, until a sync reads yesterday, the month to date lacks it: a failed sync's
+    evaluation must neither resolve the 80% alert nor have the next good sync email it again."""
+    now = now_for(emulator)
+    spent = insights.forecast(connection=synced, now=now).month_to_date
+    connection_budget(synced, (spent / Decimal("0.81")).quantize(Decimal("0.01")))
+    evaluate_alerts(connection=synced, now=now)
+    alert = Alert.objects.get(kind=AlertKind.BUDGET_80)
+    mail.outbox.clear()
+
+    emulator.set_today(emulator.today + timedelta(days=1))
+    emulator.faults.add(Fault(path=None, status=500))  # OpenRouter is down at 00:30
+    assert sync(synced, emulator).status in ("failed", "partial")
+    synced.refresh_from_db()
+    after_midnight = now + timedelta(hours=12, minutes=30)
+    evaluate_alerts(connection=synced, now=after_midnight)
+    assert Alert.objects.get(pk=alert.pk).state == AlertState.OPEN
+
+    emulator.faults.clear()
+    assert sync(synced, emulator).status == "succeeded"
+    synced.refresh_from_db()
+    evaluate_alerts(connection=synced, now=after_midnight + timedelta(hours=1))
+    assert Alert.objects.get(pk=alert.pk).state == AlertState.OPEN
+    assert not [m for m in mail.outbox if "80%" in m.subject]
