@@ -66,6 +66,8 @@ def month_end_forecast(
         low_rate, high_rate = Decimal(str(quantiles[0])), Decimal(str(quantiles[-1]))
     else:
         low_rate = high_rate = rate
+    # Credits given back (a negative day) lower the run-rate, but no future day spends less than 0.
+    rate, low_rate, high_rate = (max(value, Decimal(0)) for value in (rate, low_rate, high_rate))
     # Today's remainder plus the days after today.
     days_left = (1 - day_fraction) + (month_days - today.day)
     remaining = Decimal(str(days_left))

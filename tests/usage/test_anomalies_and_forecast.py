@@ -127,6 +127,17 @@ def test_forecast_range_brackets_a_noisy_month():
     assert forecast.low < forecast.expected < forecast.high
 
 
+def test_credits_given_back_do_not_project_spending_below_zero():
+    today = date(2026, 12, 3)
+    daily = {today - timedelta(days=i): Decimal(10) for i in range(1, 40)}
+    daily[date(2026, 11, 25)] = Decimal(-600)  # OpenRouter gave $600 back
+
+    forecast = month_end_forecast(daily=daily, today=today, today_partial=Decimal(5), day_fraction=0.5)
+
+    assert forecast.month_to_date == Decimal("25.00")
+    assert forecast.daily_rate == 0 and forecast.low == forecast.expected == Decimal("25.00")
+
+
 def test_runway():
     assert runway_days(balance=Decimal(70), daily_rate=Decimal(10)) == 7.0
     assert runway_days(balance=Decimal(70), daily_rate=Decimal(0)) is None
