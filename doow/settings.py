@@ -56,7 +56,7 @@ def env_float(name: str, default: float, **bounds) -> float:
 
 
 _debug = os.environ.get("DEBUG", "").strip().lower()
-if _debug not in ("", "true", "false", "1", "0", "yes", "no", "on", "off"):
+if _debug not in (*environ.Env.BOOLEAN_TRUE_STRINGS, "", "false", "off", "n", "no", "0"):
     # Anything but a clear yes would silently mean production.
     raise ImproperlyConfigured(f"DEBUG must be true or false, not {os.environ['DEBUG']!r}.")
 DEBUG = env.bool("DEBUG", default=False)

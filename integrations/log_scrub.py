@@ -2,6 +2,7 @@ import logging
 import re
 
 from django.views.debug import SafeExceptionReporterFilter
+from django.views.decorators.debug import sensitive_variables
 
 # OpenRouter keys look like sk-or-v1-<64 hex>; scrub anything key-shaped and every bearer token,
 # whatever logger it comes through (httpx logs request headers at DEBUG).
@@ -16,6 +17,26 @@ def scrub(text: str) -> str:
     for pattern in _SECRET_PATTERNS:
         text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + "[redacted]", text)
     return text
+
+
+@sensitive_variables("secret")
+def redact_pieces(text: str, secret: str, piece: int = 8) -> str:
+    """`text` with every run of `piece` or more characters of `secret` in it replaced by [redacted]."""
+    hidden = [False] * len(text)
+    for i in range(len(secret) - piece + 1):
+        at = text.find(secret[i : i + piece])
+        while at != -1:
+            hidden[at : at + piece] = [True] * piece
+            at = text.find(secret[i : i + piece], at + 1)
+    if not any(hidden):
+        return text
+    out = []
+    for at, char in enumerate(text):
+        if not hidden[at]:
+            out.append(char)
+        elif at == 0 or not hidden[at - 1]:
+            out.append("[redacted]")
+    return "".join(out)
 
 
 class ScrubSecretsFilter(logging.Filter):

@@ -24,6 +24,7 @@ import httpx
 from django.conf import settings
 from django.views.decorators.debug import sensitive_variables
 
+from integrations import log_scrub
 from integrations.providers import ProviderError
 from openrouter import schemas
 
@@ -342,25 +343,5 @@ def _error_message(status: int, body: bytes, path: str, *, secret: str) -> str:
         message = schemas.storable_text(str(json.loads(body)["error"]["message"])[:300])
     except (ValueError, KeyError, TypeError):
         message = ""
-    message = redact_pieces(message, secret)
+    message = log_scrub.redact_pieces(message, secret)
     return f"OpenRouter refused {path} ({status}){': ' + message if message else ''}."
-
-
-@sensitive_variables("secret")
-def redact_pieces(text: str, secret: str, piece: int = 8) -> str:
-    """`text` with every run of `piece` or more characters of `secret` in it replaced by [redacted]."""
-    hidden = [False] * len(text)
-    for i in range(len(secret) - piece + 1):
-        at = text.find(secret[i : i + piece])
-        while at != -1:
-            hidden[at : at + piece] = [True] * piece
-            at = text.find(secret[i : i + piece], at + 1)
-    if not any(hidden):
-        return text
-    out = []
-    for at, char in enumerate(text):
-        if not hidden[at]:
-            out.append(char)
-        elif at == 0 or not hidden[at - 1]:
-            out.append("[redacted]")
-    return "".join(out)

@@ -10,6 +10,7 @@ from integrations.models import CredentialScope
 from integrations.selectors import connection_get
 from openrouter import exports, insights
 from openrouter.forms import ConnectForm, KeyForm, SingleKeyForm
+from openrouter.provider import OpenRouterProvider
 from openrouter.report import DetailQuery, connection_status, detail_report
 from openrouter.services import ConnectError, openrouter_connect, openrouter_replace_key
 
@@ -80,7 +81,7 @@ def _replaced_message(replaced) -> str:
         return f"{connection.name} is connected again ({connection.masked_secret}) and a sync has started."
     return (
         f"{connection.name} has its new key ({connection.masked_secret}) and a sync has started. "
-        "Revoke the old key in OpenRouter (Settings → Management keys)."
+        f"Revoke the old key {OpenRouterProvider().revoke_where(connection)}."
     )
 
 
