@@ -10,7 +10,7 @@ An alert whose email failed is emailed again on later evaluations while it is op
 import logging
 import unicodedata
 from collections import defaultdict
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from functools import cached_property
 
@@ -22,7 +22,15 @@ from django.utils import timezone
 
 from doow.access import HEALTH_READERS, USAGE_READERS
 from doow.models import Membership, Role
-from integrations.models import Connection, ConnectionState, EventKind, EventLevel, SyncRun, SyncRunStatus
+from integrations.models import (
+    Connection,
+    ConnectionState,
+    CredentialScope,
+    EventKind,
+    EventLevel,
+    SyncRun,
+    SyncRunStatus,
+)
 from integrations.services import sync_event_add
 from openrouter import insights
 from openrouter.formatting import usd
@@ -51,6 +59,10 @@ BUDGET_KINDS = (AlertKind.BUDGET_80, AlertKind.BUDGET_100, AlertKind.BUDGET_PROJ
 ANOMALY_DAYS = 41  # the day judged and the 40 days before it
 NEW_SPENDER_DAYS = 30  # the day judged and the 29 days before it
 SERIES_DAYS = max(ANOMALY_DAYS, NEW_SPENDER_DAYS)
+# A month's last day is read after midnight, in the next month: its budgets are checked once more on
+# the next month's first days, when the month's spend is final. A week covers syncs that failed for
+# a few days at the turn of the month.
+ENDED_MONTH_CHECKED_DAYS = 7
 
 
 def budget_create(
@@ -121,6 +133,29 @@ class _Reads:
         self.budgets = list(budgets)  # the budgets the enabled rules watch
         self._series: dict[str, dict[str, dict]] = {}
         self._recipients: dict[tuple, list[str]] = {}
+
+    @cached_property
+    def ended_month(self) -> tuple[date, date] | None:
+        """The first and last day of the month that has just ended, while its budgets are still
+        checked; None after the new month's first week. A normal key's connection has no daily
+        activity: its month counter reset at midnight and nothing more of the month will be read."""
+        today = self.now.date()
+        if today.day > ENDED_MONTH_CHECKED_DAYS or self.connection.scope == CredentialScope.SINGLE_KEY:
+            return None
+        last = today.replace(day=1) - timedelta(days=1)
+        return last.replace(day=1), last
+
+    @cached_property
+    def ended_month_spend(self) -> dict[int, Decimal]:
+        first, last = self.ended_month
+        return insights.budget_month_spend(
+            connection=self.connection, budgets=self.budgets, first=first, last=last
+        )
+
+    def budget_periods(self) -> set[str]:
+        """The months whose budget alerts are still evaluated: older ones are closed."""
+        ended = self.ended_month
+        return {_month(self.now)} | ({f"{ended[0]:%Y-%m}"} if ended else set())
 
     @property
     def days_missing(self) -> bool:
@@ -216,7 +251,8 @@ def evaluate_alerts(*, connection: Connection, now: datetime | None = None) -> l
         if rule.kind in BUDGET_KINDS and reads.days_missing:
             # No sync has read yesterday yet: the month to date lacks it, and a budget alert whose
             # condition seems to have cleared may only be short of that day. It stays as it is.
-            keep |= set(open_alerts[rule.pk]) | set(dismissed[rule.pk])
+            periods = reads.budget_periods()
+            keep |= {key for key in (*open_alerts[rule.pk], *dismissed[rule.pk]) if key[1] in periods}
         for firing in firings:
             if rule.kind in ONGOING_KINDS:
                 firing.period = _ongoing_period(firing, open_alerts[rule.pk], dismissed[rule.pk])
@@ -437,6 +473,36 @@ def _budget_check(rule: AlertRule, reads: _Reads):
             f"{label}: projected to exceed the {usd(amount)} budget",
             f"At the current run-rate of {usd(forecast.daily_rate)}/day the month ends near {usd(forecast.expected)} "
             f"(range {usd(forecast.low)}–{usd(forecast.high)}).",
+            detail,
+        )
+    yield from _ended_month_budget_check(rule, reads)
+
+
+def _ended_month_budget_check(rule: AlertRule, reads: _Reads):
+    """The month that has just ended, now that its last day is read: 80% and 100% of its budget (a
+    projection has nothing left to project)."""
+    budget = rule.budget
+    if reads.ended_month is None or budget is None or rule.kind == AlertKind.BUDGET_PROJECTED:
+        return
+    first, _ = reads.ended_month
+    month = f"{first:%B %Y}"
+    amount, label = budget.monthly_usd, budget.label
+    spent = reads.ended_month_spend[budget.pk]
+    detail = {"spent": spent, "budget": amount, "month": f"{first:%Y-%m}"}
+    if rule.kind == AlertKind.BUDGET_80 and spent >= amount * Decimal("0.8"):
+        yield _Firing(
+            budget.target,
+            f"{first:%Y-%m}",
+            f"{label}: 80% of the {usd(amount)} monthly budget used in {month}",
+            f"Spent {usd(spent)} of {usd(amount)} in {month} ({spent / amount:.0%}).",
+            detail,
+        )
+    elif rule.kind == AlertKind.BUDGET_100 and spent >= amount:
+        yield _Firing(
+            budget.target,
+            f"{first:%Y-%m}",
+            f"{label}: monthly budget of {usd(amount)} reached in {month}",
+            f"Spent {usd(spent)} in {month}, over the {usd(amount)} budget.",
             detail,
         )
 

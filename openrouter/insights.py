@@ -255,6 +255,31 @@ def budget_forecasts(*, connection: Connection, budgets, now: datetime | None = 
     return {pk: by_slice[by][target] for pk, (by, target) in slices.items()}
 
 
+def budget_month_spend(*, connection: Connection, budgets, first: date, last: date) -> dict[int, Decimal]:
+    """What each budget's slice spent from `first` to `last` (a month that has ended), by budget id:
+    one grouped query per scope."""
+    slices = {budget.pk: _budget_slice(budget) for budget in budgets}
+    spend: dict[str | None, dict[str, Decimal]] = {}
+    for by in {by for by, _ in slices.values()}:
+        rows = usage_rows(
+            connection_ids=[connection.pk],
+            start=first,
+            end=last,
+            dimensions=[by] if by else [],
+            summarized=summaries_current(connection),
+        )
+        if by is None:
+            spend[by] = {"": rows.aggregate(total=Sum("spend_usd"))["total"] or Decimal(0)}
+            continue
+        field_name = FILTERS[by]
+        targets = {target for slice_by, target in slices.values() if slice_by == by}
+        grouped = (
+            rows.filter(**{f"{field_name}__in": targets}).values(field_name).annotate(total=Sum("spend_usd"))
+        )
+        spend[by] = {row[field_name]: row["total"] or Decimal(0) for row in grouped.order_by()}
+    return {pk: spend[by].get(target, Decimal(0)) for pk, (by, target) in slices.items()}
+
+
 def _budget_slice(budget: Budget) -> tuple[str | None, str]:
     """(by, target) of forecasts() for a budget."""
     by = _BUDGET_SLICES[budget.scope]

@@ -1,0 +1,76 @@
+"""A month's last day is only known after midnight: its budget alerts are raised in the new month."""
+
+from datetime import UTC, date, datetime
+from decimal import Decimal
+
+import pytest
+from django.db.models import Sum
+
+from openrouter.alerts import budget_create, evaluate_alerts
+from openrouter.emulator import Emulator, EmulatorConfig
+from openrouter.formatting import usd
+from tests.support import connect, sync
+from usage.models import Alert, AlertKind, AlertState, UsageDaily
+
+pytestmark = pytest.mark.django_db
+
+DEC_1 = date(2026, 12, 1)
+DEC_1_MORNING = datetime(2026, 12, 1, 6, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def synced_on_december_1(acme, alice, fiona):
+    """The first sync of December has just read 30 November, the last day of the month."""
+    emulator = Emulator(EmulatorConfig(seed=7, keys=24, today=DEC_1))
+    connection = connect(acme, emulator)
+    sync(connection, emulator)
+    connection.refresh_from_db()
+    assert connection.complete_through == date(2026, 11, 30)
+    return connection
+
+
+def spent(connection, first: date, last: date) -> Decimal:
+    rows = UsageDaily.objects.filter(connection=connection, day__gte=first, day__lte=last)
+    return rows.aggregate(total=Sum("spend_usd"))["total"] or Decimal(0)
+
+
+def budget_crossed_on_the_last_day(connection) -> Decimal:
+    """A budget November stayed under until its last day, which took it over."""
+    through_29 = spent(connection, date(2026, 11, 1), date(2026, 11, 29))
+    november = spent(connection, date(2026, 11, 1), date(2026, 11, 30))
+    assert november > through_29 > 0
+    amount = ((through_29 + november) / 2).quantize(Decimal("0.01"))
+    budget_create(connection=connection, scope="connection", target="", target_label="", monthly_usd=amount)
+    return november
+
+
+def test_an_overrun_on_the_months_last_day_is_alerted_once_that_day_is_read(synced_on_december_1):
+    connection = synced_on_december_1
+    november = budget_crossed_on_the_last_day(connection)
+
+    raised = evaluate_alerts(connection=connection, now=DEC_1_MORNING)
+
+    reached = [a for a in raised if a.kind == AlertKind.BUDGET_100]
+    budget = Decimal(reached[0].detail["budget"])
+    assert [(a.period, a.title) for a in reached] == [
+        ("2026-11", f"Whole connection: monthly budget of {usd(budget)} reached in November 2026")
+    ]
+    assert reached[0].message == f"Spent {usd(november)} in November 2026, over the {usd(budget)} budget."
+    assert Decimal(reached[0].detail["spent"]) == november
+    november_kinds = {a.kind for a in raised if a.period == "2026-11"}
+    # A month that has ended is not projected: its figure is final.
+    assert november_kinds == {AlertKind.BUDGET_80, AlertKind.BUDGET_100}
+
+
+def test_the_ended_months_alert_is_raised_once_and_resolves_when_the_month_is_closed(synced_on_december_1):
+    connection = synced_on_december_1
+    budget_crossed_on_the_last_day(connection)
+    evaluate_alerts(connection=connection, now=DEC_1_MORNING)
+
+    again = evaluate_alerts(connection=connection, now=datetime(2026, 12, 3, 6, 0, tzinfo=UTC))
+    november = Alert.objects.get(connection=connection, kind=AlertKind.BUDGET_100, period="2026-11")
+    assert again == [] and november.state == AlertState.OPEN
+
+    evaluate_alerts(connection=connection, now=datetime(2026, 12, 9, 6, 0, tzinfo=UTC))
+    november.refresh_from_db()
+    assert november.state == AlertState.RESOLVED
