@@ -40,15 +40,16 @@ class UsageValues:
 
 
 def aggregate_activity(
-    records: Iterable[ActivityRecord], *, api_key_hash: str = "", workspace_id: str | None = None
+    records: Iterable[ActivityRecord], *, api_key_hash: str = "", default_workspace: str = ""
 ) -> dict[UsageKey, UsageValues]:
     """Sum OpenRouter's per-endpoint rows into one row per (day, workspace, key, model, provider).
 
-    `workspace_id` overrides the rows' own (per-key activity carries none: the key's workspace applies).
-    """
+    Each row stays in the workspace OpenRouter attributes it to (asked with group_by=workspace): a
+    key moved to another workspace leaves its earlier usage in the one it was spent in. A row that
+    names none takes `default_workspace` (a key's current one)."""
     rows: dict[UsageKey, UsageValues] = {}
     for record in records:
-        workspace = record.workspace_id if workspace_id is None else workspace_id
+        workspace = record.workspace_id or default_workspace
         key = (record.day, workspace, api_key_hash, record.model_permaslug, record.provider_name)
         values = rows.get(key)
         if values is None:

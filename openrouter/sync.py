@@ -438,9 +438,7 @@ class _SyncJob:
         """The time now, on the sync's clock (`now` at its start, which tests set)."""
         return self.now + timedelta(seconds=time.monotonic() - self.started)
 
-    def fetch_activity(
-        self, *, api_key_hash: str = "", workspace_id: str | None = None, group_by_workspace: bool = False
-    ) -> tuple[dict, date]:
+    def fetch_activity(self, *, api_key_hash: str = "", default_workspace: str = "") -> tuple[dict, date]:
         """One /activity answer, aggregated, with the first day of the sync's window it covers.
 
         OpenRouter serves the last 30 completed UTC days as of when it answers. An answer that came
@@ -449,9 +447,12 @@ class _SyncJob:
         after it, unless it holds rows of the first day, which prove it still covers it. The day it
         adds after the sync's window is left out and fetched by the next sync, as its keys' fetch
         marker still ends at the window's end."""
-        records = self.client.get_activity(api_key_hash=api_key_hash, group_by_workspace=group_by_workspace)
+        # Split by workspace, a key's too: a key moved since keeps its earlier usage where it was spent.
+        records = self.client.get_activity(api_key_hash=api_key_hash, group_by_workspace=True)
         received_at = self.clock()
-        rows = normalize.aggregate_activity(records, api_key_hash=api_key_hash, workspace_id=workspace_id)
+        rows = normalize.aggregate_activity(
+            records, api_key_hash=api_key_hash, default_workspace=default_workspace
+        )
         if received_at < self.window_may_shift_at or any(key[0] == self.window_start for key in rows):
             return rows, self.window_start
         return rows, self.window_start + timedelta(days=1)
@@ -503,7 +504,7 @@ class _SyncJob:
             # rows whenever the keys' are rewritten. Read last, an answer after midnight would leave
             # that day's unattributed rows as they were beside keys' rows fetched before it.
             self.progress("reading account-wide activity")
-            account, account_start = self.fetch_activity(group_by_workspace=True)
+            account, account_start = self.fetch_activity()
             finish_keys = self.sync_keys(workspace_ids)
         except BaseException:
             # What was read and fetched is kept, so the next run fetches only what is left.
@@ -598,7 +599,8 @@ class _SyncJob:
         to run with the last batch once nothing else can fail.
 
         OpenRouter documents no page size and says to read until an empty page. The size a listing
-        uses is remembered, so a later sync can take a short page as the end (one request fewer per
+        uses is remembered once proven (a page another page followed is a full one; a listing's only
+        page says nothing), so a later sync can take a short page as the end (one request fewer per
         workspace) when the listing holds at least the keys Doow knows there and no earlier page of
         it was short (which would prove the remembered size wrong); if any known key then
         went unlisted, the listings that ended short are read on to the empty page before any key
@@ -613,14 +615,17 @@ class _SyncJob:
             .order_by()
         )
         page_size = self.connection.config.get(PAGE_SIZE_CONFIG) or 0
-        seen_page_size = 0
+        # The smallest full page of this sync: a remembered size above the server's would take its
+        # full pages for short ones and end listings early.
+        proven_page_size = 0
         ended_short: dict[str, int] = {}  # workspace -> offset of the page that would confirm the end
         vanished_workspaces: set[str] = set()
         pool = ThreadPoolExecutor(max_workers=max(1, settings.OPENROUTER_CONCURRENCY))
         try:
 
             def read(workspace_id: str, offset: int, may_end_short: bool) -> None:
-                nonlocal seen_page_size
+                nonlocal proven_page_size
+                previous_length = 0
                 listed, previous_hashes = offset, None
                 known = sum(known_counts.values()) if not workspace_id else known_counts.get(workspace_id, 0)
                 while True:
@@ -639,7 +644,9 @@ class _SyncJob:
                     if hashes == previous_hashes:
                         raise ListingStuck("/keys", offset=listed)
                     previous_hashes = hashes
-                    seen_page_size = max(seen_page_size, len(page))
+                    if previous_length:
+                        proven_page_size = min(proven_page_size or previous_length, previous_length)
+                    previous_length = len(page)
                     listed += len(page)
                     self.run.keys_seen += len(page)
                     self.read_key_page(page, pool)
@@ -673,11 +680,11 @@ class _SyncJob:
             self.unlisted_keys(listed_before).exclude(workspace_id__in=vanished_workspaces).update(
                 missing_since=self.now
             )
-            if seen_page_size and seen_page_size != page_size:
+            if proven_page_size and proven_page_size != page_size:
                 config = (
                     Connection.objects.filter(pk=self.connection.pk).values_list("config", flat=True).get()
                 )
-                config[PAGE_SIZE_CONFIG] = seen_page_size
+                config[PAGE_SIZE_CONFIG] = proven_page_size
                 Connection.objects.filter(pk=self.connection.pk).update(config=config)
 
         return finish
@@ -745,7 +752,7 @@ class _SyncJob:
                 # Another fetch failed: the sync ends with its error, so none queued after it is sent.
                 raise FetchStopped
             try:
-                return key, *self.fetch_activity(api_key_hash=key.hash, workspace_id=key.workspace_id)
+                return key, *self.fetch_activity(api_key_hash=key.hash, default_workspace=key.workspace_id)
             except BaseException as exc:
                 if isinstance(exc, ProviderError) and exc.code == "http_404":
                     return key, None, None  # deleted since it was listed

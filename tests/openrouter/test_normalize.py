@@ -109,14 +109,15 @@ def test_another_provider_day_or_model_is_another_row():
     assert sum((v.spend_usd for v in rows.values()), Decimal(0)) == Decimal("0.60000123456789")
 
 
-def test_a_keys_workspace_overrides_the_rows_own():
+def test_rows_keep_the_workspace_they_were_spent_in_and_one_naming_none_takes_the_keys():
+    """A key moved to ws-9 keeps its earlier usage in ws-1, where OpenRouter attributes it."""
     rows = normalize.aggregate_activity(
         activity(ENDPOINT_ROWS[0] | {"workspace_id": None}, ENDPOINT_ROWS[1]),
         api_key_hash="h1",
-        workspace_id="ws-9",
+        default_workspace="ws-9",
     )
 
-    assert [(k[1], v.requests) for k, v in rows.items()] == [("ws-9", 8)]
+    assert sorted((k[1], v.requests) for k, v in rows.items()) == [("ws-1", 5), ("ws-9", 3)]
 
 
 def test_names_sort_as_people_read_them_numbers_by_value_and_case_ignored():

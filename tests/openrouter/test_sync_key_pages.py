@@ -257,3 +257,42 @@ def test_a_key_deleted_between_two_pages_leaves_every_other_key_listed_and_fetch
     asked = [e.path for e in emulator.request_log.matching(method="GET") if e.path.startswith("/keys/")]
     assert asked == [f"/keys/{deleted}"]
     assert deleted_keys(connection) == {deleted}
+
+
+class HidingAndShrinkingPages(httpx.BaseTransport):
+    """The emulator's /keys, without some keys (not created yet) or in pages of `page_size` keys."""
+
+    def __init__(self, emulator, *, hide=(), page_size=None):
+        self.inner, self.hide, self.page_size = emulator.transport(), set(hide), page_size
+
+    def handle_request(self, request):
+        response = self.inner.handle_request(request)
+        if request.url.path == "/api/v1/keys" and response.status_code == 200:
+            keys = [k for k in response.json()["data"] if k["hash"] not in self.hide]
+            return httpx.Response(200, json={"data": keys[: self.page_size]}, request=request)
+        return response
+
+
+def test_a_listings_only_page_is_not_taken_for_the_page_size(acme):
+    """Every listing fit on one page, so no page size was proven: the largest listing (11 keys) once
+    became the remembered size, and pages of 9 then ended a listing before its new key."""
+    emulator = Emulator(EmulatorConfig(seed=7, keys=24, today=TODAY))
+    default = emulator.world.workspaces[0].id
+    default_keys = [k["hash"] for k in emulator.truth.listed_keys() if k["workspace_id"] == default]
+    assert len(default_keys) == 10
+    connection = connect(acme, emulator)
+    # The first sync: the default workspace's two last keys do not exist yet.
+    first = sync(connection, emulator, transport=HidingAndShrinkingPages(emulator, hide=default_keys[-2:]))
+    assert first.status == "succeeded"
+    connection.refresh_from_db()
+    assert PAGE_SIZE_CONFIG not in connection.config
+
+    # Both exist now, and OpenRouter serves pages of 9 keys.
+    second = sync(connection, emulator, transport=HidingAndShrinkingPages(emulator, page_size=9))
+
+    assert second.status == "succeeded"
+    assert set(default_keys) <= set(
+        ApiKey.objects.filter(connection=connection).values_list("key_hash", flat=True)
+    )
+    connection.refresh_from_db()
+    assert connection.config[PAGE_SIZE_CONFIG] == 9
