@@ -309,26 +309,38 @@ def _raise(rule: AlertRule, reads: _Reads, firing: _Firing, existing: Alert | No
     open or acknowledged (only an open one whose email never went out is emailed again)."""
     connection = reads.connection
     if existing is not None:
-        if existing.state == AlertState.OPEN and not existing.emailed_to:
+        if existing.state == AlertState.OPEN and not existing.emailed_to and _email_claimed(existing):
             _email(existing, connection, reads.recipients(rule.notify_roles), first_attempt=False)
         return None
-    try:
-        with transaction.atomic():
-            alert = Alert.objects.create(
-                company_id=connection.company_id,
-                connection=connection,
-                rule=rule,
-                kind=rule.kind,
-                subject=firing.subject,
-                period=firing.period,
-                title=firing.title,
-                message=firing.message,
-                detail=firing.detail,
-            )
-    except IntegrityError:
-        alert = _reopen(rule, firing, reads.now)
-        if alert is None:
-            return None  # Raised by a concurrent evaluation.
+    with transaction.atomic():
+        # Under the connection row's lock, which a disconnect takes too: an alert raised after the
+        # disconnect resolved the open ones would stay open (and emailed) with nothing to watch it.
+        watched = (
+            Connection.objects.select_for_update()
+            .filter(pk=connection.pk, generation=connection.generation)
+            .exclude(state=ConnectionState.DISCONNECTED)
+            .values_list("pk", flat=True)
+        )
+        if not watched:
+            return None
+        try:
+            with transaction.atomic():
+                alert = Alert.objects.create(
+                    company_id=connection.company_id,
+                    connection=connection,
+                    rule=rule,
+                    kind=rule.kind,
+                    subject=firing.subject,
+                    period=firing.period,
+                    title=firing.title,
+                    message=firing.message,
+                    detail=firing.detail,
+                    email_attempted_at=timezone.now(),
+                )
+        except IntegrityError:
+            alert = _reopen(rule, firing, reads.now)
+            if alert is None:
+                return None  # Raised by a concurrent evaluation.
     sync_event_add(
         connection=connection,
         kind=EventKind.ALERT,
@@ -356,8 +368,28 @@ def _reopen(rule: AlertRule, firing: _Firing, now: datetime) -> Alert | None:
         acknowledged_by=None,
         acknowledged_at=None,
         resolved_at=None,
+        email_attempted_at=timezone.now(),
     )
     return same.get() if reopened else None
+
+
+# Longer than any send takes (SMTP timeouts included): an email claimed longer ago than this whose
+# alert was never marked emailed had its worker die during the send.
+EMAIL_SEND_ABANDONED_AFTER = timedelta(minutes=10)
+
+
+def _email_claimed(alert: Alert) -> bool:
+    """Take on resending the email of an open alert never emailed: True for one evaluation only.
+    Another evaluation may be sending it right now (it raised the alert a moment ago)."""
+    attempted = alert.email_attempted_at
+    if attempted is not None and attempted > timezone.now() - EMAIL_SEND_ABANDONED_AFTER:
+        return False
+    claimed = (
+        Alert.objects.filter(pk=alert.pk, email_attempted_at=attempted)
+        if attempted
+        else (Alert.objects.filter(pk=alert.pk, email_attempted_at__isnull=True))
+    )
+    return claimed.update(email_attempted_at=timezone.now()) == 1
 
 
 def _links(alert: Alert, connection: Connection) -> str:
@@ -416,6 +448,7 @@ def _email(alert: Alert, connection: Connection, recipients: list[str], *, first
                 "sync while the alert is open.",
                 detail={"alert": alert.pk, "error": error_name},
             )
+        Alert.objects.filter(pk=alert.pk).update(email_attempted_at=None)  # the next evaluation retries
         return False
     Alert.objects.filter(pk=alert.pk).update(emailed_to=recipients)
     alert.emailed_to = recipients

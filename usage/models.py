@@ -285,6 +285,9 @@ class Alert(models.Model):
     detail = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     emailed_to = models.JSONField(default=list, blank=True)
+    # When an evaluation took the sending of the email on (claimed by a conditional update, so two
+    # overlapping evaluations never both send it); None once a send failed, so the next one retries.
+    email_attempted_at = models.DateTimeField(null=True, blank=True)
     acknowledged_by = models.ForeignKey("doow.User", null=True, blank=True, on_delete=models.SET_NULL)
     acknowledged_at = models.DateTimeField(null=True, blank=True)
     resolved_at = models.DateTimeField(null=True, blank=True)
