@@ -129,6 +129,21 @@ class Connection(models.Model):
         """A worker holds the sync lease now. The state alone can say syncing after its worker died."""
         return self.sync_lease_until is not None and self.sync_lease_until > timezone.now()
 
+    @property
+    def shown_state(self) -> str:
+        """The state as pages show it: not "syncing" once the lease of the worker that claimed the
+        sync has lapsed. That worker died (killed, out of memory, its host lost) and left the state
+        saying syncing: the card would poll a frozen progress and keep "Sync now" off until the next
+        scheduled sync. (Syncing with no lease at all is a first sync queued after a connect.)"""
+        lease = self.sync_lease_until
+        if self.state == ConnectionState.SYNCING and lease is not None and lease <= timezone.now():
+            return ConnectionState.CONNECTED
+        return self.state
+
+    @property
+    def shown_state_label(self) -> str:
+        return ConnectionState(self.shown_state).label
+
 
 class SyncRunStatus(models.TextChoices):
     RUNNING = "running", "Running"

@@ -486,7 +486,11 @@ def sync_run_finish(
             "keys_fetched",
         ]
     )
-    live = Connection.objects.filter(pk=run.connection_id).exclude(state=ConnectionState.DISCONNECTED)
+    # Only the generation the sync ran under: after a disconnect (which may have deleted the usage
+    # and forgotten its days) or a replaced key, the connection's state is no longer this run's.
+    live = Connection.objects.filter(pk=run.connection_id, generation=run.connection.generation).exclude(
+        state=ConnectionState.DISCONNECTED
+    )
     interval = timedelta(minutes=settings.OPENROUTER_SYNC_INTERVAL_MINUTES)
     if status == SyncRunStatus.SUCCEEDED:
         updates = {
@@ -498,11 +502,13 @@ def sync_run_finish(
         }
         if complete_through is not None:
             updates["complete_through"] = complete_through
-        if reported_from is not None and complete_through is not None:
-            updates["reported_spans"] = coverage.add(
-                run.connection.reported_spans, reported_from, complete_through
-            )
-        live.update(**updates)
+        with transaction.atomic():
+            if reported_from is not None and complete_through is not None:
+                # Merged into the days as stored now, read under the row's lock, not as read at the start.
+                spans = live.select_for_update().values_list("reported_spans", flat=True).first()
+                if spans is not None:
+                    updates["reported_spans"] = coverage.add(spans, reported_from, complete_through)
+            live.update(**updates)
     elif status in (SyncRunStatus.PARTIAL, SyncRunStatus.FAILED, SyncRunStatus.DEFERRED):
         # Keep needs_attention if a permanent error set it; otherwise back to connected, due again soon.
         live.exclude(state=ConnectionState.NEEDS_ATTENTION).update(

@@ -35,11 +35,25 @@ def enqueue_due_syncs() -> int:
         .order_by("pk")
         .values_list("pk", "provider")
     )
-    for connection_id, provider in claimed:
-        app.send_task(
-            get_provider(provider).sync_task,
-            args=[connection_id],
-            kwargs={"trigger": "scheduled"},
-            countdown=random.randint(0, spread),
-        )
+    sent = 0
+    try:
+        for connection_id, provider in claimed:
+            countdown = random.randint(0, spread)
+            app.send_task(
+                get_provider(provider).sync_task,
+                args=[connection_id],
+                kwargs={"trigger": "scheduled"},
+                countdown=countdown,
+                # Not started within an interval (workers behind a backlog), it is dropped unrun: by
+                # then the next tick has sent the connection's next sync, and a backlog of several
+                # full syncs per connection would only grow.
+                expires=countdown + interval.total_seconds(),
+            )
+            sent += 1
+    except Exception:
+        # The broker failed part way: the connections not sent are due again at the next tick,
+        # not an interval later.
+        unsent = [connection_id for connection_id, _ in claimed[sent:]]
+        Connection.objects.filter(pk__in=unsent, next_sync_at=claim_mark).update(next_sync_at=now)
+        raise
     return len(claimed)

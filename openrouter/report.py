@@ -331,9 +331,9 @@ def connection_status(connection: Connection) -> dict:
         "credits": CreditsSnapshot.objects.filter(connection=connection).order_by("-taken_at").first(),
         "latest_run": latest_run,
         "is_single_key": connection.scope == CredentialScope.SINGLE_KEY,
-        "is_loading": connection.state in (ConnectionState.SYNCING, ConnectionState.VERIFYING)
+        "is_loading": connection.shown_state in (ConnectionState.SYNCING, ConnectionState.VERIFYING)
         and connection.last_synced_at is None,
-        "is_syncing": connection.state in (ConnectionState.SYNCING, ConnectionState.VERIFYING),
+        "is_syncing": connection.shown_state in (ConnectionState.SYNCING, ConnectionState.VERIFYING),
     }
 
 

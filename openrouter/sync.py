@@ -210,15 +210,25 @@ def _run_claimed(connection, trigger, attempt, transport, sleep, now, base_url) 
         return SyncResult(status=SyncRunStatus.FAILED, retry=True, run_id=run.pk)
     finally:
         client.close()
-    job.flush_events()
-    sync_run_finish(
-        run=run,
-        status=SyncRunStatus.SUCCEEDED,
-        message=f"Sync finished: {run.keys_seen} keys seen, {run.keys_fetched} fetched, "
-        f"{run.rows_written} rows written, {run.requests_made} requests.",
-        complete_through=job.complete_through,
-        reported_from=job.reported_from,
-    )
+
+    def succeeded() -> None:
+        sync_run_finish(
+            run=run,
+            status=SyncRunStatus.SUCCEEDED,
+            message=f"Sync finished: {run.keys_seen} keys seen, {run.keys_fetched} fetched, "
+            f"{run.rows_written} rows written, {run.requests_made} requests.",
+            complete_through=job.complete_through,
+            reported_from=job.reported_from,
+        )
+
+    try:
+        job.flush_events()
+        succeeded()
+    except SoftTimeLimitExceeded:
+        # The limit landed after the last write: every row is stored, so the run succeeded, and
+        # the hard limit leaves time to say so. Unrecorded, the run would stay "running", the
+        # connection "syncing" and the days just written unreported.
+        succeeded()
     return SyncResult(status=SyncRunStatus.SUCCEEDED, run_id=run.pk, keys_seen=run.keys_seen)
 
 

@@ -39,7 +39,10 @@ def sync_connection_task(self, connection_id: int, trigger: str = "scheduled") -
     if result.retry:
         try:
             raise self.retry(
-                countdown=retry_countdown(retries=self.request.retries, retry_after=result.retry_after)
+                countdown=retry_countdown(retries=self.request.retries, retry_after=result.retry_after),
+                # A retry inherits its message's expiry, which only keeps a scheduled sync that never
+                # started from piling up behind a backlog; a retry is a started sync running its course.
+                expires=None,
             )
         except MaxRetriesExceededError:
             record_give_up(connection_id, result, attempts=self.request.retries + 1)

@@ -19,7 +19,7 @@ def cards_context(company, membership) -> dict:
         "membership": membership,
         "connections": connections,
         "any_syncing": any(
-            c.state in (ConnectionState.SYNCING, ConnectionState.VERIFYING) or c.sync_queued_since
+            c.shown_state in (ConnectionState.SYNCING, ConnectionState.VERIFYING) or c.sync_queued_since
             for c in connections
         ),
     }

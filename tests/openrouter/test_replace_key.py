@@ -252,7 +252,7 @@ def test_a_sync_whose_key_is_replaced_and_revoked_while_it_runs_ends_aborted_and
     fetch_activity = _SyncJob.fetch_activity
 
     def replace_before_the_account_activity(job, **kwargs):
-        if kwargs.get("group_by_workspace"):
+        if not kwargs.get("api_key_hash"):
             with mock.patch("doow.celery.app.send_task"):
                 openrouter_replace_key(
                     connection=connection,
