@@ -78,6 +78,11 @@ def beat_schedule(settings) -> dict:
             "schedule": crontab(minute=29),  # https://crontab.guru/#29_*_*_*_*
             "options": {"expires": 3000},
         },
+        "prune-event-log": {
+            "task": "integrations.prune_event_log",
+            "schedule": crontab(minute=53, hour=3),  # https://crontab.guru/#53_3_*_*_*
+            "options": {"expires": 3600},
+        },
         "clear-expired-sessions": {
             "task": "doow.clear_expired_sessions",
             "schedule": crontab(minute=41, hour=3),  # https://crontab.guru/#41_3_*_*_*

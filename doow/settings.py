@@ -365,6 +365,9 @@ if not DEBUG and not OPENROUTER_BASE_URL.startswith("https://"):
         )
 OPENROUTER_TIMEOUT_SECONDS = env_float("OPENROUTER_TIMEOUT_SECONDS", 20.0, above=0)
 OPENROUTER_SYNC_INTERVAL_MINUTES = env_int("OPENROUTER_SYNC_INTERVAL_MINUTES", 60, least=1)
+# How long the sync event log and its runs are kept (0: for ever). Hourly syncs of thousands of
+# connections add ~100k events a day; the usage itself and the audit log are never pruned.
+EVENT_LOG_RETENTION_DAYS = env_int("EVENT_LOG_RETENTION_DAYS", 180, least=0)
 OPENROUTER_MAX_REQUESTS_PER_SECOND = env_float("OPENROUTER_MAX_REQUESTS_PER_SECOND", 10.0, least=0)
 OPENROUTER_CONCURRENCY = env_int("OPENROUTER_CONCURRENCY", 4, least=1)
 OPENROUTER_MAX_RETRIES = env_int("OPENROUTER_MAX_RETRIES", 4, least=0)

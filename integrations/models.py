@@ -171,7 +171,14 @@ class SyncRun(models.Model):
 
     class Meta:
         ordering = ["-started_at", "-id"]
-        indexes = [models.Index(fields=["connection", "-started_at"], name="syncrun_conn_started_idx")]
+        indexes = [
+            models.Index(fields=["connection", "-started_at"], name="syncrun_conn_started_idx"),
+            # Every sync start looks for its connection's runs still marked running (a dead worker's):
+            # a handful of rows, where the index above reads the connection's whole history.
+            models.Index(
+                fields=["connection"], condition=Q(status="running"), name="syncrun_conn_running_idx"
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"run {self.pk} of {self.connection_id}: {self.status}"
@@ -215,6 +222,8 @@ class SyncEvent(models.Model):
         indexes = [
             models.Index(fields=["company", "-id"], name="event_company_idx"),
             models.Index(fields=["connection", "-id"], name="event_connection_idx"),
+            # The event log's day filter: one day's events, not a walk back through the company's log.
+            models.Index(fields=["company", "created_at"], name="event_company_created_idx"),
         ]
 
     def __str__(self) -> str:

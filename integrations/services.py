@@ -7,7 +7,7 @@ from datetime import date, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
@@ -419,7 +419,7 @@ def sync_run_start(*, connection: Connection, trigger: str, attempt: int = 1) ->
     any other run still marked running belongs to a worker that died (its lease lapsed): close it as
     failed so the log tells the truth."""
     now = timezone.now()
-    orphans = list(SyncRun.objects.filter(connection=connection, status=SyncRunStatus.RUNNING))
+    orphans = list(SyncRun.objects.filter(connection=connection, status=SyncRunStatus.RUNNING).order_by())
     for orphan in orphans:
         SyncRun.objects.filter(pk=orphan.pk).update(
             status=SyncRunStatus.FAILED, finished_at=now, error_summary="worker_lost"
@@ -543,3 +543,39 @@ def connections_due(*, now=None, limit: int = 5000) -> list[int]:
         .order_by("next_sync_at")
         .values_list("pk", flat=True)[:limit]
     )
+
+
+PRUNE_BATCH = 5000
+
+
+def event_log_prune(*, older_than: timedelta, now=None) -> tuple[int, int]:
+    """Delete the sync events, then the runs, older than `older_than`; returns (events, runs).
+
+    Both tables only grow (hourly syncs of thousands of connections). Rows are deleted by id in
+    short batches, each its own transaction, so the log stays writable meanwhile. Ids grow with
+    time, so the first id young enough to keep is found by walking the primary key from the oldest
+    row: a few rows once the log has been pruned before. Each connection's newest run is kept: its
+    page header shows it."""
+    cutoff = (now or timezone.now()) - older_than
+    events = _delete_by_id(
+        SyncEvent.objects.all(), _first_id_from(SyncEvent.objects.filter(created_at__gte=cutoff))
+    )
+    newer_run = SyncRun.objects.filter(connection_id=OuterRef("connection_id"), pk__gt=OuterRef("pk"))
+    runs = _delete_by_id(
+        SyncRun.objects.filter(Exists(newer_run)),
+        _first_id_from(SyncRun.objects.filter(started_at__gte=cutoff)),
+    )
+    return events, runs
+
+
+def _first_id_from(young) -> int | None:
+    """The smallest id among `young` rows, or None if there is none (every row is old)."""
+    return young.order_by("pk").values_list("pk", flat=True).first()
+
+
+def _delete_by_id(rows, first_kept_id: int | None) -> int:
+    old = rows if first_kept_id is None else rows.filter(pk__lt=first_kept_id)
+    deleted = 0
+    while batch := list(old.order_by("pk").values_list("pk", flat=True)[:PRUNE_BATCH]):
+        deleted += rows.model.objects.filter(pk__in=batch).delete()[0]
+    return deleted

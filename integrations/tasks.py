@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from integrations.models import Connection
 from integrations.registry import get_provider
-from integrations.services import connections_due
+from integrations.services import connections_due, event_log_prune
 
 
 @shared_task(name="integrations.enqueue_due_syncs", ignore_result=True)
@@ -57,3 +57,12 @@ def enqueue_due_syncs() -> int:
         Connection.objects.filter(pk__in=unsent, next_sync_at=claim_mark).update(next_sync_at=now)
         raise
     return len(claimed)
+
+
+@shared_task(name="integrations.prune_event_log", ignore_result=True)
+def prune_event_log() -> int:
+    """Daily: delete sync events and runs older than EVENT_LOG_RETENTION_DAYS."""
+    if not settings.EVENT_LOG_RETENTION_DAYS:
+        return 0
+    events, runs = event_log_prune(older_than=timedelta(days=settings.EVENT_LOG_RETENTION_DAYS))
+    return events + runs

@@ -1,5 +1,4 @@
 from django.contrib import messages
-from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
@@ -9,6 +8,7 @@ from doow.access import ADMINS, ALL_ROLES, HEALTH_READERS, company_view
 from doow.services import audit_record
 from integrations.forms import DisconnectForm, EventFilterForm
 from integrations.models import ConnectionState
+from integrations.paging import NewestPaginator
 from integrations.registry import get_provider
 from integrations.selectors import connection_get, connection_list, sync_event_list, sync_run_get
 from integrations.services import connection_disconnect, connection_enqueue_sync, sync_event_add
@@ -53,7 +53,7 @@ def _without(params, *names: str) -> str:
 @company_view(HEALTH_READERS)
 def event_log(request: HttpRequest) -> HttpResponse:
     form, connection, events = _filtered_events(request)
-    page = Paginator(events, EVENTS_PER_PAGE).get_page(request.GET.get("page"))
+    page = NewestPaginator(events, EVENTS_PER_PAGE).get_page(request.GET.get("page"))
     return render(
         request,
         "integrations/event_log.html",

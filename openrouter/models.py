@@ -161,6 +161,9 @@ class CreditsSnapshot(models.Model):
     class Meta:
         ordering = ["-taken_at"]
         get_latest_by = "taken_at"
+        # A connection's latest balance (every page header, the credit alerts, reconciliation): by
+        # taken_at alone, PostgreSQL walked every tenant's snapshots back to a stalled connection's.
+        indexes = [models.Index(fields=["connection", "-taken_at"], name="credits_conn_taken_idx")]
 
     def __str__(self) -> str:
         return f"{self.taken_at:%Y-%m-%d %H:%M} {self.total_credits - self.total_usage}"

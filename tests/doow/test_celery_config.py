@@ -82,6 +82,7 @@ def test_beat_schedule_has_exactly_the_periodic_jobs():
         "refresh-openrouter-models",
         "evaluate-stalled-alerts",
         "clear-expired-sessions",
+        "prune-event-log",
     }
 
     due_syncs = schedule["enqueue-due-syncs"]
@@ -101,6 +102,10 @@ def test_beat_schedule_has_exactly_the_periodic_jobs():
     sessions = schedule["clear-expired-sessions"]
     assert sessions["task"] == "doow.clear_expired_sessions"
     assert sessions["schedule"] == crontab(minute=41, hour=3)
+
+    prune = schedule["prune-event-log"]
+    assert prune["task"] == "integrations.prune_event_log"
+    assert prune["schedule"] == crontab(minute=53, hour=3)
 
 
 def test_every_scheduled_task_is_registered():
