@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 
-from django.db.models import Count, Max, Sum
+from django.db.models import Count, F, Max, OuterRef, Q, Subquery, Sum, Value
 from django.utils import timezone
 
 from doow.models import Membership, User
@@ -121,15 +121,11 @@ def forecasts(
         names = [usage_field, "day"] if usage_field else ["day"]
         for row in of_targets(rows, usage_field).values(*names).annotate(spend=Sum("spend_usd")).order_by():
             daily[row[usage_field] if usage_field else ""][row["day"]] = row["spend"] or Decimal(0)
-        read_today = of_targets(counters_read_today(connection=connection, now=now), key_field)
-        if key_field:
-            partial = {
-                row[key_field]: row["total"] or Decimal(0)
-                for row in read_today.values(key_field).annotate(total=Sum("usage_daily")).order_by()
-            }
-        else:
-            # One sum over every key: values() without a field would group by every column, one row per key.
-            partial = {"": read_today.aggregate(total=Sum("usage_daily"))["total"] or Decimal(0)}
+        counted = _counter_days(connection, key_field, targets, start, today)
+        partial = {target: days.pop(today, Decimal(0)) for target, days in counted.items()}
+        for target, days in counted.items():
+            for day, spend in days.items():
+                daily[target].setdefault(day, spend)
         return dict(daily), partial
 
     from_counters = connection.scope == CredentialScope.SINGLE_KEY
@@ -163,6 +159,37 @@ def forecasts(
         )
         for target in targets
     }
+
+
+def _counter_days(
+    connection: Connection, key_field: str | None, targets: tuple[str, ...], start: date, today: date
+) -> dict[str, dict[date, Decimal]]:
+    """The keys' daily counters by target and day, in one query: today's of the listed keys read
+    today (the day so far), and those of the ended days OpenRouter's daily activity has not given
+    Doow yet (the hour after midnight before a sync reads the day, or days a failing sync could not
+    read), each as the day's last sync read it. Without the latter, the month to date dropped by
+    yesterday's spend every night (by the whole month on the 2nd) and the run-rate took it as $0.
+    A key's snapshot of the day it was read on holds the same counters as the key (sync.store_keys)."""
+    complete = connection.complete_through
+    first = max(start, complete + timedelta(days=1)) if complete else start
+    listed_today = listed_keys(connection=connection).values("key_hash")
+    snapshots = ApiKeySnapshot.objects.filter(connection=connection, day__gte=first, day__lte=today).filter(
+        Q(day__lt=today) | Q(key_hash__in=listed_today)
+    )
+    if key_field == "workspace_id":
+        workspace = ApiKey.objects.filter(connection=connection, key_hash=OuterRef("key_hash")).values(
+            key_field
+        )
+        snapshots = snapshots.annotate(target=Subquery(workspace[:1]))
+    elif key_field:
+        snapshots = snapshots.annotate(target=F("key_hash"))
+    else:
+        snapshots = snapshots.annotate(target=Value(""))
+    counted: dict[str, dict[date, Decimal]] = defaultdict(dict)
+    grouped = snapshots.filter(target__in=targets).values("target", "day").annotate(spend=Sum("usage_daily"))
+    for row in grouped.order_by():
+        counted[row["target"]][row["day"]] = row["spend"] or Decimal(0)
+    return counted
 
 
 def _counter_history(

@@ -1,6 +1,7 @@
 """Month to date across midnight, deleted keys' forecasts, reconciliation over short ranges, alert
 rule thresholds, one row per person, budgets in bounded queries, negative baselines."""
 
+from collections import defaultdict
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -17,7 +18,7 @@ from openrouter.alerts import budget_create, default_rules_ensure, evaluate_aler
 from openrouter.emulator import Emulator, EmulatorConfig
 from openrouter.models import ApiKey, ApiKeySnapshot, CreditsSnapshot, Member
 from tests.conftest import client_for
-from tests.support import TODAY, connect, noon, sync
+from tests.support import TODAY, connect, noon, sync, usage_rows_edited
 from usage.anomalies import detect_spike
 from usage.forecast import month_end_forecast
 from usage.models import AlertKind, AlertRule, UsageDaily
@@ -89,6 +90,50 @@ def test_no_december_budget_alert_fires_on_novembers_key_counters(synced_on_nove
     # November's own alerts are raised now that its spend is final (test_month_end_alerts.py).
     december = [a for a in raised if a.period == "2026-12"]
     assert not [a.title for a in december if a.kind in (AlertKind.BUDGET_80, AlertKind.BUDGET_100)]
+
+
+DEC_1 = date(2026, 12, 1)
+
+
+@pytest.fixture
+def synced_at_noon_on_december_1(acme, alice, fiona):
+    """The last sync ran at noon on 1 Dec: it read every day through 30 Nov and 1 Dec's counters."""
+    emulator = Emulator(EmulatorConfig(seed=7, keys=24, today=DEC_1))
+    connection = connect(acme, emulator)
+    sync(connection, emulator)
+    connection.refresh_from_db()
+    return connection
+
+
+@pytest.mark.parametrize("by", [None, "workspace", "key"])
+def test_the_day_that_just_ended_counts_in_the_month_until_its_activity_is_read(
+    synced_at_noon_on_december_1, by
+):
+    """00:05 on 2 Dec, before the day's first sync: 1 Dec is in no activity row yet, and today's
+    counters are not read yet. Its spend as the last sync of 1 Dec read it still counts."""
+    connection = synced_at_noon_on_december_1
+    assert connection.complete_through == NOV_30
+    after_midnight = datetime(2026, 12, 2, 0, 5, tzinfo=UTC)
+    read_on_dec_1 = ApiKeySnapshot.objects.filter(connection=connection, day=DEC_1)
+    keys = {k.key_hash: k.workspace_id for k in ApiKey.objects.filter(connection=connection)}
+    spent = defaultdict(Decimal)
+    for snapshot in read_on_dec_1:
+        target = {None: "", "workspace": keys[snapshot.key_hash], "key": snapshot.key_hash}[by]
+        spent[target] += snapshot.usage_daily
+    assert sum(spent.values()) > 0
+
+    forecasts = insights.forecasts(connection=connection, by=by, targets=list(spent), now=after_midnight)
+
+    cents = {target: amount.quantize(Decimal("0.01"), ROUND_HALF_UP) for target, amount in spent.items()}
+    assert {target: f.month_to_date for target, f in forecasts.items()} == cents
+    # Once a sync has read 1 Dec's activity, the rows replace the counters' figure.
+    connection.complete_through = DEC_1
+    UsageDaily.objects.create(
+        company=connection.company, connection=connection, day=DEC_1, spend_usd=Decimal("1234.5")
+    )
+    usage_rows_edited(connection)
+    whole = insights.forecasts(connection=connection, now=after_midnight)[""]
+    assert whole.month_to_date == Decimal("1234.5")
 
 
 def test_todays_partial_counts_only_the_keys_whose_counters_were_read_today(synced, emulator):
