@@ -349,3 +349,45 @@ def test_an_answer_that_cannot_be_used_says_so_not_that_openrouter_is_unreachabl
     assert "Could not reach" not in body
     assert_no_piece_of(emulator.management_key, body)
     assert not Connection.objects.exists()
+
+
+class Terminal(io.StringIO):
+    """Standard input as a person at a terminal types it."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_disconnect_command_deletes_usage_only_once_confirmed(acme, synced, monkeypatch):
+    from usage.models import UsageDaily
+
+    rows = UsageDaily.objects.filter(connection=synced).count()
+    assert rows
+    # No terminal (a script, CI): refused, nothing changed.
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    with pytest.raises(CommandError, match=f"deletes {rows} usage rows .* pass --yes. Nothing was changed"):
+        call_command("openrouter_disconnect", "--company", "acme", "--delete-usage")
+    # At a terminal, anything but the connection id is a no.
+    monkeypatch.setattr("sys.stdin", Terminal("y\n"))
+    with pytest.raises(CommandError, match="Not confirmed"):
+        call_command("openrouter_disconnect", "--company", "acme", "--delete-usage")
+    assert raw_row(synced.pk)[2] != "disconnected"
+    assert UsageDaily.objects.filter(connection=synced).count() == rows
+
+    monkeypatch.setattr("sys.stdin", Terminal(f"{synced.pk}\n"))
+    out = io.StringIO()
+    call_command("openrouter_disconnect", "--company", "acme", "--delete-usage", stdout=out)
+
+    assert f"{rows} usage rows deleted" in out.getvalue()
+    assert not UsageDaily.objects.filter(connection=synced).exists()
+
+
+def test_disconnect_command_deletes_usage_without_asking_when_told_to(acme, synced):
+    from usage.models import UsageDaily
+
+    call_command(
+        "openrouter_disconnect", "--company", "acme", "--delete-usage", "--yes", stdout=io.StringIO()
+    )
+
+    assert raw_row(synced.pk) == ("", "", "disconnected")
+    assert not UsageDaily.objects.filter(connection=synced).exists()

@@ -217,6 +217,15 @@ def test_reconciliation_flags_what_cannot_be_explained(synced, emulator):
     assert any(line.flagged for line in lines)
 
 
+def test_forecast_backtest_command_refuses_bad_arguments_clearly():
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(CommandError, match="whole numbers separated by commas, not '1,x'"):
+        call_command("forecast_backtest", "--seeds", "1,x")
+    with pytest.raises(CommandError, match="--keys must be at least 1"):
+        call_command("forecast_backtest", "--keys", "0")
+
+
 def test_forecast_backtest_on_emulator_data():
     from openrouter.emulator import Emulator, EmulatorConfig
     from openrouter.management.commands.forecast_backtest import emulator_daily_spend

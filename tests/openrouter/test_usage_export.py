@@ -81,6 +81,15 @@ def test_bad_arguments_fail_clearly(synced):
         export("--from", "2026-11-10", "--to", "2026-11-01")
 
 
+def test_an_export_of_dates_no_usage_can_have_is_refused_as_the_pages_download_refuses_it(synced):
+    with pytest.raises(CommandError, match="at most 366 days ahead"):
+        export("--from", "2026-11-01", "--to", "2099-01-01")
+    with pytest.raises(CommandError, match="Pick dates from 2000-01-01"):
+        export("--from", "1999-12-31", "--to", "2000-01-31")
+    with pytest.raises(CommandError, match="at most 3660 days"):
+        export("--from", "2000-01-01", "--to", "2020-01-01")
+
+
 def csv_from_both_writers(**selection) -> tuple[str, str]:
     """The export as PostgreSQL writes it (COPY; elsewhere the Python writer) and as the Python writer
     writes it, the reference."""

@@ -1,9 +1,11 @@
-from datetime import date
+from datetime import date, timedelta
 
 from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
 
 from openrouter import exports
 from openrouter.management.commands._common import company_by_slug
+from openrouter.report import EARLIEST_DAY, MAX_CUSTOM_DAYS, MAX_DAYS_AHEAD
 
 
 def _date(value: str) -> date:
@@ -30,6 +32,15 @@ class Command(BaseCommand):
         end = _date(options["end"]) if options["end"] else default_end
         if start > end:
             raise CommandError("--from must not be after --to.")
+        # The bounds the page's download keeps (openrouter.report): an export of other dates than
+        # asked for, or of days that cannot have usage, would pass for the asked ones.
+        latest = timezone.now().date() + timedelta(days=MAX_DAYS_AHEAD)
+        if start < EARLIEST_DAY or end > latest:
+            raise CommandError(
+                f"Pick dates from {EARLIEST_DAY} to {latest} (at most {MAX_DAYS_AHEAD} days ahead)."
+            )
+        if (end - start).days > MAX_CUSTOM_DAYS:
+            raise CommandError(f"A range spans at most {MAX_CUSTOM_DAYS} days; export a longer one in parts.")
         try:
             group_by = exports.parse_group_by(options["group_by"])
         except ValueError as exc:
