@@ -1,4 +1,4 @@
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 from django.db.models import QuerySet
 from django.http import Http404
@@ -59,7 +59,9 @@ def sync_event_list(
     if day:
         # A range on the column, which its index serves (a date cast of the column is not indexed).
         start = datetime.combine(day, time.min, tzinfo=UTC)
-        events = events.filter(created_at__gte=start, created_at__lt=start + timedelta(days=1))
+        events = events.filter(created_at__gte=start)
+        if day < date.max:  # the last day a date holds has no next day to stop before
+            events = events.filter(created_at__lt=start + timedelta(days=1))
     if after_id:
         events = events.filter(pk__gt=after_id)
     return events.order_by("-id")

