@@ -382,8 +382,14 @@ def key_people(*, connection: Connection) -> dict[str, Person]:
     return people
 
 
-def spend_by_person(*, connection: Connection, start: date, end: date) -> list[dict]:
-    people = key_people(connection=connection)
+def spend_by_person(
+    *, connection: Connection, start: date, end: date, people: dict[str, Person] | None = None
+) -> list[dict]:
+    """Spend per person over start..end. `people`: key_people() of the connection when the caller
+    has it already (the People page lists the keys' owners too, and a large organization's keys and
+    members are read once instead of twice)."""
+    if people is None:
+        people = key_people(connection=connection)
     totals: dict[tuple, dict] = {}
     rows = (
         UsageDaily.objects.filter(connection=connection, day__gte=start, day__lte=end)

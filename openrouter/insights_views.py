@@ -218,7 +218,9 @@ def people(request: HttpRequest, connection_id: int) -> HttpResponse:
             "query": query,
             "end": end,
             "presets": PRESETS,
-            "by_person": insights.spend_by_person(connection=connection, start=query.start, end=end),
+            "by_person": insights.spend_by_person(
+                connection=connection, start=query.start, end=end, people=key_people
+            ),
             "notices": range_notices(connection, query, shown="the spend by person leaves them out"),
             "keys": [(key, key_people.get(key.key_hash)) for key in key_page.object_list],
             "key_page": key_page,
