@@ -15,7 +15,7 @@ from openrouter.formatting import usd
 from openrouter.models import ApiKey, ApiKeySnapshot, CreditsSnapshot, KeyOwner, Member, Workspace
 from usage.cache import cached
 from usage.forecast import RUN_RATE_DAYS, Forecast, month_end_forecast
-from usage.models import UNATTRIBUTED_LABEL, Budget, BudgetScope, UsageDaily
+from usage.models import UNATTRIBUTED_LABEL, Budget, BudgetScope
 from usage.selectors import FILTERS, summaries_current, usage_rows
 
 
@@ -392,7 +392,13 @@ def spend_by_person(
         people = key_people(connection=connection)
     totals: dict[tuple, dict] = {}
     rows = (
-        UsageDaily.objects.filter(connection=connection, day__gte=start, day__lte=end)
+        usage_rows(
+            connection_ids=[connection.pk],
+            start=start,
+            end=end,
+            dimensions=["key"],
+            summarized=summaries_current(connection),
+        )
         .values("api_key_hash")
         .annotate(spend=Sum("spend_usd"), byok=Sum("byok_spend_usd"), requests=Sum("requests"))
         .order_by()
@@ -471,11 +477,19 @@ def reconciliation(
     now = now or timezone.now()
     if connection.scope == CredentialScope.SINGLE_KEY:
         return _single_key_reconciliation(connection=connection, now=now)
-    rows = UsageDaily.objects.filter(connection=connection, day__gte=start, day__lte=end)
-    account = rows.aggregate(total=Sum("spend_usd"), byok=Sum("byok_spend_usd"))
-    account_total = account["total"] or Decimal(0)
-    keys_total = rows.exclude(api_key_hash="").aggregate(total=Sum("spend_usd"))["total"] or Decimal(0)
-    remainder = account_total - keys_total
+    query = {
+        "connection_ids": [connection.pk],
+        "start": start,
+        "end": end,
+        "summarized": summaries_current(connection),
+    }
+    account_total = usage_rows(**query).aggregate(total=Sum("spend_usd"))["total"] or Decimal(0)
+    # The listed keys' sum is the account's less the unattributed rows: those are read through the
+    # per-key summary's (connection, key, day) index, where summing the keys would read every key.
+    remainder = usage_rows(**query, filters={"key": ""}).aggregate(total=Sum("spend_usd"))[
+        "total"
+    ] or Decimal(0)
+    keys_total = account_total - remainder
     lines = [
         ReconciliationLine(
             "OpenRouter account-wide activity",
@@ -499,7 +513,11 @@ def reconciliation(
     last = snapshots.filter(taken_at__lte=end_at).order_by("-taken_at").first()
     if first and last and last.taken_at > first.taken_at:
         by_day = dict(
-            rows.values("day").annotate(total=Sum("spend_usd")).values_list("day", "total").order_by()
+            usage_rows(**query, dimensions=["day"])
+            .values("day")
+            .annotate(total=Sum("spend_usd"))
+            .values_list("day", "total")
+            .order_by()
         )
         shares = _day_shares(first.taken_at, last.taken_at)
         expected = sum(
@@ -587,12 +605,15 @@ def _month_counters_line(*, connection: Connection, now: datetime) -> Reconcilia
             if last_read
             else "No sync has read the keys' counters yet.",
         )
-    month_activity = UsageDaily.objects.filter(
-        connection=connection,
-        day__gte=month_start,
-        day__lt=today,
-        api_key_hash__in=read_today.values("key_hash"),
-    ).aggregate(total=Sum("spend_usd"))["total"] or Decimal(0)
+    month_activity = usage_rows(
+        connection_ids=[connection.pk],
+        start=month_start,
+        end=today - timedelta(days=1),
+        dimensions=["key"],
+        summarized=summaries_current(connection),
+    ).filter(api_key_hash__in=read_today.values("key_hash")).aggregate(total=Sum("spend_usd"))[
+        "total"
+    ] or Decimal(0)
     month_counters = counters["month"] or Decimal(0)
     today_counters = counters["today"] or Decimal(0)
     gap = month_counters - today_counters - month_activity

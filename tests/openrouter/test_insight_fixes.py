@@ -295,6 +295,7 @@ def credits_line(lines):
 @pytest.mark.parametrize("days", [1, 2, 3, 7])
 def test_hourly_credit_snapshots_that_match_the_activity_are_not_flagged(synced, emulator, days):
     UsageDaily.objects.filter(connection=synced).update(spend_usd=F("spend_usd") * 100)  # ~$100 a day
+    usage_rows_edited(synced)
     start, end = emulator.today - timedelta(days=days), emulator.today - timedelta(days=1)
     hourly_credit_snapshots(synced, start - timedelta(days=1), end)
 
@@ -309,6 +310,7 @@ def test_hourly_credit_snapshots_that_match_the_activity_are_not_flagged(synced,
 
 def test_credits_drawn_well_beyond_the_activity_of_a_short_range_are_still_flagged(synced, emulator):
     UsageDaily.objects.filter(connection=synced).update(spend_usd=F("spend_usd") * 100)
+    usage_rows_edited(synced)
     start, end = emulator.today - timedelta(days=2), emulator.today - timedelta(days=1)
     hourly_credit_snapshots(synced, start - timedelta(days=1), end)
     last = CreditsSnapshot.objects.filter(connection=synced).latest("taken_at")
