@@ -391,17 +391,23 @@ def spend_by_person(
     if people is None:
         people = key_people(connection=connection)
     totals: dict[tuple, dict] = {}
-    rows = (
-        usage_rows(
-            connection_ids=[connection.pk],
-            start=start,
-            end=end,
-            dimensions=["key"],
-            summarized=summaries_current(connection),
-        )
-        .values("api_key_hash")
-        .annotate(spend=Sum("spend_usd"), byok=Sum("byok_spend_usd"), requests=Sum("requests"))
-        .order_by()
+    # Only the sums by key are cached: who owns a key changes without a sync (a manual owner).
+    rows = cached(
+        connection,
+        "spend_by_key",
+        (start, end),
+        lambda: list(
+            usage_rows(
+                connection_ids=[connection.pk],
+                start=start,
+                end=end,
+                dimensions=["key"],
+                summarized=summaries_current(connection),
+            )
+            .values("api_key_hash")
+            .annotate(spend=Sum("spend_usd"), byok=Sum("byok_spend_usd"), requests=Sum("requests"))
+            .order_by()
+        ),
     )
     for row in rows:
         if not row["api_key_hash"]:
@@ -483,12 +489,17 @@ def reconciliation(
         "end": end,
         "summarized": summaries_current(connection),
     }
-    account_total = usage_rows(**query).aggregate(total=Sum("spend_usd"))["total"] or Decimal(0)
-    # The listed keys' sum is the account's less the unattributed rows: those are read through the
-    # per-key summary's (connection, key, day) index, where summing the keys would read every key.
-    remainder = usage_rows(**query, filters={"key": ""}).aggregate(total=Sum("spend_usd"))[
-        "total"
-    ] or Decimal(0)
+
+    def totals():
+        account = usage_rows(**query).aggregate(total=Sum("spend_usd"))["total"] or Decimal(0)
+        # The listed keys' sum is the account's less the unattributed rows: those are read through
+        # the per-key summary's (connection, key, day) index, where summing the keys reads every key.
+        unattributed = usage_rows(**query, filters={"key": ""}).aggregate(total=Sum("spend_usd"))[
+            "total"
+        ] or Decimal(0)
+        return account, unattributed
+
+    account_total, remainder = cached(connection, "reconciliation_totals", (start, end), totals)
     keys_total = account_total - remainder
     lines = [
         ReconciliationLine(
@@ -512,12 +523,17 @@ def reconciliation(
     first = snapshots.filter(taken_at__gte=start_at).order_by("taken_at").first()
     last = snapshots.filter(taken_at__lte=end_at).order_by("-taken_at").first()
     if first and last and last.taken_at > first.taken_at:
-        by_day = dict(
-            usage_rows(**query, dimensions=["day"])
-            .values("day")
-            .annotate(total=Sum("spend_usd"))
-            .values_list("day", "total")
-            .order_by()
+        by_day = cached(
+            connection,
+            "spend_by_day",
+            (start, end),
+            lambda: dict(
+                usage_rows(**query, dimensions=["day"])
+                .values("day")
+                .annotate(total=Sum("spend_usd"))
+                .values_list("day", "total")
+                .order_by()
+            ),
         )
         shares = _day_shares(first.taken_at, last.taken_at)
         expected = sum(
@@ -605,15 +621,24 @@ def _month_counters_line(*, connection: Connection, now: datetime) -> Reconcilia
             if last_read
             else "No sync has read the keys' counters yet.",
         )
-    month_activity = usage_rows(
-        connection_ids=[connection.pk],
-        start=month_start,
-        end=today - timedelta(days=1),
-        dimensions=["key"],
-        summarized=summaries_current(connection),
-    ).filter(api_key_hash__in=read_today.values("key_hash")).aggregate(total=Sum("spend_usd"))[
-        "total"
-    ] or Decimal(0)
+    # The keys read today change only with a sync's write, which moves the data version.
+    month_activity = cached(
+        connection,
+        "month_activity_of_keys_read_today",
+        (month_start, today),
+        lambda: (
+            usage_rows(
+                connection_ids=[connection.pk],
+                start=month_start,
+                end=today - timedelta(days=1),
+                dimensions=["key"],
+                summarized=summaries_current(connection),
+            )
+            .filter(api_key_hash__in=read_today.values("key_hash"))
+            .aggregate(total=Sum("spend_usd"))["total"]
+            or Decimal(0)
+        ),
+    )
     month_counters = counters["month"] or Decimal(0)
     today_counters = counters["today"] or Decimal(0)
     gap = month_counters - today_counters - month_activity

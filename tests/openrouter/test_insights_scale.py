@@ -70,6 +70,36 @@ def test_the_page_reads_no_usage_row_while_the_summaries_are_current(alice, sync
     assert raw == [], f"{len(raw)} query(ies) over the usage rows:\n" + "\n".join(sql[:300] for sql in raw)
 
 
+@pytest.mark.parametrize("page", PAGES)
+def test_a_repeat_view_is_served_from_the_cache(alice, synced, emulator, page):
+    url = page_url(page, synced, emulator)
+    _html, first = view(alice, url)
+    _html, repeat = view(alice, url)
+
+    assert reading("usage_usagedailybykey", first) or reading("usage_usagedailybymodel", first)
+    assert reading("usage_usagedailybykey", repeat) == []
+    assert reading("usage_usagedailybymodel", repeat) == []
+    assert len(repeat) < len(first)
+
+
+def test_a_cached_view_still_shows_a_key_owner_set_since(alice, fiona, synced, emulator):
+    """Only the sums by key are cached: an owner set by hand moves no data version."""
+    start, end = emulator.truth.activity_window()
+    key = (
+        UsageDaily.objects.filter(connection=synced, day__range=(start, end)).exclude(api_key_hash="").first()
+    )
+    insights.spend_by_person(connection=synced, start=start, end=end)
+
+    insights.key_owner_set(connection=synced, key_hash=key.api_key_hash, user=fiona, actor=alice)
+
+    fionas = [
+        entry
+        for entry in insights.spend_by_person(connection=synced, start=start, end=end)
+        if entry["person"].user == fiona
+    ]
+    assert len(fionas) == 1 and "manual" in fionas[0]["person"].source.split(", ")
+
+
 def test_the_people_page_reads_the_keys_owners_once(alice, synced, emulator):
     _html, queries = view(alice, page_url("people", synced, emulator))
 
