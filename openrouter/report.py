@@ -198,10 +198,15 @@ class DetailQuery:
     def previous(self) -> tuple[date, date] | None:
         """The period just before this one, as long as the range's reported days: a range running
         through today (this month) is compared day for day, not with one day more than it holds.
-        None while no day of the range has ended."""
-        if not self.reported_days:
+        None while no day of the range has ended. The page compares with `comparison_period`, which
+        also leaves out the ended days no sync has read yet."""
+        return self.period_before(self.reported_days)
+
+    def period_before(self, days: int) -> tuple[date, date] | None:
+        """The `days` days just before the range; None for none."""
+        if days <= 0:
             return None
-        return self.start - timedelta(days=self.reported_days), self.start - timedelta(days=1)
+        return self.start - timedelta(days=days), self.start - timedelta(days=1)
 
     @property
     def filter_items(self) -> tuple:
@@ -282,7 +287,7 @@ def detail_report(*, connection: Connection, query: DetailQuery) -> dict:
     totals["cost_per_million"] = (
         Decimal(totals["spend_usd"]) * 1_000_000 / totals["total_tokens"] if totals["total_tokens"] else None
     )
-    previous, deltas, previous_range = None, {}, query.previous
+    previous, deltas, previous_range = None, {}, comparison_period(connection, query)
     # Compared only when Doow holds every day of the period before: a day it never read would count
     # as a day without spend, and the change would be an artefact of when the organization was connected.
     previous_unknown = _unknown_days(connection, *previous_range) if previous_range else []
@@ -309,6 +314,7 @@ def detail_report(*, connection: Connection, query: DetailQuery) -> dict:
         "totals": totals,
         "previous": previous,
         "previous_range": previous_range,
+        "held_days": held_days(connection, query),
         "previous_range_text": stretches_text([previous_range]) if previous_range else "",
         "deltas": deltas,
         "previous_unknown": stretches_text(previous_unknown),
@@ -456,16 +462,36 @@ def _notices(
             )
         )
     complete = connection.complete_through
-    # A range none of whose days has ended gets the notice that says so (no_reported_day) alone.
-    if query.reported_days and query.end > _complete_through(connection, query):
-        through = f"through {complete:%-d %b} UTC" if complete else "for no day yet"
+    through = _complete_through(connection, query)
+    held = held_days(connection, query)
+    # A range none of whose days has ended gets the notice that says so (no_reported_day) alone, and
+    # one whose ended days no sync has read yet the one that says that (not_read_yet).
+    if query.reported_days and not held:
+        ended = stretches_text([(query.start, query.last_reported_day)])
+        ended += " has" if query.start == query.last_reported_day else " have"
+        if connection.state == ConnectionState.DISCONNECTED:
+            when = "and this connection is no longer synced"
+        else:
+            when = "and the next sync reads them"
+        notices.append(
+            {
+                "level": "info",
+                "code": "not_read_yet",
+                "title": "No day of this range has been read yet",
+                "text": f"OpenRouter reports a UTC day once it has ended: {ended} ended, but Doow holds "
+                f"daily figures through {complete:%-d %b %Y} UTC only, {when}. These days are not "
+                "read yet, not days without spend, so there is no change to show.",
+            }
+        )
+    elif held and query.end > through:
+        through_text = f"through {complete:%-d %b} UTC" if complete else "for no day yet"
         notices.append(
             {
                 "level": "info",
                 "code": "reporting_delay",
                 "title": "Today is not complete yet",
                 "text": f"OpenRouter reports a UTC day once it has ended, so daily figures are complete "
-                f"{through}. Today's partial spend, from the keys' counters, is shown separately below.",
+                f"{through_text}. Today's partial spend, from the keys' counters, is shown separately below.",
             }
         )
     if not has_usage and connection.last_synced_at is not None:
@@ -480,13 +506,16 @@ def _notices(
                     "days to see their figures.",
                 }
             )
-        elif range_unknown == [(query.start, _complete_through(connection, query))]:
+        elif not held:
+            pass  # Its ended days are not read yet: not_read_yet says so.
+        elif range_unknown == [(query.start, through)]:
             pass  # No day of it is known: the days_unknown notice says why, and nothing more is.
         elif query.filters or UsageDaily.objects.filter(connection=connection).exists():
+            # Only the days Doow holds are known to be without spend: not today, nor a day not read yet.
             days = (
                 "on the days of this range Doow holds"
                 if range_unknown
-                else f"between {query.start:%-d %b %Y} and {query.end:%-d %b %Y}"
+                else f"between {query.start:%-d %b %Y} and {min(query.end, through):%-d %b %Y}"
             )
             notices.append(
                 {
@@ -720,6 +749,19 @@ def _complete_through(connection: Connection, query: DetailQuery) -> date:
     if connection.complete_through is not None:
         through = min(through, connection.complete_through)
     return through
+
+
+def held_days(connection: Connection, query: DetailQuery) -> int:
+    """How many of the range's days Doow holds complete, from its start through `_complete_through`.
+    Fewer than the ended days (`query.reported_days`) between midnight and the first sync that reads
+    the day just ended, or while syncs fail."""
+    return max(0, (_complete_through(connection, query) - query.start).days + 1)
+
+
+def comparison_period(connection: Connection, query: DetailQuery) -> tuple[date, date] | None:
+    """The period the range is compared with: as many days just before it as it holds complete, so a
+    day not read yet is not compared as a day without spend. None while it holds none."""
+    return query.period_before(held_days(connection, query))
 
 
 def _filter_options(connection: Connection, query: DetailQuery) -> dict:

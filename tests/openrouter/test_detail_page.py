@@ -346,6 +346,10 @@ def test_the_period_before_is_named_with_its_years_and_a_lone_day_once(
     synced, alice, monkeypatch, today, query, said
 ):
     monkeypatch.setattr(report.timezone, "now", lambda: noon(today))
+    # A sync has read every day that has ended (1 Dec, on 2 Dec): the page compares the days it holds.
+    yesterday = today - timedelta(days=1)
+    spans = coverage.add(synced.reported_spans, yesterday, yesterday)
+    Connection.objects.filter(pk=synced.pk).update(complete_through=yesterday, reported_spans=spans)
     summary = (
         client_for(alice).get(url(synced, query)).content.decode().split('data-testid="range-summary">')[1]
     )

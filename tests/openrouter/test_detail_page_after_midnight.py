@@ -1,0 +1,84 @@
+"""The detail page between 00:00 UTC and the first sync that reads the day just ended: that day has
+ended but Doow does not hold it yet, so it is neither compared as a day without spend nor said to
+have had none, and the keys' counters read before midnight are not today's spend."""
+
+from datetime import UTC, date, datetime
+
+import pytest
+from django.utils import timezone
+
+from openrouter.emulator import Emulator, EmulatorConfig
+from tests.conftest import client_for
+from tests.support import connect, noon, sync
+
+pytestmark = pytest.mark.django_db
+
+DEC_1 = date(2026, 12, 1)
+AFTER_MIDNIGHT = datetime(2026, 12, 2, 0, 5, tzinfo=UTC)
+
+
+def url(connection, query=""):
+    return f"/c/acme/integrations/openrouter/{connection.pk}/" + (f"?{query}" if query else "")
+
+
+@pytest.fixture
+def synced_dec_1(acme, monkeypatch):
+    """Last sync at noon on 1 Dec: it read every day through 30 Nov."""
+    monkeypatch.setattr(timezone, "now", lambda: noon(DEC_1))
+    emulator = Emulator(EmulatorConfig(seed=7, keys=24, today=DEC_1))
+    connection = connect(acme, emulator)
+    sync(connection, emulator)
+    connection.refresh_from_db()
+    assert connection.complete_through == date(2026, 11, 30)
+    return connection, emulator
+
+
+def test_a_range_is_compared_with_as_many_days_as_it_holds_not_as_have_ended(
+    synced_dec_1, alice, monkeypatch
+):
+    """00:05 UTC on 2 Dec: 1 Dec has ended but no sync has read it. The last 7 days (25 Nov – 1 Dec)
+    hold 6 days, compared with the 6 before, not with 7 (a fall that never happened)."""
+    connection, emulator = synced_dec_1
+    monkeypatch.setattr(timezone, "now", lambda: AFTER_MIDNIGHT)
+    response = client_for(alice).get(url(connection, "range=7d"))
+    context = response.context
+
+    assert context["totals"]["spend_usd"] == emulator.truth.activity_total(
+        date(2026, 11, 25), date(2026, 11, 30)
+    )
+    assert context["previous_range"] == (date(2026, 11, 19), date(2026, 11, 24))
+    assert "changes compare its 6 days read so far with 19 Nov – 24 Nov 2026." in response.content.decode()
+
+
+def test_this_month_on_the_2nd_after_midnight_says_its_day_is_not_read_yet_not_without_spend(
+    synced_dec_1, alice, monkeypatch
+):
+    """ "This month" at 00:05 on 2 Dec holds no day yet: 1 Dec spent money, so no ▼ −100% and no
+    "Nothing was spent"; the page says the day is not read yet."""
+    connection, emulator = synced_dec_1
+    monkeypatch.setattr(timezone, "now", lambda: AFTER_MIDNIGHT)
+    response = client_for(alice).get(url(connection, "range=this_month"))
+    page = response.content.decode()
+    emulator.set_today(date(2026, 12, 2))  # what OpenRouter answers at 00:05 on 2 Dec
+    assert emulator.truth.activity_total(DEC_1, DEC_1) > 0
+
+    assert response.context["previous_range"] is None
+    assert response.context["deltas"] == {}
+    assert "vs previous period" not in page
+    assert "Nothing was spent" not in page
+    codes = {n["code"] for n in response.context["notices"]}
+    assert "not_read_yet" in codes and not codes & {"no_usage", "no_reported_day", "reporting_delay"}
+    assert "1 Dec 2026 has ended, but Doow holds daily figures through 30 Nov 2026 UTC only" in page
+    assert "none of its ended days has been read yet, so there is no change to show." in page
+
+
+def test_nothing_spent_names_only_the_days_doow_holds(synced_dec_1, alice, monkeypatch):
+    """With a filter nothing matches, "Nothing was spent" ends at the last day Doow holds, not at a day
+    no sync has read yet."""
+    connection, _emulator = synced_dec_1
+    monkeypatch.setattr(timezone, "now", lambda: AFTER_MIDNIGHT)
+    response = client_for(alice).get(url(connection, "range=7d&model=no-such/model"))
+    assert (
+        "Nothing was spent with these filters between 25 Nov 2026 and 30 Nov 2026."
+        in response.content.decode()
+    )
