@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from integrations import coverage
 from integrations.models import Connection, ConnectionState, CredentialScope, EventKind, SyncRunStatus
-from openrouter.insights import listed_keys
+from openrouter.insights import counters_read_today
 from openrouter.models import ApiKey, CreditsSnapshot, Member, Model, Workspace
 from usage.cache import cache_get, cache_set_many, cached
 from usage.models import UNATTRIBUTED_LABEL, UsageDaily
@@ -835,8 +835,10 @@ def _offer_the_filters_applied(query: DetailQuery, options: dict) -> None:
 def _today_partial(connection: Connection, query: DetailQuery) -> dict:
     """Today's spend so far, from the keys' own counters (OpenRouter's daily activity has no today yet).
 
-    The counters are as of the last sync; from a sync on an earlier day they describe that day, not today."""
-    today = timezone.now().date()
+    Only the counters a sync read today count (`counters_read_today`): from a sync on an earlier day,
+    or one that read some keys before midnight and finished after it, they describe that day."""
+    now = timezone.now()
+    today = now.date()
     synced_today = bool(connection.last_synced_at and connection.last_synced_at.date() == today)
     result = {
         "synced_today": synced_today,
@@ -849,7 +851,7 @@ def _today_partial(connection: Connection, query: DetailQuery) -> dict:
     if not synced_today:
         return result
     workspace, key = query.filters.get("workspace"), query.filters.get("key")
-    keys = listed_keys(connection=connection, workspace=workspace, key=key)
+    keys = counters_read_today(connection=connection, now=now, workspace=workspace, key=key)
 
     def compute():
         total = keys.aggregate(spend=Sum("usage_daily"), byok=Sum("byok_usage_daily"))
@@ -859,5 +861,5 @@ def _today_partial(connection: Connection, query: DetailQuery) -> dict:
             "top": list(keys.filter(usage_daily__gt=0).order_by("-usage_daily", "name")[:10]),
         }
 
-    result |= cached(connection, "today_partial", (workspace, key), compute)
+    result |= cached(connection, "today_partial", (today, workspace, key), compute)
     return result

@@ -5,9 +5,13 @@ have had none, and the keys' counters read before midnight are not today's spend
 from datetime import UTC, date, datetime
 
 import pytest
+from django.db.models import F, Sum
 from django.utils import timezone
 
+from integrations.models import Connection
+from openrouter import insights
 from openrouter.emulator import Emulator, EmulatorConfig
+from openrouter.models import ApiKey, ApiKeySnapshot
 from tests.conftest import client_for
 from tests.support import connect, noon, sync
 
@@ -82,3 +86,28 @@ def test_nothing_spent_names_only_the_days_doow_holds(synced_dec_1, alice, monke
         "Nothing was spent with these filters between 25 Nov 2026 and 30 Nov 2026."
         in response.content.decode()
     )
+
+
+def test_todays_spend_counts_only_the_counters_read_today(synced_dec_1, alice, monkeypatch):
+    """A sync that started before midnight and finished after it read one key at 23:59 on 1 Dec: its
+    counters are 1 Dec's whole day, neither in the page's "spent today" nor in its top keys, as in
+    the month card (insights.today_partial)."""
+    connection, _emulator = synced_dec_1
+    after_midnight = datetime(2026, 12, 2, 0, 1, tzinfo=UTC)
+    # The sync's snapshots: every key read after midnight but one with spend, read at 23:59 on 1 Dec.
+    ApiKeySnapshot.objects.filter(connection=connection, day=DEC_1).update(day=date(2026, 12, 2))
+    key = ApiKey.objects.filter(connection=connection, missing_since__isnull=True, usage_daily__gt=0).first()
+    ApiKeySnapshot.objects.filter(connection=connection, key_hash=key.key_hash).update(day=DEC_1)
+    Connection.objects.filter(pk=connection.pk).update(
+        last_synced_at=after_midnight, data_version=F("data_version") + 1
+    )
+    monkeypatch.setattr(timezone, "now", lambda: after_midnight)
+    connection.refresh_from_db()
+    partial = client_for(alice).get(url(connection)).context["today_partial"]
+
+    read_today = insights.today_partial(connection=connection, now=after_midnight)
+    everyone = ApiKey.objects.filter(connection=connection, missing_since__isnull=True)
+    assert read_today == everyone.aggregate(total=Sum("usage_daily"))["total"] - key.usage_daily
+    assert partial["synced_today"]
+    assert partial["spend"] == read_today
+    assert partial["top"] and key.key_hash not in {k.key_hash for k in partial["top"]}
