@@ -288,10 +288,12 @@ def detail_report(*, connection: Connection, query: DetailQuery) -> dict:
         Decimal(totals["spend_usd"]) * 1_000_000 / totals["total_tokens"] if totals["total_tokens"] else None
     )
     previous, deltas, previous_range = None, {}, comparison_period(connection, query)
-    # Compared only when Doow holds every day of the period before: a day it never read would count
-    # as a day without spend, and the change would be an artefact of when the organization was connected.
+    # Compared only when Doow holds every day of the range and of the period before: a day it never
+    # read would count as a day without spend, and the change would be an artefact of when the
+    # organization was connected (coverage.py).
+    range_unknown = unknown_days_in_range(connection, query)
     previous_unknown = _unknown_days(connection, *previous_range) if previous_range else []
-    if previous_range and not previous_unknown:
+    if previous_range and not previous_unknown and not range_unknown:
         prev_start, prev_end = previous_range
         previous = cached(
             connection,
@@ -303,7 +305,6 @@ def detail_report(*, connection: Connection, query: DetailQuery) -> dict:
         deltas = {name: _delta(totals[name], previous[name]) for name in (*METRICS, "total_tokens")}
     has_usage = bool(totals["requests"] or totals["spend_usd"] or totals["byok_spend_usd"])
     status = connection_status(connection)
-    range_unknown = unknown_days_in_range(connection, query)
     return {
         **status,
         "query": query,
@@ -319,6 +320,12 @@ def detail_report(*, connection: Connection, query: DetailQuery) -> dict:
         "deltas": deltas,
         "previous_unknown": stretches_text(previous_unknown),
         "previous_unknown_all": bool(previous_range) and previous_unknown == [previous_range],
+        "range_unknown": stretches_text(range_unknown),
+        "range_unknown_all": range_unknown == [(query.start, _complete_through(connection, query))],
+        # Unknown days after the history's first: the organization went unsynced for a while.
+        "unknown_gap": any(
+            last > connection.history_from for _first, last in range_unknown + previous_unknown
+        ),
         "has_any_usage": has_usage,
         "chart": _chart(connection, query, base, range_unknown) if has_usage else None,
         "table": _table(connection, query, base),

@@ -13,7 +13,7 @@ from integrations import coverage
 from integrations.models import Connection, SyncRun
 from integrations.services import connection_disconnect
 from openrouter import report
-from openrouter.emulator import Fault
+from openrouter.emulator import Emulator, EmulatorConfig, Fault
 from tests.conftest import client_for
 from tests.support import TODAY, connect, noon, sync
 
@@ -158,6 +158,35 @@ def test_once_doow_holds_the_period_before_the_change_is_shown(synced, emulator,
     assert response.context["previous_unknown"] == ""
     assert set(response.context["deltas"]) >= {"spend_usd", "requests"}
     assert "vs previous period" in response.content.decode()
+
+
+def test_a_range_holding_days_doow_never_read_shows_no_change_and_says_why(acme, page, monkeypatch):
+    """Unsynced from 20 Sep to 24 Nov (longer than OpenRouter keeps activity): 20 Sep – 24 Oct are
+    unknown. 15 Sep – 5 Oct holds 5 known days and 16 unknown ones, and the period before (25 Aug –
+    14 Sep) is fully known: comparing them would read the unknown days as days without spend."""
+    sep_20, nov_24 = date(2026, 9, 20), date(2026, 11, 24)
+    emulator = Emulator(EmulatorConfig(seed=7, keys=24, today=sep_20, days=90))
+    monkeypatch.setattr(report.timezone, "now", lambda: noon(sep_20))
+    connection = connect(acme, emulator)
+    sync(connection, emulator)
+    emulator.set_today(nov_24)
+    monkeypatch.setattr(report.timezone, "now", lambda: noon(nov_24))
+    sync(connection, emulator)
+    response = page(connection, "range=custom&from=2026-09-15&to=2026-10-05")
+
+    assert "days_unknown" in {n["code"] for n in response.context["notices"]}
+    assert response.context["totals"]["spend_usd"] == emulator.truth.activity_total(
+        date(2026, 9, 15), date(2026, 9, 19)
+    )
+    assert response.context["previous_unknown"] == ""
+    assert response.context["deltas"] == {}
+    html = response.content.decode()
+    assert "vs previous period" not in html
+    assert (
+        "no change is shown: the range holds days OpenRouter never reported to Doow (20 Sep – 5 Oct 2026), "
+        "as OpenRouter keeps only its last 30 days and Doow's history of this organization starts on "
+        "21 Aug 2026, with a gap where the organization went unsynced for longer than that."
+    ) in html
 
 
 def test_days_before_the_history_are_named_greyed_and_left_out_not_shown_as_zero(synced, page):
