@@ -254,10 +254,19 @@ def table_columns(tab: str) -> list[Column]:
 
 def _delta(current, previous) -> dict:
     current, previous = Decimal(current or 0), Decimal(previous or 0)
-    if not previous:
-        return {"pct": None, "direction": "up" if current else "flat", "previous": previous}
+    direction = "up" if current > previous else "down" if current < previous else "flat"
+    if previous <= 0:
+        # No percentage of nothing, nor of a negative total (credits given back, the unattributed
+        # remainder): its sign would turn a rise into a fall. The change is shown as an amount.
+        change = abs(current - previous)
+        return {
+            "pct": None,
+            "direction": direction,
+            "previous": previous,
+            "change": change,
+            "new": not previous,
+        }
     pct = (current - previous) / previous * 100
-    direction = "up" if pct > 0 else "down" if pct < 0 else "flat"
     # The change as shown, to a tenth of a percent, signed; one that rounds to 0.0 keeps its direction.
     tenths = abs(pct).quantize(Decimal("0.1"), ROUND_HALF_UP)
     if direction == "flat":

@@ -419,6 +419,31 @@ def test_a_change_is_shown_signed_to_a_tenth_and_a_tiny_one_keeps_its_direction(
     assert " ".join(html.split("</div>")[-3].split(">")[-1].split()) == shown
 
 
+@pytest.mark.parametrize(
+    ("current", "previous", "direction", "shown"),
+    [
+        # The unattributed remainder (key filter "-") of a period can be negative: credits given back.
+        ("10", "-10", "up", "▲ up $20.00 vs previous period"),
+        ("0", "-10", "up", "▲ up $10.00 vs previous period"),
+        ("-15", "-10", "down", "▼ down $5.00 vs previous period"),
+        ("-5", "0", "down", "▼ down $5.00 vs previous period"),
+        ("-10", "-10", "flat", "same as previous period"),
+        ("0", "0", "flat", "same as previous period"),
+    ],
+)
+def test_a_change_from_a_period_at_or_below_zero_is_its_amount_with_the_right_sign(
+    current, previous, direction, shown
+):
+    """A percentage of a negative total has the wrong sign (−$10 to +$10 read ▼ −200%), and one of
+    nothing none: the change is said as an amount, up or down by current − previous."""
+    delta = report._delta(current, previous)
+    assert (delta["direction"], delta["pct"]) == (direction, None)
+    html = render_to_string(
+        "openrouter/_stat.html", {"label": "Spend", "value": current, "delta": delta, "money": True}
+    )
+    assert " ".join(html.split("</div>")[-3].split(">")[-1].split()) == shown
+
+
 def test_filters_sort_and_tab_round_trip_through_the_url():
     params = "range=custom&from=2026-11-01&to=2026-11-10&workspace=ws1&key=-&model=m%2Fx&provider=P&tab=models&sort=requests&metric=tokens"
     query = DetailQuery.from_params(QueryDict(params), today=TODAY)
