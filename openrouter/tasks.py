@@ -114,8 +114,9 @@ def evaluate_stalled_alerts_task() -> int:
 
 @shared_task(name="openrouter.warm_reports", ignore_result=True)
 def warm_reports_task(connection_id: int) -> bool:
-    """Compute the detail page's default view after a sync wrote new data, so the first reader
-    does not wait for aggregates over the whole month (usage/cache.py keeps them)."""
+    """Compute the detail page's and the People page's default views after a sync wrote new data,
+    so the first reader does not wait for aggregates over the whole month (usage/cache.py keeps
+    them)."""
     from integrations.selectors import connection_find
     from openrouter import insights
     from openrouter.report import DetailQuery, detail_report
@@ -123,7 +124,9 @@ def warm_reports_task(connection_id: int) -> bool:
     connection = connection_find(connection_id)
     if connection is None:
         return False
-    detail_report(connection=connection, query=DetailQuery())
+    query = DetailQuery()
+    detail_report(connection=connection, query=query)
+    insights.spend_by_person(connection=connection, start=query.start, end=query.last_reported_day)
     insights.forecast(connection=connection)
     insights.budget_statuses(connection=connection)
     return True

@@ -109,6 +109,13 @@ def test_warming_computes_the_default_view_so_the_first_reader_reads_no_usage_ro
     assert page.status_code == 200
     assert page.context["totals"]["spend_usd"] > 0
     assert not [q for q in captured.captured_queries if "usage_usagedaily" in q["sql"]]
+    with (
+        mock.patch.object(report.timezone, "now", lambda: noon(emulator.today)),
+        django_assert_max_num_queries(40) as captured,
+    ):
+        people = client_for(alice).get(f"/c/acme/integrations/openrouter/{connection.pk}/people/")
+    assert people.status_code == 200 and people.context["by_person"]
+    assert not [q for q in captured.captured_queries if "usage_usagedaily" in q["sql"]]
 
 
 @pytest.mark.django_db
