@@ -168,6 +168,9 @@ class SyncRun(models.Model):
     keys_fetched = models.PositiveIntegerField(default=0)
     attempt = models.PositiveSmallIntegerField(default=1)
     error_summary = models.TextField(blank=True)
+    # The connection's generation the run started under: a run of an older one still marked running
+    # was stopped by a disconnect or a replaced key, not lost with its worker.
+    generation = models.PositiveIntegerField(default=0)
 
     class Meta:
         ordering = ["-started_at", "-id"]

@@ -421,6 +421,13 @@ def sync_run_start(*, connection: Connection, trigger: str, attempt: int = 1) ->
     now = timezone.now()
     orphans = list(SyncRun.objects.filter(connection=connection, status=SyncRunStatus.RUNNING).order_by())
     for orphan in orphans:
+        if orphan.generation != connection.generation:
+            # Stopped by a disconnect or a replaced key: if its worker still runs, it ends it as
+            # aborted itself (and says so); if not, this says no more than that.
+            SyncRun.objects.filter(pk=orphan.pk, status=SyncRunStatus.RUNNING).update(
+                status=SyncRunStatus.ABORTED, finished_at=now, error_summary="aborted_disconnected"
+            )
+            continue
         SyncRun.objects.filter(pk=orphan.pk).update(
             status=SyncRunStatus.FAILED, finished_at=now, error_summary="worker_lost"
         )
@@ -433,7 +440,11 @@ def sync_run_start(*, connection: Connection, trigger: str, attempt: int = 1) ->
             message="This sync's worker stopped without finishing (killed or crashed); the next run completes it.",
         )
     run = SyncRun.objects.create(
-        company_id=connection.company_id, connection=connection, trigger=trigger, attempt=attempt
+        company_id=connection.company_id,
+        connection=connection,
+        trigger=trigger,
+        attempt=attempt,
+        generation=connection.generation,
     )
     sync_event_add(
         connection=connection,

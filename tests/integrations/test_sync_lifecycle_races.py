@@ -8,7 +8,7 @@ import pytest
 from django.utils import timezone
 
 from integrations import coverage
-from integrations.models import Connection, ConnectionState, SyncRun
+from integrations.models import Connection, ConnectionState, SyncEvent, SyncRun
 from integrations.services import connection_disconnect, connections_due, sync_claim
 from integrations.tasks import enqueue_due_syncs
 from openrouter.services import openrouter_replace_key
@@ -27,6 +27,31 @@ def replace_key(connection, emulator, secret=None):
             secret=secret or emulator.new_management_key(),
             transport=emulator.transport(),
         )
+
+
+def test_a_sync_still_running_when_the_key_is_replaced_is_not_logged_as_a_dead_worker(acme, emulator):
+    """Sync A is running (alive) when an admin replaces the key; the replacement clears A's lease and
+    queues sync B, which starts while A still runs. B must not tell ops that A's worker crashed."""
+    connection = connect(acme, emulator)
+    assert sync(connection, emulator).status == "succeeded"
+    fetch_activity = _SyncJob.fetch_activity
+    outcome = {}
+
+    def replace_and_run_the_new_sync(job, **kwargs):
+        if not kwargs.get("api_key_hash") and "b" not in outcome:
+            replace_key(connection, emulator)
+            outcome["b"] = None
+            with mock.patch.object(_SyncJob, "fetch_activity", fetch_activity):
+                outcome["b"] = sync(connection, emulator)  # the queued sync B, on another worker
+        return fetch_activity(job, **kwargs)
+
+    with mock.patch.object(_SyncJob, "fetch_activity", replace_and_run_the_new_sync):
+        a = sync(connection, emulator)
+
+    assert (a.status, outcome["b"].status) == ("aborted", "succeeded")
+    # A was alive the whole time and ended "aborted": no event says its worker was killed or crashed.
+    lost = SyncEvent.objects.filter(connection=connection, code="sync_worker_lost", run_id=a.run_id)
+    assert not lost.exists(), [e.message for e in lost]
 
 
 def test_a_stale_sync_finishing_after_a_disconnect_and_reconnect_leaves_the_forgotten_days_unknown(
