@@ -10,6 +10,7 @@ An alert whose email failed is emailed again on later evaluations while it is op
 import logging
 import unicodedata
 from collections import defaultdict
+from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from functools import cached_property
@@ -35,7 +36,7 @@ from integrations.services import sync_event_add
 from openrouter import insights
 from openrouter.formatting import usd
 from openrouter.models import ApiKey, CreditsSnapshot
-from usage.anomalies import DEFAULT_Z, detect_spike, new_spenders
+from usage.anomalies import DEFAULT_Z, MIN_AMOUNT, detect_spike, new_spenders
 from usage.forecast import Forecast, runway_days
 from usage.models import (
     DISMISSED,
@@ -58,7 +59,12 @@ ONGOING_KINDS = (AlertKind.CREDIT_LOW, AlertKind.CREDIT_RUNWAY, AlertKind.KEY_LI
 BUDGET_KINDS = (AlertKind.BUDGET_80, AlertKind.BUDGET_100, AlertKind.BUDGET_PROJECTED)
 ANOMALY_DAYS = 41  # the day judged and the 40 days before it
 NEW_SPENDER_DAYS = 30  # the day judged and the 29 days before it
-SERIES_DAYS = max(ANOMALY_DAYS, NEW_SPENDER_DAYS)
+# Series are read this many keys or models at a time.
+SERIES_BATCH = 500
+# Subjects are narrowed in the database to those whose spend on the day reaches a rule's minimum,
+# less this: SQLite sums decimals as doubles, which Python reads rounded to the column's 12 places,
+# so a sum read as the minimum may compare a hair below it in SQL. Looser only reads a few more.
+SPEND_TOLERANCE = Decimal("0.000001")
 # A month's last day is read after midnight, in the next month: its budgets are checked once more on
 # the next month's first days, when the month's spend is final. A week covers syncs that failed for
 # a few days at the turn of the month.
@@ -131,7 +137,6 @@ class _Reads:
         self.connection, self.now = connection, now
         self.day = connection.complete_through or now.date() - timedelta(days=1)  # last complete day
         self.budgets = list(budgets)  # the budgets the enabled rules watch
-        self._series: dict[str, dict[str, dict]] = {}
         self._recipients: dict[tuple, list[str]] = {}
 
     @cached_property
@@ -186,26 +191,50 @@ class _Reads:
     def credits(self) -> CreditsSnapshot | None:
         return CreditsSnapshot.objects.filter(connection=self.connection).order_by("-taken_at").first()
 
-    @cached_property
-    def key_names(self) -> dict[str, str]:
-        return dict(ApiKey.objects.filter(connection=self.connection).values_list("key_hash", "name"))
+    def key_names(self, key_hashes) -> dict[str, str]:
+        """Names of these keys (those an alert names, not every key of the connection)."""
+        key_hashes = list(key_hashes)
+        if not key_hashes:
+            return {}
+        keys = ApiKey.objects.filter(connection=self.connection, key_hash__in=key_hashes)
+        return dict(keys.values_list("key_hash", "name"))
 
     @cached_property
     def forecast(self):
         return insights.forecast(connection=self.connection, now=self.now)
 
-    def series(self, by: str, days: int) -> dict[str, dict]:
-        """Daily spend per key or model (`by`) over the `days` days through self.day."""
-        if by not in self._series:
-            start = self.day - timedelta(days=SERIES_DAYS - 1)
-            self._series[by] = insights.key_series(
-                connection=self.connection, start=start, end=self.day, by=by
+    def subjects(self, by: str, days: int, *, spent_at_least: Decimal | None = None) -> list[str]:
+        """The keys or models (`by`) with spend rows in the `days` days through self.day; with
+        `spent_at_least` above 0, only those whose spend on self.day reaches it (a rule that needs
+        that much on the day cannot fire for the others)."""
+        if spent_at_least is not None and spent_at_least - SPEND_TOLERANCE > 0:
+            spent_at_least -= SPEND_TOLERANCE
+        else:
+            spent_at_least = None  # Nothing to narrow by: a day with no spend would qualify.
+        return insights.series_subjects(
+            connection=self.connection,
+            start=self._start(days),
+            end=self.day,
+            by=by,
+            spent_at_least=spent_at_least,
+        )
+
+    def series(self, by: str, days: int, subjects: list[str]) -> Iterator[dict[str, dict]]:
+        """Daily spend of these keys or models (`by`) over the `days` days through self.day, one
+        batch of SERIES_BATCH subjects at a time: a worker never holds every key's history."""
+        for first in range(0, len(subjects), SERIES_BATCH):
+            batch = subjects[first : first + SERIES_BATCH]
+            loaded = insights.key_series(
+                connection=self.connection, start=self._start(days), end=self.day, by=by, subjects=batch
             )
-        start = self.day - timedelta(days=days - 1)
-        trimmed = {
-            subject: {d: v for d, v in s.items() if d >= start} for subject, s in self._series[by].items()
-        }
-        return {subject: s for subject, s in trimmed.items() if s}
+            yield {subject: loaded[subject] for subject in batch if subject in loaded}
+
+    def series_exist(self, by: str, days: int, *, through: date) -> bool:
+        """Whether the `days` days through self.day hold any spend row (of `by`) up to `through`."""
+        return insights.series_exist(connection=self.connection, start=self._start(days), end=through, by=by)
+
+    def _start(self, days: int) -> date:
+        return self.day - timedelta(days=days - 1)
 
 
 def _one_line(text: str) -> str:
@@ -611,54 +640,63 @@ def _sync_failing(rule: AlertRule, reads: _Reads):
         )
 
 
-def _label(subject: str, noun: str, key_names: dict[str, str]) -> str:
-    """A key by its name (the usage no listed key accounts for by its label), a model by its id."""
-    if noun != "key":
-        return subject
-    return key_names.get(subject) or subject or UNATTRIBUTED_LABEL
+def _labels(subjects, noun: str, reads: _Reads) -> dict[str, str]:
+    """Keys by their name (the usage no listed key accounts for by its label), models by their id."""
+    names = reads.key_names(subjects) if noun == "key" else {}
+    return {subject: names.get(subject) or subject or UNATTRIBUTED_LABEL for subject in subjects}
 
 
 def _anomalies(rule: AlertRule, reads: _Reads):
-    day, names = reads.day, reads.key_names
+    day = reads.day
     z = rule.threshold if rule.threshold is not None else DEFAULT_Z
     for by, noun in (("api_key_hash", "key"), ("model_permaslug", "model")):
-        for subject, series in reads.series(by, ANOMALY_DAYS).items():
-            spike = detect_spike(subject=subject, series=series, day=day, z_threshold=z)
-            if spike is None:
-                continue
-            label = _label(subject, noun, names)
-            yield _Firing(
-                f"{noun}:{subject}",
-                day.isoformat(),
-                f"Unusual spend on {noun} {label} on {day:%d %b}",
-                f"{usd(spike.amount)} against a usual {usd(spike.baseline)}/day ("
-                + (f"{spike.times_usual}× usual, " if spike.times_usual is not None else "")
-                + f"robust z-score {spike.score}).",
-                {
-                    noun: subject,
-                    "day": day.isoformat(),
-                    "amount": spike.amount,
-                    "baseline": spike.baseline,
-                    "score": spike.score,
-                },
-            )
+        # A spike is at least MIN_AMOUNT above a usual day of 0 or more (detect_spike), so only a
+        # subject that spent MIN_AMOUNT on the day can be one: the others' history is not read.
+        subjects = reads.subjects(by, ANOMALY_DAYS, spent_at_least=MIN_AMOUNT)
+        for batch in reads.series(by, ANOMALY_DAYS, subjects):
+            spikes = [
+                detect_spike(subject=subject, series=series, day=day, z_threshold=z)
+                for subject, series in batch.items()
+            ]
+            spikes = [spike for spike in spikes if spike is not None]
+            labels = _labels([spike.subject for spike in spikes], noun, reads)
+            for spike in spikes:
+                subject, label = spike.subject, labels[spike.subject]
+                yield _Firing(
+                    f"{noun}:{subject}",
+                    day.isoformat(),
+                    f"Unusual spend on {noun} {label} on {day:%d %b}",
+                    f"{usd(spike.amount)} against a usual {usd(spike.baseline)}/day ("
+                    + (f"{spike.times_usual}× usual, " if spike.times_usual is not None else "")
+                    + f"robust z-score {spike.score}).",
+                    {
+                        noun: subject,
+                        "day": day.isoformat(),
+                        "amount": spike.amount,
+                        "baseline": spike.baseline,
+                        "score": spike.score,
+                    },
+                )
 
 
 def _new_spenders(rule: AlertRule, reads: _Reads):
-    day, names = reads.day, reads.key_names
+    day = reads.day
     minimum = rule.threshold if rule.threshold is not None else Decimal(5)
     # Only judge once there is history before the day, or the first sync would flag everything.
-    history_end = day - timedelta(days=7)
-    if not any(d <= history_end for s in reads.series("api_key_hash", NEW_SPENDER_DAYS).values() for d in s):
+    if not reads.series_exist("api_key_hash", NEW_SPENDER_DAYS, through=day - timedelta(days=7)):
         return
     for by, noun in (("api_key_hash", "key"), ("model_permaslug", "model")):
-        series = reads.series(by, NEW_SPENDER_DAYS)
-        for subject, amount in new_spenders(series_by_subject=series, day=day, minimum=minimum):
-            label = _label(subject, noun, names)
-            yield _Firing(
-                f"new-{noun}:{subject}",
-                day.isoformat(),
-                f"New {noun} {label} spent {usd(amount)} on {day:%d %b}",
-                f"The {noun} {label} had no spend in the previous 30 days.",
-                {noun: subject, "amount": amount},
-            )
+        # A new spender spent `minimum` on the day: with a minimum above 0 no other subject can be one.
+        subjects = reads.subjects(by, NEW_SPENDER_DAYS, spent_at_least=minimum)
+        for series in reads.series(by, NEW_SPENDER_DAYS, subjects):
+            spenders = list(new_spenders(series_by_subject=series, day=day, minimum=minimum))
+            labels = _labels([subject for subject, _ in spenders], noun, reads)
+            for subject, amount in spenders:
+                label = labels[subject]
+                yield _Firing(
+                    f"new-{noun}:{subject}",
+                    day.isoformat(),
+                    f"New {noun} {label} spent {usd(amount)} on {day:%d %b}",
+                    f"The {noun} {label} had no spend in the previous 30 days.",
+                    {noun: subject, "amount": amount},
+                )

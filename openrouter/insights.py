@@ -657,25 +657,55 @@ def workspace_names(*, connection: Connection) -> dict[str, str]:
     return dict(Workspace.objects.filter(connection=connection).values_list("workspace_id", "name"))
 
 
-def key_series(*, connection: Connection, start: date, end: date, by: str) -> dict[str, dict[date, Decimal]]:
-    """Daily spend per key (by="api_key_hash") or per model (by="model_permaslug")."""
+def key_series(
+    *, connection: Connection, start: date, end: date, by: str, subjects=None
+) -> dict[str, dict[date, Decimal]]:
+    """Daily spend per key (by="api_key_hash") or per model (by="model_permaslug"); of these
+    `subjects` only, when given."""
     series: dict[str, dict[date, Decimal]] = defaultdict(dict)
-    dimension = next(name for name, field in FILTERS.items() if field == by)
-    rows = (
-        usage_rows(
-            connection_ids=[connection.pk],
-            start=start,
-            end=end,
-            dimensions=["day", dimension],
-            summarized=summaries_current(connection),
-        )
-        .values(by, "day")
-        .annotate(spend=Sum("spend_usd"))
-        .order_by()
-    )
-    for row in rows:
+    rows = _series_rows(connection=connection, start=start, end=end, by=by)
+    if subjects is not None:
+        rows = rows.filter(**{f"{by}__in": list(subjects)})
+    for row in rows.values(by, "day").annotate(spend=Sum("spend_usd")).order_by():
         series[row[by]][row["day"]] = row["spend"] or Decimal(0)
     return series
+
+
+def _series_rows(*, connection: Connection, start: date, end: date, by: str):
+    """The rows key_series sums: the per-key (or per-model) summary while it is current."""
+    dimension = next(name for name, field in FILTERS.items() if field == by)
+    return usage_rows(
+        connection_ids=[connection.pk],
+        start=start,
+        end=end,
+        dimensions=["day", dimension],
+        summarized=summaries_current(connection),
+    )
+
+
+def series_subjects(
+    *, connection: Connection, start: date, end: date, by: str, spent_at_least: Decimal | None = None
+) -> list[str]:
+    """The keys or models (`by`) key_series would return for these days, in order. With
+    `spent_at_least`, only those whose spend on `end` sums to at least that: one grouped query over
+    that day's rows, for the rules that judge a day's spend, so that a series is read only for a
+    subject that could fire."""
+    if spent_at_least is None:
+        rows = _series_rows(connection=connection, start=start, end=end, by=by)
+        return list(rows.values_list(by, flat=True).distinct().order_by(by))
+    rows = (
+        _series_rows(connection=connection, start=end, end=end, by=by)
+        .values(by)
+        .annotate(spend=Sum("spend_usd"))
+        .filter(spend__gte=spent_at_least)
+        .order_by(by)
+    )
+    return [row[by] for row in rows]
+
+
+def series_exist(*, connection: Connection, start: date, end: date, by: str) -> bool:
+    """Whether key_series would return any day from start to end."""
+    return _series_rows(connection=connection, start=start, end=end, by=by).exists()
 
 
 def snapshot_history(*, connection: Connection, key_hash: str, start: date) -> list[ApiKeySnapshot]:
