@@ -40,6 +40,7 @@ from usage.anomalies import DEFAULT_Z, MIN_AMOUNT, detect_spike, new_spenders
 from usage.forecast import Forecast, runway_days
 from usage.models import (
     DISMISSED,
+    RESOLVE_BATCH,
     UNATTRIBUTED_LABEL,
     Alert,
     AlertKind,
@@ -292,9 +293,12 @@ def evaluate_alerts(*, connection: Connection, now: datetime | None = None) -> l
             if alert is not None:
                 raised.append(alert)
         # Conditions that stopped holding resolve their open alerts, and end a dismissal.
-        for (subject, period), alert in open_alerts[rule.pk].items():
-            if (subject, period) not in keep and rule.kind not in (AlertKind.ANOMALY, AlertKind.NEW_SPENDER):
-                Alert.objects.filter(pk=alert.pk).update(state=AlertState.RESOLVED, resolved_at=now)
+        if rule.kind not in (AlertKind.ANOMALY, AlertKind.NEW_SPENDER):
+            cleared = [alert.pk for key, alert in open_alerts[rule.pk].items() if key not in keep]
+            for first in range(0, len(cleared), RESOLVE_BATCH):
+                Alert.objects.filter(pk__in=cleared[first : first + RESOLVE_BATCH]).update(
+                    state=AlertState.RESOLVED, resolved_at=now
+                )
         _undismiss(alert for key, alert in dismissed[rule.pk].items() if key not in keep)
     # Nothing resolves the alerts of a rule turned off (or deleted without alert_rule_deleted) any more.
     enabled_ids = {rule.pk for rule in enabled}

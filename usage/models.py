@@ -1,6 +1,8 @@
 from decimal import Decimal
 
+from django.db import connection as db
 from django.db import models
+from django.db.models.functions import Cast
 from django.db.models.signals import pre_delete
 from django.dispatch import receiver
 from django.utils import timezone
@@ -303,18 +305,39 @@ class Alert(models.Model):
         return self.title
 
 
+# Alerts resolved (or their ids listed) per UPDATE: three parameters each, within SQLite's 999.
+RESOLVE_BATCH = 300
+
+
 def alerts_resolve(alerts, *, reason: str, now=None) -> int:
     """Resolve these alerts (Alert instances) unless already resolved, saying why in
-    detail["resolved_reason"] (the Alerts page shows it). Returns how many it resolved."""
+    detail["resolved_reason"] (the Alerts page shows it). Returns how many it resolved.
+
+    One UPDATE per RESOLVE_BATCH alerts, each alert's detail set by a CASE on its id (as bulk_update
+    writes it), still only where the alert is not resolved by then: a dismissal made meanwhile keeps
+    its detail."""
     now = now or timezone.now()
+    alerts = list(alerts)
+    field = Alert._meta.get_field("detail")
     resolved = 0
-    for alert in alerts:
+    for first in range(0, len(alerts), RESOLVE_BATCH):
+        batch = alerts[first : first + RESOLVE_BATCH]
+        detail = models.Case(
+            *(
+                models.When(
+                    pk=alert.pk,
+                    then=models.Value({**alert.detail, "resolved_reason": reason}, output_field=field),
+                )
+                for alert in batch
+            ),
+            output_field=field,
+        )
+        if db.features.requires_casted_case_in_updates:  # PostgreSQL: a CASE of parameters is text
+            detail = Cast(detail, output_field=field)
         resolved += (
-            Alert.objects.filter(pk=alert.pk)
+            Alert.objects.filter(pk__in=[alert.pk for alert in batch])
             .exclude(state=AlertState.RESOLVED)
-            .update(
-                state=AlertState.RESOLVED, resolved_at=now, detail={**alert.detail, "resolved_reason": reason}
-            )
+            .update(state=AlertState.RESOLVED, resolved_at=now, detail=detail)
         )
     return resolved
 
