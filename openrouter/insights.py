@@ -671,15 +671,17 @@ def key_series(
     return series
 
 
-def _series_rows(*, connection: Connection, start: date, end: date, by: str):
-    """The rows key_series sums: the per-key (or per-model) summary while it is current."""
+def _series_rows(*, connection: Connection, start: date, end: date, by: str, by_day: bool = False):
+    """The rows key_series sums: the per-key (or per-model) summary while it is current. `by_day`:
+    for a query that finds a few days' rows, which the per-key summary (not indexed by day) would
+    find by reading all of the connection's; the usage rows' sums per key and day are the same."""
     dimension = next(name for name, field in FILTERS.items() if field == by)
     return usage_rows(
         connection_ids=[connection.pk],
         start=start,
         end=end,
         dimensions=["day", dimension],
-        summarized=summaries_current(connection),
+        summarized=summaries_current(connection) and not (by_day and by == FILTERS["key"]),
     )
 
 
@@ -688,13 +690,13 @@ def series_subjects(
 ) -> list[str]:
     """The keys or models (`by`) key_series would return for these days, in order. With
     `spent_at_least`, only those whose spend on `end` sums to at least that: one grouped query over
-    that day's rows, for the rules that judge a day's spend, so that a series is read only for a
-    subject that could fire."""
+    that day's rows (by the connection and day index), for the rules that judge a day's spend, so
+    that a series is read only for a subject that could fire."""
     if spent_at_least is None:
         rows = _series_rows(connection=connection, start=start, end=end, by=by)
         return list(rows.values_list(by, flat=True).distinct().order_by(by))
     rows = (
-        _series_rows(connection=connection, start=end, end=end, by=by)
+        _series_rows(connection=connection, start=end, end=end, by=by, by_day=True)
         .values(by)
         .annotate(spend=Sum("spend_usd"))
         .filter(spend__gte=spent_at_least)
@@ -705,7 +707,7 @@ def series_subjects(
 
 def series_exist(*, connection: Connection, start: date, end: date, by: str) -> bool:
     """Whether key_series would return any day from start to end."""
-    return _series_rows(connection=connection, start=start, end=end, by=by).exists()
+    return _series_rows(connection=connection, start=start, end=end, by=by, by_day=True).exists()
 
 
 def snapshot_history(*, connection: Connection, key_hash: str, start: date) -> list[ApiKeySnapshot]:
