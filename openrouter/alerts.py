@@ -513,30 +513,16 @@ def _budget_check(rule: AlertRule, reads: _Reads):
         return
     forecast = reads.budget_forecasts[budget.pk]
     amount = budget.monthly_usd
-    label = budget.label
     spent = forecast.month_to_date
     detail = {"spent": spent, "budget": amount, "projected": forecast.expected}
-    if rule.kind == AlertKind.BUDGET_80 and spent >= amount * Decimal("0.8"):
-        yield _Firing(
-            budget.target,
-            _month(now),
-            f"{label}: 80% of the {usd(amount)} monthly budget used",
-            f"Spent {usd(spent)} of {usd(amount)} this month ({spent / amount:.0%}).",
-            detail,
-        )
-    elif rule.kind == AlertKind.BUDGET_100 and spent >= amount:
-        yield _Firing(
-            budget.target,
-            _month(now),
-            f"{label}: monthly budget of {usd(amount)} reached",
-            f"Spent {usd(spent)} this month, over the {usd(amount)} budget.",
-            detail,
-        )
+    used = _budget_used(rule, spent, _month(now), detail, during="this month")
+    if used is not None:
+        yield used
     elif rule.kind == AlertKind.BUDGET_PROJECTED and forecast.expected > amount and spent < amount:
         yield _Firing(
             budget.target,
             _month(now),
-            f"{label}: projected to exceed the {usd(amount)} budget",
+            f"{budget.label}: projected to exceed the {usd(amount)} budget",
             f"At the current run-rate of {usd(forecast.daily_rate)}/day the month ends near {usd(forecast.expected)} "
             f"(range {usd(forecast.low)}–{usd(forecast.high)}).",
             detail,
@@ -548,29 +534,41 @@ def _ended_month_budget_check(rule: AlertRule, reads: _Reads):
     """The month that has just ended, now that its last day is read: 80% and 100% of its budget (a
     projection has nothing left to project)."""
     budget = rule.budget
-    if reads.ended_month is None or budget is None or rule.kind == AlertKind.BUDGET_PROJECTED:
+    if reads.ended_month is None or budget is None:
         return
     first, _ = reads.ended_month
-    month = f"{first:%B %Y}"
-    amount, label = budget.monthly_usd, budget.label
     spent = reads.ended_month_spend[budget.pk]
-    detail = {"spent": spent, "budget": amount, "month": f"{first:%Y-%m}"}
+    detail = {"spent": spent, "budget": budget.monthly_usd, "month": f"{first:%Y-%m}"}
+    used = _budget_used(rule, spent, f"{first:%Y-%m}", detail, during=f"in {first:%B %Y}")
+    if used is not None:
+        yield used
+
+
+def _budget_used(
+    rule: AlertRule, spent: Decimal, period: str, detail: dict, *, during: str
+) -> _Firing | None:
+    """The 80% or 100% rule's firing for a month's spend (`during`: "this month", "in November
+    2026"), or None."""
+    budget = rule.budget
+    amount, label = budget.monthly_usd, budget.label
+    named = "" if during == "this month" else f" {during}"
     if rule.kind == AlertKind.BUDGET_80 and spent >= amount * Decimal("0.8"):
-        yield _Firing(
+        return _Firing(
             budget.target,
-            f"{first:%Y-%m}",
-            f"{label}: 80% of the {usd(amount)} monthly budget used in {month}",
-            f"Spent {usd(spent)} of {usd(amount)} in {month} ({spent / amount:.0%}).",
+            period,
+            f"{label}: 80% of the {usd(amount)} monthly budget used{named}",
+            f"Spent {usd(spent)} of {usd(amount)} {during} ({spent / amount:.0%}).",
             detail,
         )
-    elif rule.kind == AlertKind.BUDGET_100 and spent >= amount:
-        yield _Firing(
+    if rule.kind == AlertKind.BUDGET_100 and spent >= amount:
+        return _Firing(
             budget.target,
-            f"{first:%Y-%m}",
-            f"{label}: monthly budget of {usd(amount)} reached in {month}",
-            f"Spent {usd(spent)} in {month}, over the {usd(amount)} budget.",
+            period,
+            f"{label}: monthly budget of {usd(amount)} reached{named}",
+            f"Spent {usd(spent)} {during}, over the {usd(amount)} budget.",
             detail,
         )
+    return None
 
 
 def _credit_low(rule: AlertRule, reads: _Reads):
