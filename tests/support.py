@@ -76,6 +76,18 @@ def usage_snapshot(connection) -> list[tuple]:
     )
 
 
+def synced_organization(company, today: date, **config):
+    """The emulator's organization (seed 7, 24 keys) as OpenRouter holds it on `today`, connected and
+    synced once at noon of that day: (connection, emulator)."""
+    from openrouter.emulator import Emulator, EmulatorConfig
+
+    emulator = Emulator(EmulatorConfig(**{"seed": 7, "keys": 24, **config}, today=today))
+    connection = connect(company, emulator)
+    sync(connection, emulator)
+    connection.refresh_from_db()
+    return connection, emulator
+
+
 def stored_total(connection, field="spend_usd", **filters):
     from usage.models import UsageDaily
 

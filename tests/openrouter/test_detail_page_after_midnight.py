@@ -10,10 +10,9 @@ from django.utils import timezone
 
 from integrations.models import Connection
 from openrouter import insights
-from openrouter.emulator import Emulator, EmulatorConfig
 from openrouter.models import ApiKey, ApiKeySnapshot
 from tests.conftest import client_for
-from tests.support import connect, noon, sync
+from tests.support import noon, synced_organization
 
 pytestmark = pytest.mark.django_db
 
@@ -29,10 +28,7 @@ def url(connection, query=""):
 def synced_dec_1(acme, monkeypatch):
     """Last sync at noon on 1 Dec: it read every day through 30 Nov."""
     monkeypatch.setattr(timezone, "now", lambda: noon(DEC_1))
-    emulator = Emulator(EmulatorConfig(seed=7, keys=24, today=DEC_1))
-    connection = connect(acme, emulator)
-    sync(connection, emulator)
-    connection.refresh_from_db()
+    connection, emulator = synced_organization(acme, DEC_1)
     assert connection.complete_through == date(2026, 11, 30)
     return connection, emulator
 

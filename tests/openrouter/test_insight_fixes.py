@@ -15,10 +15,9 @@ from django.urls import reverse
 
 from openrouter import insights
 from openrouter.alerts import budget_create, default_rules_ensure, evaluate_alerts
-from openrouter.emulator import Emulator, EmulatorConfig
 from openrouter.models import ApiKey, ApiKeySnapshot, CreditsSnapshot, Member
 from tests.conftest import client_for
-from tests.support import TODAY, connect, noon, sync, usage_rows_edited
+from tests.support import TODAY, connect, noon, sync, synced_organization, usage_rows_edited
 from usage.anomalies import detect_spike
 from usage.forecast import month_end_forecast
 from usage.models import AlertKind, AlertRule, UsageDaily
@@ -40,11 +39,7 @@ def synced(acme, emulator, alice, fiona):
 @pytest.fixture
 def synced_on_november_30(acme, alice, fiona):
     """The last sync of the month ran on 30 Nov; no sync has run in December yet."""
-    emulator = Emulator(EmulatorConfig(seed=7, keys=24, today=NOV_30))
-    connection = connect(acme, emulator)
-    sync(connection, emulator)
-    connection.refresh_from_db()
-    return connection
+    return synced_organization(acme, NOV_30)[0]
 
 
 def url(name, connection, *args):
@@ -98,11 +93,7 @@ DEC_1 = date(2026, 12, 1)
 @pytest.fixture
 def synced_at_noon_on_december_1(acme, alice, fiona):
     """The last sync ran at noon on 1 Dec: it read every day through 30 Nov and 1 Dec's counters."""
-    emulator = Emulator(EmulatorConfig(seed=7, keys=24, today=DEC_1))
-    connection = connect(acme, emulator)
-    sync(connection, emulator)
-    connection.refresh_from_db()
-    return connection
+    return synced_organization(acme, DEC_1)[0]
 
 
 @pytest.mark.parametrize("by", [None, "workspace", "key"])

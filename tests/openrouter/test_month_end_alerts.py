@@ -7,9 +7,8 @@ import pytest
 from django.db.models import Sum
 
 from openrouter.alerts import budget_create, evaluate_alerts
-from openrouter.emulator import Emulator, EmulatorConfig
 from openrouter.formatting import usd
-from tests.support import connect, sync
+from tests.support import synced_organization
 from usage.models import Alert, AlertKind, AlertState, UsageDaily
 
 pytestmark = pytest.mark.django_db
@@ -21,10 +20,7 @@ DEC_1_MORNING = datetime(2026, 12, 1, 6, 0, tzinfo=UTC)
 @pytest.fixture
 def synced_on_december_1(acme, alice, fiona):
     """The first sync of December has just read 30 November, the last day of the month."""
-    emulator = Emulator(EmulatorConfig(seed=7, keys=24, today=DEC_1))
-    connection = connect(acme, emulator)
-    sync(connection, emulator)
-    connection.refresh_from_db()
+    connection, _emulator = synced_organization(acme, DEC_1)
     assert connection.complete_through == date(2026, 11, 30)
     return connection
 
