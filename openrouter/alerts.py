@@ -18,6 +18,7 @@ from functools import cached_property
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 
@@ -58,6 +59,7 @@ DEFAULT_ROLES = [Role.ADMIN, Role.FINANCE]
 # one alert for as long as they hold.
 ONGOING_KINDS = (AlertKind.CREDIT_LOW, AlertKind.CREDIT_RUNWAY, AlertKind.KEY_LIMIT)
 BUDGET_KINDS = (AlertKind.BUDGET_80, AlertKind.BUDGET_100, AlertKind.BUDGET_PROJECTED)
+DAY_KINDS = (AlertKind.ANOMALY, AlertKind.NEW_SPENDER)  # each judges the spend of a day
 ANOMALY_DAYS = 41  # the day judged and the 40 days before it
 NEW_SPENDER_DAYS = 30  # the day judged and the 29 days before it
 # Series are read this many keys or models at a time.
@@ -70,6 +72,9 @@ SPEND_TOLERANCE = Decimal("0.000001")
 # the next month's first days, when the month's spend is final. A week covers syncs that failed for
 # a few days at the turn of the month.
 ENDED_MONTH_CHECKED_DAYS = 7
+# The days an anomaly or new-spender rule judges at most in one evaluation, the newest included: the
+# days a gap in syncing kept from being judged on their own, back to a week.
+CATCH_UP_DAYS = 7
 
 
 def budget_create(
@@ -204,9 +209,22 @@ class _Reads:
     def forecast(self):
         return insights.forecast(connection=self.connection, now=self.now)
 
-    def subjects(self, by: str, days: int, *, spent_at_least: Decimal | None = None) -> list[str]:
-        """The keys or models (`by`) with spend rows in the `days` days through self.day; with
-        `spent_at_least` above 0, only those whose spend on self.day reaches it (a rule that needs
+    def days_to_judge(self, rule: AlertRule) -> list[date]:
+        """The days a rule on one day's spend judges now: the newest complete day, as at every
+        evaluation (a later sync may have revised it), after the days since the rule last judged one,
+        which a gap in syncing would otherwise skip; at most CATCH_UP_DAYS in all (older news than a
+        week is no alert). A rule never evaluated, or turned on again, starts at the newest day."""
+        day, judged = self.day, rule.judged_through
+        if judged is None or judged >= day:
+            return [day]
+        first = max(judged + timedelta(days=1), day - timedelta(days=CATCH_UP_DAYS - 1))
+        return [first + timedelta(days=offset) for offset in range((day - first).days + 1)]
+
+    def subjects(
+        self, by: str, days: int, *, through: date, spent_at_least: Decimal | None = None
+    ) -> list[str]:
+        """The keys or models (`by`) with spend rows in the `days` days through `through`; with
+        `spent_at_least` above 0, only those whose spend on `through` reaches it (a rule that needs
         that much on the day cannot fire for the others)."""
         if spent_at_least is not None and spent_at_least - SPEND_TOLERANCE > 0:
             spent_at_least -= SPEND_TOLERANCE
@@ -214,28 +232,31 @@ class _Reads:
             spent_at_least = None  # Nothing to narrow by: a day with no spend would qualify.
         return insights.series_subjects(
             connection=self.connection,
-            start=self._start(days),
-            end=self.day,
+            start=_start(days, through),
+            end=through,
             by=by,
             spent_at_least=spent_at_least,
         )
 
-    def series(self, by: str, days: int, subjects: list[str]) -> Iterator[dict[str, dict]]:
-        """Daily spend of these keys or models (`by`) over the `days` days through self.day, one
+    def series(self, by: str, days: int, subjects: list[str], *, through: date) -> Iterator[dict[str, dict]]:
+        """Daily spend of these keys or models (`by`) over the `days` days through `through`, one
         batch of SERIES_BATCH subjects at a time: a worker never holds every key's history."""
         for first in range(0, len(subjects), SERIES_BATCH):
             batch = subjects[first : first + SERIES_BATCH]
             loaded = insights.key_series(
-                connection=self.connection, start=self._start(days), end=self.day, by=by, subjects=batch
+                connection=self.connection, start=_start(days, through), end=through, by=by, subjects=batch
             )
             yield {subject: loaded[subject] for subject in batch if subject in loaded}
 
-    def series_exist(self, by: str, days: int, *, through: date) -> bool:
-        """Whether the `days` days through self.day hold any spend row (of `by`) up to `through`."""
-        return insights.series_exist(connection=self.connection, start=self._start(days), end=through, by=by)
+    def series_exist(self, by: str, days: int, *, through: date, until: date) -> bool:
+        """Whether the `days` days through `through` hold any spend row (of `by`) up to `until`."""
+        return insights.series_exist(
+            connection=self.connection, start=_start(days, through), end=until, by=by
+        )
 
-    def _start(self, days: int) -> date:
-        return self.day - timedelta(days=days - 1)
+
+def _start(days: int, through: date) -> date:
+    return through - timedelta(days=days - 1)
 
 
 def _one_line(text: str) -> str:
@@ -292,8 +313,11 @@ def evaluate_alerts(*, connection: Connection, now: datetime | None = None) -> l
             alert = _raise(rule, reads, firing, open_alerts[rule.pk].get((firing.subject, firing.period)))
             if alert is not None:
                 raised.append(alert)
+        if rule.kind in DAY_KINDS:
+            # Every firing is raised: the days judged are not judged again (but the newest).
+            _mark_judged(rule, reads.day)
         # Conditions that stopped holding resolve their open alerts, and end a dismissal.
-        if rule.kind not in (AlertKind.ANOMALY, AlertKind.NEW_SPENDER):
+        if rule.kind not in DAY_KINDS:
             cleared = [alert.pk for key, alert in open_alerts[rule.pk].items() if key not in keep]
             for first in range(0, len(cleared), RESOLVE_BATCH):
                 Alert.objects.filter(pk__in=cleared[first : first + RESOLVE_BATCH]).update(
@@ -327,6 +351,15 @@ def _ongoing_period(firing: _Firing, open_alerts: dict, dismissed: dict) -> str:
         if ongoing:
             return ongoing[0]
     return firing.period
+
+
+def _mark_judged(rule: AlertRule, day: date) -> None:
+    """Only forward: an evaluation that read less than a concurrent one does not take its days back."""
+    if rule.judged_through is None or rule.judged_through < day:
+        AlertRule.objects.filter(
+            Q(judged_through__isnull=True) | Q(judged_through__lt=day), pk=rule.pk
+        ).update(judged_through=day)
+        rule.judged_through = day
 
 
 def _undismiss(alerts) -> None:
@@ -649,56 +682,66 @@ def _labels(subjects, noun: str, reads: _Reads) -> dict[str, str]:
 
 
 def _anomalies(rule: AlertRule, reads: _Reads):
-    day = reads.day
     z = rule.threshold if rule.threshold is not None else DEFAULT_Z
-    for by, noun in (("api_key_hash", "key"), ("model_permaslug", "model")):
-        # A spike is at least MIN_AMOUNT above a usual day of 0 or more (detect_spike), so only a
-        # subject that spent MIN_AMOUNT on the day can be one: the others' history is not read.
-        subjects = reads.subjects(by, ANOMALY_DAYS, spent_at_least=MIN_AMOUNT)
-        for batch in reads.series(by, ANOMALY_DAYS, subjects):
-            spikes = [
-                detect_spike(subject=subject, series=series, day=day, z_threshold=z)
-                for subject, series in batch.items()
-            ]
-            spikes = [spike for spike in spikes if spike is not None]
-            labels = _labels([spike.subject for spike in spikes], noun, reads)
-            for spike in spikes:
-                subject, label = spike.subject, labels[spike.subject]
-                yield _Firing(
-                    f"{noun}:{subject}",
-                    day.isoformat(),
-                    f"Unusual spend on {noun} {label} on {day:%d %b}",
-                    f"{usd(spike.amount)} against a usual {usd(spike.baseline)}/day ("
-                    + (f"{spike.times_usual}× usual, " if spike.times_usual is not None else "")
-                    + f"robust z-score {spike.score}).",
-                    {
-                        noun: subject,
-                        "day": day.isoformat(),
-                        "amount": spike.amount,
-                        "baseline": spike.baseline,
-                        "score": spike.score,
-                    },
-                )
+    for day in reads.days_to_judge(rule):
+        for by, noun in (("api_key_hash", "key"), ("model_permaslug", "model")):
+            yield from _spikes_on(day, by, noun, z, reads)
+
+
+def _spikes_on(day: date, by: str, noun: str, z: Decimal, reads: _Reads):
+    # A spike is at least MIN_AMOUNT above a usual day of 0 or more (detect_spike), so only a subject
+    # that spent MIN_AMOUNT on the day can be one: the others' history is not read.
+    subjects = reads.subjects(by, ANOMALY_DAYS, through=day, spent_at_least=MIN_AMOUNT)
+    for batch in reads.series(by, ANOMALY_DAYS, subjects, through=day):
+        spikes = [
+            detect_spike(subject=subject, series=series, day=day, z_threshold=z)
+            for subject, series in batch.items()
+        ]
+        spikes = [spike for spike in spikes if spike is not None]
+        labels = _labels([spike.subject for spike in spikes], noun, reads)
+        for spike in spikes:
+            subject, label = spike.subject, labels[spike.subject]
+            yield _Firing(
+                f"{noun}:{subject}",
+                day.isoformat(),
+                f"Unusual spend on {noun} {label} on {day:%d %b}",
+                f"{usd(spike.amount)} against a usual {usd(spike.baseline)}/day ("
+                + (f"{spike.times_usual}× usual, " if spike.times_usual is not None else "")
+                + f"robust z-score {spike.score}).",
+                {
+                    noun: subject,
+                    "day": day.isoformat(),
+                    "amount": spike.amount,
+                    "baseline": spike.baseline,
+                    "score": spike.score,
+                },
+            )
 
 
 def _new_spenders(rule: AlertRule, reads: _Reads):
-    day = reads.day
     minimum = rule.threshold if rule.threshold is not None else Decimal(5)
-    # Only judge once there is history before the day, or the first sync would flag everything.
-    if not reads.series_exist("api_key_hash", NEW_SPENDER_DAYS, through=day - timedelta(days=7)):
-        return
-    for by, noun in (("api_key_hash", "key"), ("model_permaslug", "model")):
-        # A new spender spent `minimum` on the day: with a minimum above 0 no other subject can be one.
-        subjects = reads.subjects(by, NEW_SPENDER_DAYS, spent_at_least=minimum)
-        for series in reads.series(by, NEW_SPENDER_DAYS, subjects):
-            spenders = list(new_spenders(series_by_subject=series, day=day, minimum=minimum))
-            labels = _labels([subject for subject, _ in spenders], noun, reads)
-            for subject, amount in spenders:
-                label = labels[subject]
-                yield _Firing(
-                    f"new-{noun}:{subject}",
-                    day.isoformat(),
-                    f"New {noun} {label} spent {usd(amount)} on {day:%d %b}",
-                    f"The {noun} {label} had no spend in the previous 30 days.",
-                    {noun: subject, "amount": amount},
-                )
+    for day in reads.days_to_judge(rule):
+        # Only judge once there is history before the day, or the first sync would flag everything.
+        if not reads.series_exist(
+            "api_key_hash", NEW_SPENDER_DAYS, through=day, until=day - timedelta(days=7)
+        ):
+            continue
+        for by, noun in (("api_key_hash", "key"), ("model_permaslug", "model")):
+            yield from _new_spenders_on(day, by, noun, minimum, reads)
+
+
+def _new_spenders_on(day: date, by: str, noun: str, minimum: Decimal, reads: _Reads):
+    # A new spender spent `minimum` on the day: with a minimum above 0 no other subject can be one.
+    subjects = reads.subjects(by, NEW_SPENDER_DAYS, through=day, spent_at_least=minimum)
+    for series in reads.series(by, NEW_SPENDER_DAYS, subjects, through=day):
+        spenders = list(new_spenders(series_by_subject=series, day=day, minimum=minimum))
+        labels = _labels([subject for subject, _ in spenders], noun, reads)
+        for subject, amount in spenders:
+            label = labels[subject]
+            yield _Firing(
+                f"new-{noun}:{subject}",
+                day.isoformat(),
+                f"New {noun} {label} spent {usd(amount)} on {day:%d %b}",
+                f"The {noun} {label} had no spend in the previous 30 days.",
+                {noun: subject, "amount": amount},
+            )

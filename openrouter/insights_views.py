@@ -183,11 +183,14 @@ def alert_rule_update(request: HttpRequest, connection_id: int, rule_id: int) ->
     rule = get_object_or_404(AlertRule, connection=connection, pk=rule_id)
     form = AlertRuleForm(request.POST, kind=rule.kind)
     if form.is_valid():
+        if form.cleaned_data["enabled"] and not rule.enabled:
+            # Turned on again: it starts at the newest day, not with the days it was off.
+            rule.judged_through = None
         rule.enabled = form.cleaned_data["enabled"]
         if form.cleaned_data["threshold"] is not None:
             rule.threshold = form.cleaned_data["threshold"]
         rule.notify_roles = form.cleaned_data["notify_roles"]
-        rule.save(update_fields=["enabled", "threshold", "notify_roles"])
+        rule.save(update_fields=["enabled", "threshold", "notify_roles", "judged_through"])
         unheard = (
             ""
             if rule.notify_roles or not rule.enabled

@@ -230,6 +230,9 @@ class AlertRule(models.Model):
     threshold = models.DecimalField(max_digits=14, decimal_places=4, null=True, blank=True)
     notify_roles = models.JSONField(default=list, blank=True)
     enabled = models.BooleanField(default=True)
+    # The newest day an anomaly or new-spender rule has judged. A day read by a sync after a gap
+    # (OpenRouter down, the key revoked for a while) is judged on its own, not skipped for the newest.
+    judged_through = models.DateField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
