@@ -121,18 +121,9 @@ def test_a_new_spender_on_a_skipped_day_is_raised(synced, emulator):
     skipped = newest - timedelta(days=2)
     row = UsageDaily.objects.filter(connection=synced, day=skipped).exclude(api_key_hash="").first()
     evaluate_alerts(connection=read_through(synced, newest - timedelta(days=4)), now=now_for(emulator))
-    UsageDaily.objects.create(
-        company_id=synced.company_id,
-        connection=synced,
-        day=skipped,
-        workspace_id=row.workspace_id,
-        api_key_hash="brand-new-key",
-        model=row.model,
-        model_permaslug=row.model_permaslug,
-        provider_name=row.provider_name,
-        spend_usd=Decimal(40),
-        requests=9,
-    )
+    # A key never seen before, spending on the skipped day with that day's models and workspace.
+    row.pk, row.api_key_hash, row.spend_usd, row.requests = None, "brand-new-key", Decimal(40), 9
+    row.save()
     usage_rows_edited(synced)
 
     evaluate_alerts(connection=read_through(synced, newest), now=now_for(emulator))
