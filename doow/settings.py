@@ -174,12 +174,18 @@ DATABASES = {
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     LOCAL_DIR.mkdir(parents=True, exist_ok=True)
-    # WAL and a busy timeout let the web server, worker and beat share the file.
+    # WAL and a busy timeout let the web server, worker and beat share the file. A transaction takes
+    # the write lock when it begins: one that read first and then wrote would fail at once ("database
+    # is locked") when another wrote in between, where waiting its turn would have done.
     # A file, not memory, for the test database: subprocess tests (a real worker) share it.
     # Per process, so test runs side by side never share one.
     DATABASES["default"]["TEST"] = {"NAME": str(LOCAL_DIR / f"test-db-{os.getpid()}.sqlite3")}
     DATABASES["default"].setdefault("OPTIONS", {}).update(
-        {"timeout": 30, "init_command": "PRAGMA journal_mode=WAL;PRAGMA synchronous=NORMAL;"}
+        {
+            "timeout": 30,
+            "init_command": "PRAGMA journal_mode=WAL;PRAGMA synchronous=NORMAL;",
+            "transaction_mode": "IMMEDIATE",
+        }
     )
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = env_int("DATABASE_CONN_MAX_AGE", 60, least=0)

@@ -1,5 +1,6 @@
 """Budgets and forecast, alert rules, people and reconciliation pages of one OpenRouter connection."""
 
+from dataclasses import dataclass
 from decimal import Decimal
 
 from django import forms
@@ -19,6 +20,7 @@ from openrouter import insights
 from openrouter.alerts import budget_create, default_rules_ensure
 from openrouter.models import ApiKey, Workspace
 from openrouter.report import PRESETS, DetailQuery, key_choices, range_notices
+from openrouter.templatetags.openrouter import plain_number
 from usage.models import THRESHOLD_RANGES, AlertKind, AlertRule, Budget, BudgetScope, threshold_problem
 
 # The budgets page lists this many workspaces' forecasts, those projected to spend most.
@@ -66,9 +68,9 @@ class AlertRuleForm(forms.Form):
         choices=Role.choices, required=False, widget=forms.CheckboxSelectMultiple
     )
 
-    def __init__(self, *args, kind: str, **kwargs):
+    def __init__(self, *args, kind: str, rule_id: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.kind = kind
+        self.kind, self.rule_id = kind, rule_id
 
     def clean_threshold(self):
         threshold = self.cleaned_data.get("threshold")
@@ -110,8 +112,53 @@ def budgets(request: HttpRequest, connection_id: int) -> HttpResponse:
         )
         messages.success(request, f"Budget saved: {budget}.")
         return redirect("openrouter:budgets", company_slug=request.company.slug, connection_id=connection.pk)
+    return _budgets_page(request, connection, form)
+
+
+@dataclass
+class _RuleRow:
+    """An alert rule's controls as the page shows them: as saved, or as typed when refused."""
+
+    rule: AlertRule
+    help: str
+    name: str
+    threshold: str
+    roles: list[str]
+    enabled: bool
+    errors: list[str]
+
+
+def _rule_row(rule: AlertRule, refused: AlertRuleForm | None) -> _RuleRow:
+    help_text, name = ALERT_THRESHOLD_HELP.get(rule.kind, ""), _rule_name(rule)
+    if refused is None:
+        return _RuleRow(
+            rule, help_text, name, plain_number(rule.threshold), rule.notify_roles, rule.enabled, []
+        )
+    errors = [str(error) for errors in refused.errors.values() for error in errors]
+    data = refused.data
+    return _RuleRow(
+        rule,
+        help_text,
+        name,
+        data.get("threshold", ""),
+        data.getlist("notify_roles"),
+        "enabled" in data,
+        errors,
+    )
+
+
+def _budgets_page(
+    request: HttpRequest, connection, form: BudgetForm, *, refused_rule: AlertRuleForm | None = None
+) -> HttpResponse:
+    asked = request.POST if form.is_bound else request.GET
     keys, more_keys = key_choices(connection, chosen=asked.get("target", ""), live_only=True)
     workspaces = list(Workspace.objects.filter(connection=connection).order_by(*Workspace.LISTED_ORDER))
+    rules = (
+        AlertRule.objects.filter(connection=connection)
+        .select_related("budget")
+        .order_by(F("budget").asc(nulls_first=True), "budget__scope", "budget__target_label", "kind")
+    )
+    refused_id = refused_rule.rule_id if refused_rule is not None else None
     return render(
         request,
         "openrouter/budgets.html",
@@ -126,12 +173,7 @@ def budgets(request: HttpRequest, connection_id: int) -> HttpResponse:
             "keys": keys,
             "more_keys": more_keys,
             # The connection's rules, then each budget's three (which take the budget's amount).
-            "rules": [
-                (rule, ALERT_THRESHOLD_HELP.get(rule.kind, ""), _rule_name(rule))
-                for rule in AlertRule.objects.filter(connection=connection)
-                .select_related("budget")
-                .order_by(F("budget").asc(nulls_first=True), "budget__scope", "budget__target_label", "kind")
-            ],
+            "rules": [_rule_row(rule, refused_rule if rule.pk == refused_id else None) for rule in rules],
             "roles": Role.choices,
             "section": "budgets",
         },
@@ -181,7 +223,7 @@ def budget_delete(request: HttpRequest, connection_id: int, budget_id: int) -> H
 def alert_rule_update(request: HttpRequest, connection_id: int, rule_id: int) -> HttpResponse:
     connection = connection_get(company=request.company, connection_id=connection_id)
     rule = get_object_or_404(AlertRule, connection=connection, pk=rule_id)
-    form = AlertRuleForm(request.POST, kind=rule.kind)
+    form = AlertRuleForm(request.POST, kind=rule.kind, rule_id=rule.pk)
     if form.is_valid():
         if form.cleaned_data["enabled"] and not rule.enabled:
             # Turned on again: it starts at the newest day, not with the days it was off.
@@ -197,10 +239,11 @@ def alert_rule_update(request: HttpRequest, connection_id: int, rule_id: int) ->
             else " No role is emailed: its alerts are only listed on the Alerts page."
         )
         messages.success(request, f"Alert rule “{_rule_name(rule)}” saved.{unheard}")
-    else:
-        problems = " ".join(str(error) for errors in form.errors.values() for error in errors)
-        messages.error(request, f"The alert rule “{_rule_name(rule)}” was not saved: {problems}")
-    return redirect("openrouter:budgets", company_slug=request.company.slug, connection_id=connection.pk)
+        return redirect("openrouter:budgets", company_slug=request.company.slug, connection_id=connection.pk)
+    # Refused: the page again, the rule's controls as typed, next to what is wrong with them.
+    problems = " ".join(str(error) for errors in form.errors.values() for error in errors)
+    messages.error(request, f"The alert rule “{_rule_name(rule)}” was not saved: {problems}")
+    return _budgets_page(request, connection, BudgetForm(connection=connection), refused_rule=form)
 
 
 @require_GET
@@ -241,7 +284,8 @@ def key_owner(request: HttpRequest, connection_id: int) -> HttpResponse:
     connection = connection_get(company=request.company, connection_id=connection_id)
     key = get_object_or_404(ApiKey, connection=connection, key_hash=request.POST.get("key_hash", ""))
     user_id = request.POST.get("user") or None
-    if user_id is not None and not (user_id.isascii() and user_id.isdigit()):
+    # Within a database id's range too: SQLite refuses a larger number outright (an error, not a 404).
+    if user_id is not None and not (user_id.isascii() and user_id.isdigit() and int(user_id) < 2**63):
         return HttpResponseBadRequest(
             "Pick the key's owner from the list of members.", content_type="text/plain"
         )

@@ -1,6 +1,7 @@
 """Month to date across midnight, deleted keys' forecasts, reconciliation over short ranges, alert
 rule thresholds, one row per person, budgets in bounded queries, negative baselines."""
 
+import threading
 from collections import defaultdict
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -17,7 +18,15 @@ from openrouter import insights
 from openrouter.alerts import budget_create, default_rules_ensure, evaluate_alerts
 from openrouter.models import ApiKey, ApiKeySnapshot, CreditsSnapshot, Member
 from tests.conftest import client_for
-from tests.support import TODAY, connect, noon, sync, synced_organization, usage_rows_edited
+from tests.support import (
+    TODAY,
+    connect,
+    noon,
+    sync,
+    synced_organization,
+    thread_with_own_connection,
+    usage_rows_edited,
+)
 from usage.anomalies import detect_spike
 from usage.forecast import month_end_forecast
 from usage.models import AlertKind, AlertRule, UsageDaily
@@ -382,6 +391,72 @@ def test_an_alert_threshold_in_range_is_saved(fiona, synced, kind, threshold):
 
     rule.refresh_from_db()
     assert rule.threshold == Decimal(threshold)
+
+
+def test_a_refused_alert_rule_keeps_what_was_typed_beside_the_error(fiona, synced):
+    rule = rule_of(synced, AlertKind.CREDIT_LOW)
+    client_for(fiona).post(url("alert-rule", synced, rule.pk), {"threshold": "10", "notify_roles": ["admin"]})
+
+    response = client_for(fiona).post(
+        url("alert-rule", synced, rule.pk), {"threshold": "12abc", "notify_roles": ["ops"], "enabled": "on"}
+    )
+
+    assert response.status_code == 200
+    page = response.content.decode()
+    row = next(r for r in page.split("<tr") if f'form="rule-{rule.pk}" name="threshold"' in r)
+    assert 'value="12abc"' in row and 'aria-invalid="true"' in row
+    assert 'value="ops" checked' in row and 'value="admin" checked' not in row
+    assert 'name="enabled" checked' in row
+    assert "Enter a number." in row and "was not saved" in page
+    rule.refresh_from_db()  # as the first post saved it
+    assert (rule.enabled, rule.threshold, rule.notify_roles) == (False, Decimal(10), ["admin"])
+    # The other rules show what is saved.
+    other = rule_of(synced, AlertKind.CREDIT_RUNWAY)
+    other_row = next(r for r in page.split("<tr") if f'form="rule-{other.pk}" name="threshold"' in r)
+    assert "errorlist" not in other_row
+
+
+def test_a_budget_for_an_unknown_scope_says_so(fiona, synced):
+    response = client_for(fiona).post(url("budgets", synced), {"scope": "bogus", "monthly_usd": "77.50"})
+
+    page = response.content.decode()
+    assert "Select a valid choice" in page and 'value="77.50"' in page
+    assert not synced.budgets.exists()
+
+
+@pytest.mark.parametrize("user", [str(2**63), str(10**40)])
+def test_a_key_owner_beyond_any_id_is_refused_clearly(alice, synced, user):
+    key = ApiKey.objects.filter(connection=synced).first()
+
+    response = client_for(alice).post(url("key-owner", synced), {"key_hash": key.key_hash, "user": user})
+
+    assert response.status_code == 400
+    assert "Pick the key's owner from the list of members." in response.content.decode()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_budgets_submitted_at_once_make_one_budget_and_no_error(fiona, synced):
+    """On SQLite too, where a transaction that read before writing failed at once ("database is
+    locked") when another wrote first: each waits its turn."""
+    rule_of(synced, AlertKind.CREDIT_LOW)
+    ready, statuses = threading.Barrier(4), []
+
+    def submit():
+        client = client_for(fiona)
+        ready.wait()
+        statuses.append(
+            client.post(url("budgets", synced), {"scope": "connection", "monthly_usd": "10"}).status_code
+        )
+
+    threads = [thread_with_own_connection(submit) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert statuses == [302] * 4
+    assert synced.budgets.count() == 1
+    assert AlertRule.objects.filter(connection=synced, budget__isnull=False).count() == 3
 
 
 # --- One row per person
