@@ -5,6 +5,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 DEV_ENV := DEBUG=$${DEBUG:-true}
+# `make run WEB_PORT=8080 EMULATOR_PORT=9765` when the default ports are taken.
+WEB_PORT ?= 8000
+EMULATOR_PORT ?= 8765
+RUN_ENV := $(DEV_ENV) WEB_PORT=$(WEB_PORT) EMULATOR_PORT=$(EMULATOR_PORT) \
+	OPENROUTER_BASE_URL=$${OPENROUTER_BASE_URL:-http://127.0.0.1:$(EMULATOR_PORT)/api/v1} \
+	DOOW_PUBLIC_URL=$${DOOW_PUBLIC_URL:-http://127.0.0.1:$(WEB_PORT)}
 
 .PHONY: install run test bench lint format
 
@@ -19,13 +25,13 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: install
-	$(DEV_ENV) $(BIN)/python manage.py migrate --noinput
-	$(DEV_ENV) $(BIN)/python manage.py seed_demo --connect-emulator
+	$(RUN_ENV) $(BIN)/python manage.py migrate --noinput
+	$(RUN_ENV) $(BIN)/python manage.py seed_demo --connect-emulator
 	@echo
-	@echo "Doow is starting at http://127.0.0.1:8000/  (OpenRouter emulator at http://127.0.0.1:8765/api/v1)"
+	@echo "Doow is starting at http://127.0.0.1:$(WEB_PORT)/  (OpenRouter emulator at http://127.0.0.1:$(EMULATOR_PORT)/api/v1)"
 	@echo "Log in with one of the development-only logins above. Ctrl-C stops everything."
 	@echo
-	$(DEV_ENV) PATH="$(CURDIR)/$(BIN):$$PATH" exec $(BIN)/honcho -f Procfile.dev start
+	$(RUN_ENV) PATH="$(CURDIR)/$(BIN):$$PATH" exec $(BIN)/honcho -f Procfile.dev start
 
 test: install
 	$(DEV_ENV) $(BIN)/python -m pytest $(PYTEST_ARGS)

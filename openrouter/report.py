@@ -92,7 +92,7 @@ TOP_MODELS = 6
 PAGE_SIZE = 25
 # The key filter lists this many keys by name; the table's rows filter by any key.
 KEY_CHOICES = 500
-MAX_CUSTOM_DAYS = 3660
+MAX_CUSTOM_DAYS = 3660  # between From and To: ten years
 # Custom ranges stay where dates (and the period before them, for comparison) exist: OpenRouter
 # has no usage before 2000, and a range far ahead only asks for overflowing date arithmetic.
 EARLIEST_DAY = date(2000, 1, 1)
@@ -141,7 +141,16 @@ class DetailQuery:
         query = cls(preset=params.get("range") or DEFAULT_PRESET, today=today)
         if query.preset not in PRESETS:
             query.preset, query.problem = DEFAULT_PRESET, "Unknown date range."
-        start, end = _parse_date(params.get("from")), _parse_date(params.get("to"))
+        typed = {"From": params.get("from") or "", "To": params.get("to") or ""}
+        start, end = _parse_date(typed["From"]), _parse_date(typed["To"])
+        # A date asked for and not understood, or one end of a range without the other, is said,
+        # not replaced by the range picked: a download of other dates would pass for the asked ones.
+        unreadable = [name for name, value in typed.items() if value and _parse_date(value) is None]
+        if unreadable:
+            query.preset = DEFAULT_PRESET
+            query.problem = f"{unreadable[0]} is not a date: pick one as YYYY-MM-DD."
+        elif (start is None) != (end is None):
+            query.preset, query.problem = DEFAULT_PRESET, "Pick both From and To."
         # Without JavaScript a range form sends back the dates it showed whatever was changed: dates
         # as shown (`shown`, "from..to") leave the range picked to decide; dates typed over a
         # preset's make a custom range.
@@ -149,9 +158,13 @@ class DetailQuery:
         if query.preset != "custom" and start and end and (start, end) != preset_range(query.preset, today):
             query.preset = query.preset if untouched else "custom"
         if query.preset == "custom":
-            if start is None or end is None or start > end or (end - start).days > MAX_CUSTOM_DAYS:
+            if start is None or end is None:
+                query.preset, query.problem = DEFAULT_PRESET, "Pick both From and To for a custom range."
+            elif start > end:
+                query.preset, query.problem = DEFAULT_PRESET, "Pick a From on or before To."
+            elif (end - start).days > MAX_CUSTOM_DAYS:
                 query.preset = DEFAULT_PRESET
-                query.problem = "Pick a valid custom range (From on or before To)."
+                query.problem = f"Pick a range of at most {MAX_CUSTOM_DAYS // 366} years."
             elif start < EARLIEST_DAY or end > today + timedelta(days=MAX_DAYS_AHEAD):
                 query.preset = DEFAULT_PRESET
                 query.problem = (

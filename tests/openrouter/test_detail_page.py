@@ -371,7 +371,30 @@ INVALID_RANGES = [
     "range=forever",
     "range=custom&from=0001-01-01&to=0001-01-05",  # no period before it to compare with
     "range=custom&from=9999-12-01&to=9999-12-31",
+    # Dates asked for without range=custom are not left for the preset's either.
+    "from=2026-11-20",
+    "to=2026-11-20",
+    "from=abc",
+    "from=abc&to=2026-11-05",
+    "range=7d&from=99999-01-01&to=2026-11-05",
+    "range=custom&from=2000-01-01&to=2026-11-02",
 ]
+
+RANGE_PROBLEMS = {
+    "range=custom&from=2026-11-10&to=2026-11-01": "Pick a From on or before To.",
+    "range=custom&from=nope": "From is not a date: pick one as YYYY-MM-DD.",
+    "range=custom&to=2026-11-01": "Pick both From and To.",
+    "range=custom": "Pick both From and To for a custom range.",
+    "from=2026-11-20": "Pick both From and To.",
+    "range=7d&from=99999-01-01&to=2026-11-05": "From is not a date: pick one as YYYY-MM-DD.",
+    "from=2026-11-01&to=11/05/2026": "To is not a date: pick one as YYYY-MM-DD.",
+    "range=custom&from=2000-01-01&to=2026-11-02": "Pick a range of at most 10 years.",
+}
+
+
+@pytest.mark.parametrize(("params", "problem"), RANGE_PROBLEMS.items())
+def test_a_range_problem_says_what_is_wrong(params, problem):
+    assert DetailQuery.from_params(QueryDict(params), today=TODAY).problem == problem
 
 
 @pytest.mark.parametrize("params", INVALID_RANGES)
