@@ -569,7 +569,9 @@ def _ended_month_budget_check(rule: AlertRule, reads: _Reads):
     budget = rule.budget
     if reads.ended_month is None or budget is None:
         return
-    first, _ = reads.ended_month
+    first, last = reads.ended_month
+    if budget.created_at.date() > last:
+        return  # Set after that month ended: it was no budget of that month's.
     spent = reads.ended_month_spend[budget.pk]
     detail = {"spent": spent, "budget": budget.monthly_usd, "month": f"{first:%Y-%m}"}
     used = _budget_used(rule, spent, f"{first:%Y-%m}", detail, during=f"in {first:%B %Y}")

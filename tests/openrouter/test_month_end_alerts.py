@@ -9,7 +9,7 @@ from django.db.models import Sum
 from openrouter.alerts import budget_create, evaluate_alerts
 from openrouter.formatting import usd
 from tests.support import synced_organization
-from usage.models import Alert, AlertKind, AlertState, UsageDaily
+from usage.models import Alert, AlertKind, AlertState, Budget, UsageDaily
 
 pytestmark = pytest.mark.django_db
 
@@ -31,12 +31,16 @@ def spent(connection, first: date, last: date) -> Decimal:
 
 
 def budget_crossed_on_the_last_day(connection) -> Decimal:
-    """A budget November stayed under until its last day, which took it over."""
+    """A budget, set in early November, that November stayed under until its last day, which took it
+    over."""
     through_29 = spent(connection, date(2026, 11, 1), date(2026, 11, 29))
     november = spent(connection, date(2026, 11, 1), date(2026, 11, 30))
     assert november > through_29 > 0
     amount = ((through_29 + november) / 2).quantize(Decimal("0.01"))
-    budget_create(connection=connection, scope="connection", target="", target_label="", monthly_usd=amount)
+    budget = budget_create(
+        connection=connection, scope="connection", target="", target_label="", monthly_usd=amount
+    )
+    Budget.objects.filter(pk=budget.pk).update(created_at=datetime(2026, 11, 1, 9, 0, tzinfo=UTC))
     return november
 
 
@@ -70,3 +74,20 @@ def test_the_ended_months_alert_is_raised_once_and_resolves_when_the_month_is_cl
     evaluate_alerts(connection=connection, now=datetime(2026, 12, 9, 6, 0, tzinfo=UTC))
     november.refresh_from_db()
     assert november.state == AlertState.RESOLVED
+
+
+def test_a_budget_set_after_the_month_ended_raises_nothing_for_that_month(synced_on_december_1):
+    connection = synced_on_december_1
+    november = spent(connection, date(2026, 11, 1), date(2026, 11, 30))
+    budget = budget_create(
+        connection=connection,
+        scope="connection",
+        target="",
+        target_label="",
+        monthly_usd=(november / 4).quantize(Decimal("0.01")),
+    )
+    Budget.objects.filter(pk=budget.pk).update(created_at=DEC_1_MORNING)
+
+    raised = evaluate_alerts(connection=connection, now=DEC_1_MORNING)
+
+    assert not [a for a in raised if a.period == "2026-11"]
