@@ -314,7 +314,7 @@ def evaluate_alerts(*, connection: Connection, now: datetime | None = None) -> l
             if alert is not None:
                 raised.append(alert)
         if rule.kind in DAY_KINDS:
-            # Every firing is raised: the days judged are not judged again (but the newest).
+            # Its firings are raised: the days it judged are done (the newest is judged at every evaluation).
             _mark_judged(rule, reads.day)
         # Conditions that stopped holding resolve their open alerts, and end a dismissal.
         if rule.kind not in DAY_KINDS:

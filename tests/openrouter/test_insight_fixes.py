@@ -408,6 +408,8 @@ def test_a_refused_alert_rule_keeps_what_was_typed_beside_the_error(fiona, synce
     assert 'value="ops" checked' in row and 'value="admin" checked' not in row
     assert 'name="enabled" checked' in row
     assert "Enter a number." in row and "was not saved" in page
+    # Shown at the rule's address, the page's budget form still saves budgets.
+    assert f'<form method="post" action="{url("budgets", synced)}"' in page
     rule.refresh_from_db()  # as the first post saved it
     assert (rule.enabled, rule.threshold, rule.notify_roles) == (False, Decimal(10), ["admin"])
     # The other rules show what is saved.
