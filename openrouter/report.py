@@ -369,6 +369,8 @@ def connection_status(connection: Connection) -> dict:
         "is_loading": connection.shown_state in (ConnectionState.SYNCING, ConnectionState.VERIFYING)
         and connection.last_synced_at is None,
         "is_syncing": connection.shown_state in (ConnectionState.SYNCING, ConnectionState.VERIFYING),
+        # Sent and not started yet ("Sync now"): the header polls until the sync has run, as the cards do.
+        "is_queued": connection.sync_queued_since is not None,
     }
 
 

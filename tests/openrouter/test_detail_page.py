@@ -556,6 +556,20 @@ def test_the_first_sync_shows_a_loading_state_that_polls_then_reloads(acme, alic
     assert "hx-trigger" not in client.get(url(connection, "part=header")).content.decode()
 
 
+def test_a_queued_sync_polls_the_header_until_a_worker_has_started_it(synced, alice):
+    client = client_for(alice)
+    # "Sync now", after the last sync (the clock stands still in these tests)
+    requested = synced.last_sync_attempt_at + timedelta(seconds=1)
+    Connection.objects.filter(pk=synced.pk).update(sync_requested_at=requested)
+
+    page = client.get(url(synced)).content.decode()
+
+    assert 'data-testid="sync-queued"' in page and 'hx-trigger="every 2s"' in page
+    Connection.objects.filter(pk=synced.pk).update(last_sync_attempt_at=requested)  # a worker took it
+    header = client.get(url(synced, "part=header")).content.decode()
+    assert "hx-trigger" not in header and "sync-queued" not in header
+
+
 def test_no_usage_in_the_range(synced, alice, emulator):
     response = client_for(alice).get(url(synced, window_query(emulator, model="no-such/model")))
     assert notice_codes(response) == {"no_usage"}
