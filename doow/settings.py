@@ -205,6 +205,9 @@ CACHES = {
         env_secret("CACHE_URL") or (f"filecache://{LOCAL_DIR / 'cache'}" if DEBUG else "locmemcache://")
     )
 }
+if CACHES["default"]["BACKEND"] == "django.core.cache.backends.redis.RedisCache":
+    # A cache that does not answer is a miss within a second (usage/cache.py), not a page left waiting.
+    CACHES["default"].setdefault("OPTIONS", {}).update({"socket_connect_timeout": 1, "socket_timeout": 1})
 REPORT_CACHE_SECONDS = env_int("REPORT_CACHE_SECONDS", 86400, least=1)
 # After a sync, workers pre-compute the detail page of connections with at least this many keys.
 REPORT_WARM_MIN_KEYS = env_int("REPORT_WARM_MIN_KEYS", 200, least=0)

@@ -7,6 +7,8 @@ what the database holds now; a write simply moves readers to new keys, and old o
 """
 
 import hashlib
+import logging
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -19,6 +21,13 @@ T = TypeVar("T")
 # before it cached stays under keys no longer read, where it would otherwise be served under the same
 # data version until the next sync.
 REPORTS_VERSION = 2
+
+# After the cache failed, it is left alone this long: every figure is in the database, and a page
+# must not wait on a cache that is down once per figure.
+CACHE_RETRY_AFTER_SECONDS = 30
+
+logger = logging.getLogger(__name__)
+_cache_down_until = 0.0
 
 
 def cache_key(connection, name: str, params) -> str:
@@ -39,17 +48,39 @@ def cached(connection, name: str, params, compute: Callable[[], T]) -> T:
     value = cache_get(connection, name, params)
     if value is None:
         value = compute()
-        cache.set(cache_key(connection, name, params), value, settings.REPORT_CACHE_SECONDS)
+        _use_cache(
+            lambda: cache.set(cache_key(connection, name, params), value, settings.REPORT_CACHE_SECONDS)
+        )
     return value
 
 
 def cache_get(connection, name: str, params):
-    return cache.get(cache_key(connection, name, params))
+    return _use_cache(lambda: cache.get(cache_key(connection, name, params)))
 
 
 def cache_set_many(connection, values: dict) -> None:
     """values: {(name, params): value}."""
-    cache.set_many(
-        {cache_key(connection, name, params): value for (name, params), value in values.items()},
-        settings.REPORT_CACHE_SECONDS,
+    _use_cache(
+        lambda: cache.set_many(
+            {cache_key(connection, name, params): value for (name, params), value in values.items()},
+            settings.REPORT_CACHE_SECONDS,
+        )
     )
+
+
+def _use_cache(operation: Callable[[], T]) -> T | None:
+    """The operation's result, or None (a miss) while the cache is down: a cache that cannot be
+    reached (Redis restarting, a network blip) slows pages down, and must not break them."""
+    global _cache_down_until
+    if time.monotonic() < _cache_down_until:
+        return None
+    try:
+        return operation()
+    except Exception as exc:  # Any backend's errors: redis-py's, the file cache's OSError.
+        _cache_down_until = time.monotonic() + CACHE_RETRY_AFTER_SECONDS
+        logger.warning(
+            "Report cache unavailable (%s); figures are computed from the database for %d s.",
+            exc.__class__.__name__,
+            CACHE_RETRY_AFTER_SECONDS,
+        )
+        return None
