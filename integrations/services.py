@@ -213,14 +213,41 @@ def _duplicate(account_label: str) -> DuplicateConnection:
     )
 
 
-def connection_enqueue_sync(*, connection: Connection, trigger: str) -> None:
-    """Send the provider's sync task by name once the surrounding transaction commits."""
+def connection_enqueue_sync(*, connection: Connection, trigger: str) -> bool:
+    """Send the provider's sync task by name once the surrounding transaction commits. False when
+    called outside a transaction and the task queue refused it (inside one, it is sent at commit)."""
+    requested_at = timezone.now()
+    Connection.objects.filter(pk=connection.pk).update(sync_requested_at=requested_at)
+    sent = []
+    transaction.on_commit(lambda: sent.append(_send_sync(connection, trigger, requested_at)))
+    return sent != [False]
+
+
+def _send_sync(connection: Connection, trigger: str, requested_at) -> bool:
+    """The broker down (Redis restarting): what asked for the sync has been saved and stays so; the
+    sync is left to the next scheduled one, and the event log says so, instead of an error page."""
     from doow.celery import app
 
-    task_name = get_provider(connection.provider).sync_task
-    connection_id = connection.pk
-    Connection.objects.filter(pk=connection_id).update(sync_requested_at=timezone.now())
-    transaction.on_commit(lambda: app.send_task(task_name, args=[connection_id], kwargs={"trigger": trigger}))
+    try:
+        app.send_task(
+            get_provider(connection.provider).sync_task, args=[connection.pk], kwargs={"trigger": trigger}
+        )
+        return True
+    except Exception as exc:  # kombu's OperationalError, or whatever the broker's client raises
+        logger.warning("Could not queue a sync of connection %s: %s", connection.pk, exc.__class__.__name__)
+        # Not shown as queued: nothing is, and "Sync now" would be refused for a while.
+        Connection.objects.filter(pk=connection.pk, sync_requested_at=requested_at).update(
+            sync_requested_at=None
+        )
+        sync_event_add(
+            connection=connection,
+            kind=EventKind.SYNC,
+            code="sync_not_queued",
+            level=EventLevel.WARNING,
+            message="The sync could not be queued: the task queue did not answer. The next scheduled "
+            "sync will run it.",
+        )
+        return False
 
 
 @sensitive_variables()

@@ -136,8 +136,14 @@ def sync_now(request: HttpRequest, connection_id: int) -> HttpResponse:
             request=request,
             target=f"{connection.provider}:{connection.pk}",
         )
-        connection_enqueue_sync(connection=connection, trigger="manual")
-        messages.success(request, f"Sync of {connection.name} queued.")
+        if connection_enqueue_sync(connection=connection, trigger="manual"):
+            messages.success(request, f"Sync of {connection.name} queued.")
+        else:
+            messages.error(
+                request,
+                f"The sync of {connection.name} could not be queued: the task queue is not answering. "
+                "The next scheduled sync will run it; or try again in a few minutes.",
+            )
     return redirect("company-settings", company_slug=request.company.slug)
 
 

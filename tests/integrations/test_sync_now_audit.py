@@ -7,6 +7,7 @@ from unittest import mock
 import pytest
 from django.urls import reverse
 from django.utils import timezone
+from kombu.exceptions import OperationalError
 
 from doow.models import AuditEntry
 from integrations.models import SYNC_QUEUED_SHOWN_FOR, Connection, SyncEvent
@@ -115,3 +116,35 @@ def test_a_sync_no_worker_started_is_called_queued_for_a_while_only(acme, alice,
     requested = timezone.now() - SYNC_QUEUED_SHOWN_FOR - timedelta(seconds=1)
     Connection.objects.filter(pk=connection.pk).update(sync_requested_at=requested)
     assert 'data-testid="sync-queued"' not in cards(alice) and "hx-trigger" not in cards(alice)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sync_now_while_the_task_queue_is_down_says_so_and_can_be_asked_again(acme, alice, emulator):
+    connection = connect(acme, emulator, name="Prod org")
+    with mock.patch("doow.celery.app.send_task", side_effect=OperationalError("connection refused")):
+        page = client_for(alice).post(sync_now_url(connection), follow=True)
+
+    assert page.status_code == 200
+    assert "could not be queued: the task queue is not answering" in page.content.decode()
+    connection.refresh_from_db()
+    assert connection.sync_requested_at is None and connection.sync_queued_since is None
+    event = SyncEvent.objects.get(connection=connection, code="sync_not_queued")
+    assert event.level == "warning" and "next scheduled sync" in event.message
+
+    with mock.patch("doow.celery.app.send_task") as send_task:  # the queue is back
+        again = client_for(alice).post(sync_now_url(connection), follow=True).content.decode()
+    assert "Sync of Prod org queued." in again and send_task.call_count == 1
+
+
+def test_a_key_connected_while_the_task_queue_is_down_is_kept_and_says_its_sync_waits(
+    acme, emulator, django_capture_on_commit_callbacks
+):
+    with (
+        mock.patch("doow.celery.app.send_task", side_effect=OperationalError("connection refused")),
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        connection = connect(acme, emulator, name="Prod org")
+
+    connection.refresh_from_db()
+    assert connection.is_live and connection.secret and connection.sync_requested_at is None
+    assert SyncEvent.objects.filter(connection=connection, code="sync_not_queued").exists()
