@@ -30,4 +30,5 @@ RUN useradd --system --no-create-home --uid 10001 doow
 USER doow
 
 EXPOSE 8000
-CMD ["gunicorn", "doow.wsgi", "--bind", "0.0.0.0:8000", "--workers", "3", "--access-logfile", "-"]
+# No control socket: gunicorn would make one under $HOME, which this user has none of.
+CMD ["gunicorn", "doow.wsgi", "--bind", "0.0.0.0:8000", "--workers", "3", "--access-logfile", "-", "--no-control-socket"]

@@ -142,3 +142,21 @@ def test_dockerfile_runs_as_a_non_root_user(dockerfile):
     last_run = max(i for i, line in enumerate(dockerfile.splitlines()) if line.startswith("RUN "))
     user_line = max(i for i, line in enumerate(dockerfile.splitlines()) if line.startswith("USER "))
     assert user_line > last_run
+
+
+def test_gunicorn_is_published_on_the_hosts_loopback_only(services):
+    """Doow trusts the proxy's X-Forwarded-For: a client reaching gunicorn past the proxy could name
+    any address and never be locked out."""
+    (published,) = services["web"]["ports"]
+    assert published.startswith("${DOOW_HTTP_BIND:-127.0.0.1}:")
+
+
+def test_gunicorn_makes_no_control_socket_under_the_image_users_missing_home(services, dockerfile):
+    assert "--no-control-socket" in services["web"]["command"]
+    assert '"--no-control-socket"]' in dockerfile
+
+
+@pytest.mark.parametrize("name", ["worker", "beat"])
+def test_log_level_sets_the_celery_processes_level(services, name):
+    command = services[name]["command"]
+    assert command[command.index("--loglevel") + 1] == "${LOG_LEVEL:-INFO}"
