@@ -6,7 +6,9 @@ generated development values only when DEBUG is on; with DEBUG off they must be 
 refuses to start.
 """
 
+import logging
 import os
+import re
 import secrets
 from datetime import timedelta
 from pathlib import Path
@@ -55,11 +57,21 @@ def env_float(name: str, default: float, **bounds) -> float:
     return _number(float, name, default, **bounds)
 
 
-_debug = os.environ.get("DEBUG", "").strip().lower()
-if _debug not in (*environ.Env.BOOLEAN_TRUE_STRINGS, "", "false", "off", "n", "no", "0"):
-    # Anything but a clear yes would silently mean production.
-    raise ImproperlyConfigured(f"DEBUG must be true or false, not {os.environ['DEBUG']!r}.")
-DEBUG = env.bool("DEBUG", default=False)
+def env_bool(name: str, default: bool) -> bool:
+    """A clear yes or no, refused at start with its name otherwise: django-environ reads any other
+    word ("flase", "maybe") as no, which for DEBUG would silently mean production and for
+    SECURE_SSL_REDIRECT plain HTTP."""
+    raw = os.environ.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw in environ.Env.BOOLEAN_TRUE_STRINGS:
+        return True
+    if raw in ("false", "off", "n", "no", "0"):
+        return False
+    raise ImproperlyConfigured(f"{name} must be true or false, not {os.environ[name]!r}.")
+
+
+DEBUG = env_bool("DEBUG", default=False)
 LOCAL_DIR = Path(env.str("DOOW_LOCAL_DIR", default=str(BASE_DIR / ".local")))
 
 
@@ -193,9 +205,13 @@ else:
     # Memory per sort or hash of one query. Reports group thousands of keys: with PostgreSQL's
     # default (4MB) the planner sorted the key table's rows on disk instead of hashing them in memory
     # (120 ms against 75 ms on the bench's 1M usage rows).
-    DATABASES["default"].setdefault("OPTIONS", {})["options"] = (
-        f"-c work_mem={env.str('DATABASE_WORK_MEM', default='32MB')}"
-    )
+    _work_mem = env.str("DATABASE_WORK_MEM", default="32MB")
+    if not re.fullmatch(r"\d+\s*(kB|MB|GB|TB)?", _work_mem):
+        # PostgreSQL would refuse it only at the first connection, with no word of this variable.
+        raise ImproperlyConfigured(
+            f"DATABASE_WORK_MEM must be like 32MB (kB, MB, GB or TB), not {_work_mem!r}."
+        )
+    DATABASES["default"].setdefault("OPTIONS", {})["options"] = f"-c work_mem={_work_mem}"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Report results (usage/cache.py). Production: Redis shared by web and workers (workers warm the
@@ -302,7 +318,7 @@ SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 CSRF_COOKIE_SAMESITE = "Lax"
 if not DEBUG:
-    SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
+    SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", default=True)
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000, least=0)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
@@ -392,6 +408,11 @@ OPENROUTER_WRITE_BATCH_KEYS = env_int("OPENROUTER_WRITE_BATCH_KEYS", 1000, least
 # Error reports (mails to ADMINS, the debug page) hide anything key-shaped in frame variables.
 DEFAULT_EXCEPTION_REPORTER_FILTER = "integrations.log_scrub.ScrubSecretsReporterFilter"
 
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").strip().upper()
+if LOG_LEVEL not in logging.getLevelNamesMapping():
+    raise ImproperlyConfigured(
+        f"LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not {LOG_LEVEL!r}."
+    )
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -400,7 +421,7 @@ LOGGING = {
     "handlers": {
         "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["scrub_secrets"]},
     },
-    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO").upper()},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         # httpx logs every request line at INFO and headers at DEBUG; keep it quiet and scrubbed.
         "httpx": {"level": "WARNING"},

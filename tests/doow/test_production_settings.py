@@ -248,10 +248,27 @@ def test_production_refuses_an_unusable_key_ring_or_a_plain_http_openrouter(tmp_
         ("CELERY_TASK_SOFT_TIME_LIMIT", "700", "CELERY_TASK_TIME_LIMIT must be more than 700"),
         ("CELERY_RETRY_DELAY_CAP", "99999", "must stay below the broker's visibility timeout"),
         ("DEBUG", "maybe", "DEBUG must be true or false, not 'maybe'"),
+        ("LOG_LEVEL", "verbose", "LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not 'VERBOSE'"),
     ],
 )
 def test_a_setting_that_is_not_a_usable_value_stops_startup_and_names_itself(tmp_path, name, value, said):
     result = run_django(tmp_path, SETUP, **{"DEBUG": "true", name: value})
+    assert result.returncode != 0
+    assert said in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "said"),
+    [
+        # django-environ would read the typo as "no": plain HTTP in production.
+        ("SECURE_SSL_REDIRECT", "flase", "SECURE_SSL_REDIRECT must be true or false, not 'flase'"),
+        # PostgreSQL would refuse it only at the first connection, naming no variable.
+        ("DATABASE_WORK_MEM", "32XB", "DATABASE_WORK_MEM must be like 32MB (kB, MB, GB or TB), not '32XB'"),
+    ],
+)
+def test_a_production_setting_that_is_not_a_usable_value_stops_startup(tmp_path, name, value, said):
+    database = {"DATABASE_URL": "postgres://doow@127.0.0.1:5432/doow"}  # never connected to by SETUP
+    result = run_django(tmp_path, SETUP, DEBUG="false", **{**production_secrets(), **database, name: value})
     assert result.returncode != 0
     assert said in result.stderr
 
