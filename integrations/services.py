@@ -484,12 +484,14 @@ def sync_run_start(*, connection: Connection, trigger: str, attempt: int = 1) ->
 
 
 def sync_run_record_skip(*, connection: Connection, trigger: str, reason: str) -> SyncRun:
+    now = timezone.now()
     run = SyncRun.objects.create(
         company_id=connection.company_id,
         connection=connection,
         trigger=trigger,
         status=SyncRunStatus.SKIPPED,
-        finished_at=timezone.now(),
+        started_at=now,  # One instant: a skipped run took no time (not -1 µs).
+        finished_at=now,
         error_summary=reason,
     )
     sync_event_add(connection=connection, run=run, kind=EventKind.SYNC, code="sync_skipped", message=reason)

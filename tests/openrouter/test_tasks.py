@@ -150,7 +150,8 @@ def test_a_lease_left_by_a_killed_worker_lapses_and_the_next_run_completes(acme,
         sync_lease_until=timezone.now() + timedelta(minutes=5), sync_lease_token="dead-worker"
     )
     assert sync(connection, emulator).status == "skipped"
-    assert SyncRun.objects.filter(connection=connection, status="skipped").exists()
+    skipped = SyncRun.objects.get(connection=connection, status="skipped")
+    assert skipped.finished_at == skipped.started_at  # took no time, and did not end before it began
 
     Connection.objects.filter(pk=connection.pk).update(sync_lease_until=timezone.now() - timedelta(seconds=1))
     assert sync(connection, emulator).status == "succeeded"
