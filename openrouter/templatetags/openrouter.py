@@ -77,7 +77,14 @@ def metric_cell(row, column):
         text = date_filter(value, "j M H:i") if value else "—"
     else:
         text = intcomma(value or 0)
-    return format_html('<td class="num" data-col="{}" data-value="{}">{}</td>', column.name, value or 0, text)
+    # data-label names the figure when a narrow screen stacks the row (.table-stack).
+    return format_html(
+        '<td class="num" data-col="{}" data-value="{}" data-label="{}">{}</td>',
+        column.name,
+        value or 0,
+        column.label,
+        text,
+    )
 
 
 @register.inclusion_tag("openrouter/_stat.html")

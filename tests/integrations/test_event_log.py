@@ -4,6 +4,7 @@ cards every role sees; who may press which button."""
 from datetime import timedelta
 
 import pytest
+from django.conf import settings
 from django.utils import timezone
 
 from integrations.models import ConnectionState, EventKind, EventLevel, SyncEvent
@@ -234,6 +235,24 @@ def test_the_run_view_lists_its_events_requests_rows_and_duration(synced, oscar)
     assert f'data-testid="requests-made">{run.requests_made}<' in page and run.requests_made > 0
     assert f'data-testid="rows-written">{run.rows_written}<' in page and run.rows_written > 0
     assert f"{run.duration.total_seconds():.1f} s" in page
+
+
+def test_the_run_view_stacks_on_a_narrow_screen(synced, oscar):
+    """Its five figures take two columns below 900px and its events stack, each cell named."""
+    run = synced.runs.first()
+    page = client_for(oscar).get(f"/c/acme/integrations/runs/{run.pk}/").content.decode()
+    table = (
+        page.split('data-testid="run-events"')[0].rsplit("<table", 1)[1]
+        + page.split('data-testid="run-events"')[1]
+    )
+    assert 'class="table table-stack"' in table
+    assert 'data-label="Message"' in table and 'data-label="Run"' in table
+    assert 'role="region" aria-label="Events of this run"' in page
+    css = (settings.BASE_DIR / "doow/static/doow/app.css").read_text()
+    # After the .stats-5 rule, or the five columns win.
+    assert css.index("@media (max-width: 900px) { .stats-5") > css.index(
+        ".stats-5 { grid-template-columns: repeat(5"
+    )
 
 
 def test_the_log_and_run_views_make_a_bounded_number_of_queries(synced, oscar, django_assert_max_num_queries):

@@ -5,11 +5,13 @@ that it costs a bounded number of queries whatever the data size."""
 import csv
 import io
 import json
+import re
 from datetime import date, timedelta
 from decimal import Decimal
 
 import httpx
 import pytest
+from django.conf import settings
 from django.http import QueryDict
 from django.template.loader import render_to_string
 from django.utils import timezone
@@ -710,6 +712,13 @@ def test_todays_partial_spend_of_a_workspace_or_a_key_is_theirs_alone(synced, al
         assert top <= {k["hash"] for k in expected_keys} and len(top) == min(10, len(expected_keys)), params
 
 
+def test_todays_key_table_stacks_and_scrolls_from_the_keyboard(synced, alice):
+    page = client_for(alice).get(url(synced)).content.decode()
+    assert 'tabindex="0" role="region" aria-label="Today\'s spend by key"' in page
+    table = page.split('data-testid="today-keys"')[1].split("</table>")[0]
+    assert 'data-label="Today"' in table
+
+
 def test_todays_partial_spend_is_unknown_without_a_sync_today(synced, alice):
     Connection.objects.filter(pk=synced.pk).update(last_synced_at=timezone.now() - timedelta(days=1))
     response = client_for(alice).get(url(synced))
@@ -823,6 +832,24 @@ def test_every_page_of_a_computed_table_is_served_from_the_cache(
 def test_the_page_says_its_amounts_are_rounded_and_where_the_exact_ones_are(synced, alice):
     page = client_for(alice).get(url(synced)).content.decode()
     assert 'data-testid="rounding-note"' in page and "exact amounts" in page
+
+
+def test_a_narrow_screen_stacks_the_breakdown_with_every_figure_named(synced, alice, emulator):
+    """Below 600px the key rows stack (.table-stack): each figure, the total's included, carries its
+    column's name, so the spend is read without scrolling ~700px to the right."""
+    page = client_for(alice).get(url(synced, window_query(emulator, tab="keys"))).content.decode()
+    table = page[
+        page.index('data-testid="breakdown"') : page.index("</table>", page.index('data-testid="breakdown"'))
+    ]
+    assert 'class="table table-stack sortable-stack" data-testid="breakdown"' in page
+    figures = re.findall(r'<td class="num"[^>]*>', table)
+    assert figures and all("data-label=" in cell for cell in figures)
+    footer = table[table.index("<tfoot>") :]
+    assert 'data-label="Spend"' in footer and 'data-label="Requests"' in footer
+    for label in ("Workspace", "Creator", "Status", "Limit"):
+        assert f'data-label="{label}"' in table
+    css = (settings.BASE_DIR / "doow/static/doow/app.css").read_text()
+    assert ".table-stack tfoot" in css and ".table-stack.sortable-stack thead" in css
 
 
 def named(emulator: Emulator, keys: list[str], workspaces: list[str] = ()) -> httpx.MockTransport:

@@ -5,6 +5,7 @@ from decimal import Decimal
 from unittest import mock
 
 import pytest
+from django.conf import settings
 from django.db.models import Sum
 from django.urls import reverse
 from django.utils import timezone
@@ -179,6 +180,18 @@ def test_people_page_and_manual_owner(alice, fiona, synced):
         assert "Correct by hand" in page and "manual" in page
 
 
+def test_people_page_stacks_its_tables_on_a_narrow_screen(alice, synced):
+    """Below 600px each person shows their spend and each key its Save button, without scrolling sideways."""
+    with mock.patch("django.utils.timezone.now", return_value=noon(TODAY)):
+        page = client_for(alice).get(url("people", synced)).content.decode()
+    assert 'class="table table-stack" data-testid="people"' in page
+    assert 'class="table table-stack" data-testid="key-owners"' in page
+    assert 'data-label="Spend"' in page and 'data-label="Correct by hand"' in page
+    assert 'tabindex="0" role="region" aria-label="Spend by person"' in page
+    css = (settings.BASE_DIR / "doow/static/doow/app.css").read_text()
+    assert ".table-stack .inline-form { flex-wrap: wrap; }" in css
+
+
 def test_people_page_reads_the_range_asked_for_and_an_owner_change_keeps_it(alice, synced):
     start, end = TODAY - timedelta(days=10), TODAY - timedelta(days=4)
     params = f"range=custom&from={start}&to={end}&page=1"
@@ -233,6 +246,12 @@ def test_reconciliation_page(fiona, synced):
     for label in ("OpenRouter account-wide activity", "Sum over listed API keys", "Unattributed remainder"):
         assert label in page
     assert "unexplained" not in page
+
+
+def test_reconciliation_stacks_so_its_explanations_read_under_their_lines(fiona, synced):
+    page = client_for(fiona).get(url("reconciliation", synced)).content.decode()
+    assert 'class="table table-stack" data-testid="reconciliation"' in page
+    assert 'data-label="Amount"' in page and 'data-label="Explanation"' in page
 
 
 def test_the_reconciliations_exact_amounts_add_up_to_the_last_digit(fiona, synced):
@@ -341,3 +360,15 @@ def test_the_reconciliation_form_applies_the_range_picked(fiona, synced, preset)
         # Other dates typed over the preset's make a custom range.
         other = {"range": preset, "from": start - timedelta(days=1), "to": end}
         assert client.get(url("reconciliation", synced), other).context["query"].preset == "custom"
+
+
+def test_the_budgets_tables_stack_and_scroll_from_the_keyboard(fiona, synced):
+    client = client_for(fiona)
+    client.post(url("budgets", synced), {"scope": "connection", "target": "", "monthly_usd": "250"})
+    page = client.get(url("budgets", synced)).content.decode()
+    for testid, label in (("workspace-forecasts", "Month-end forecast by workspace"), ("budgets", "Budgets")):
+        assert (
+            f'tabindex="0" role="region" aria-label="{label}">\n  <table class="table table-stack" data-testid="{testid}">'
+            in page
+        )
+    assert 'data-label="Projected month-end"' in page
