@@ -3,6 +3,7 @@
 import html
 import io
 import logging
+import re
 from unittest import mock
 
 import pytest
@@ -169,6 +170,15 @@ def test_blank_and_malformed_keys_get_a_clear_error(alice):
     assert (
         "does not look like an OpenRouter key" in client.post(CONNECT_URL, {"key": "short"}).content.decode()
     )
+
+
+def test_every_field_description_the_connect_form_points_at_exists(alice):
+    """aria-describedby names ids; one with no element leaves a screen reader without the help text."""
+    for page in (client_for(alice).get(CONNECT_URL), client_for(alice).post(CONNECT_URL, {"key": "short"})):
+        text = page.content.decode()
+        described = {i for ids in re.findall(r'aria-describedby="([^"]+)"', text) for i in ids.split()}
+        assert {"id_name_helptext", "id_key_helptext"} <= described
+        assert all(f'id="{i}"' in text for i in described), described
 
 
 @pytest.mark.parametrize("key", ["sk-or-v1-0123456789abcdef’0123", "sk-or-v1-0123456789abcdef\x7f0123"])

@@ -57,6 +57,11 @@ def test_pasting_the_key_in_use_again_checks_it_and_does_not_say_to_revoke_it(
     assert connection_secret(Connection.objects.get(pk=synced.pk)) == emulator.management_key
 
 
+def test_the_key_fields_description_is_there_for_the_field_pointing_at_it(alice, synced):
+    page = client_for(alice).get(replace_url(synced)).content.decode()
+    assert 'aria-describedby="id_key_helptext"' in page and 'id="id_key_helptext"' in page
+
+
 def test_a_revoked_key_is_replaced_in_place_and_the_connection_keeps_its_history(
     alice, synced, emulator, emulator_server, send_task, django_capture_on_commit_callbacks
 ):
