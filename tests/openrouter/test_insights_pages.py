@@ -248,6 +248,22 @@ def test_reconciliation_page(fiona, synced):
     assert "unexplained" not in page
 
 
+def test_the_tab_of_the_page_shown_is_marked_current_not_only_coloured(fiona, synced):
+    for name, tab in (
+        ("budgets", "Budgets, forecast &amp; alerts"),
+        ("people", "People"),
+        ("reconciliation", "Reconciliation"),
+    ):
+        page = client_for(fiona).get(url(name, synced)).content.decode()
+        assert page.count('aria-current="page"') == 1
+        assert f'class="active" aria-current="page">{tab}</a>' in page
+    for state, tab in (("", "Open &amp; acknowledged"), ("resolved", "Resolved"), ("all", "All")):
+        page = client_for(fiona).get(
+            reverse("usage:alerts", args=["acme"]), {"state": state} if state else {}
+        )
+        assert f'class="active" aria-current="page">{tab}</a>' in page.content.decode(), state
+
+
 def test_reconciliation_stacks_so_its_explanations_read_under_their_lines(fiona, synced):
     page = client_for(fiona).get(url("reconciliation", synced)).content.decode()
     assert 'class="table table-stack" data-testid="reconciliation"' in page
