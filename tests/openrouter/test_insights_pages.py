@@ -154,6 +154,9 @@ def test_each_budgets_alert_rules_are_listed_and_editable(fiona, synced):
     assert table.count(f'data-budget="{budget.pk}"') == 3
     assert f"{budget.label} · $10.00/month" in table
     assert f'aria-label="Budget reached ({budget.label}) enabled"' in table
+    # Each rule's and budget's button says which it acts on, not only "Save" or "Delete".
+    assert f'aria-label="Save Budget reached ({budget.label})">Save</button>' in table
+    assert f'aria-label="Delete budget {budget.label}">Delete</button>' in page
 
     rule = AlertRule.objects.get(budget=budget, kind="budget_100")
     client.post(url("alert-rule", synced, rule.pk), {"notify_roles": ["admin"]})
@@ -178,6 +181,7 @@ def test_people_page_and_manual_owner(alice, fiona, synced):
         assert KeyOwner.objects.get(key_hash=key.key_hash).user == fiona
         page = client_for(alice).get(url("people", synced)).content.decode()
         assert "Correct by hand" in page and "manual" in page
+        assert f'aria-label="Save owner of {key.name}">Save</button>' in page
 
 
 def test_people_page_stacks_its_tables_on_a_narrow_screen(alice, synced):
@@ -298,6 +302,9 @@ def test_alerts_page_lists_acknowledges_and_resolves(oscar, fiona, synced, emula
     client = client_for(oscar)
     page = client.get(reverse("usage:alerts", args=["acme"])).content.decode()
     assert alert.title in page
+    assert (
+        f'aria-label="Acknowledge {alert.title}">' in page and f'aria-label="Resolve {alert.title}">' in page
+    )
     client.post(reverse("usage:alert-update", args=["acme", alert.pk]), {"action": "acknowledge"})
     alert.refresh_from_db()
     assert alert.state == AlertState.ACKNOWLEDGED and alert.acknowledged_by == oscar
