@@ -13,6 +13,11 @@ def test_login_page_renders_for_anonymous(db):
     response = client_for(None).get("/login/")
     assert response.status_code == 200
     assert b'name="username"' in response.content and b'name="password"' in response.content
+    # The first Tab offers to skip the top bar.
+    assert (
+        b'<a class="skip-link" href="#main">' in response.content
+        and b'<main class="page" id="main"' in response.content
+    )
 
 
 def test_login_with_email_and_password_lands_on_the_company(alice):
@@ -59,6 +64,8 @@ def test_wrong_password_shows_an_error_and_logs_nobody_in(alice):
     response = client.post("/login/", {"username": "alice@acme.test", "password": "wrong-password"})
     assert response.status_code == 200
     assert b"did not match" in response.content
+    # Announced by screen readers: the page reloads with focus on the email field, not on the error.
+    assert b'<p class="error" role="alert">Your email and password did not match' in response.content
     assert SESSION_KEY not in client.session
     # The email stays filled in; the password does not come back.
     assert b'value="alice@acme.test"' in response.content

@@ -712,6 +712,12 @@ def test_todays_partial_spend_of_a_workspace_or_a_key_is_theirs_alone(synced, al
         assert top <= {k["hash"] for k in expected_keys} and len(top) == min(10, len(expected_keys)), params
 
 
+def test_the_breakdown_card_has_a_heading_to_reach_it_by(synced, alice):
+    page = client_for(alice).get(url(synced)).content.decode()
+    assert 'aria-labelledby="breakdown-title"' in page
+    assert '<h2 class="visually-hidden" id="breakdown-title">Usage breakdown</h2>' in page
+
+
 def test_todays_key_table_stacks_and_scrolls_from_the_keyboard(synced, alice):
     page = client_for(alice).get(url(synced)).content.decode()
     assert 'tabindex="0" role="region" aria-label="Today\'s spend by key"' in page

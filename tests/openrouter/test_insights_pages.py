@@ -272,6 +272,7 @@ def test_reconciliation_stacks_so_its_explanations_read_under_their_lines(fiona,
     page = client_for(fiona).get(url("reconciliation", synced)).content.decode()
     assert 'class="table table-stack" data-testid="reconciliation"' in page
     assert 'data-label="Amount"' in page and 'data-label="Explanation"' in page
+    assert "<h2>The range's spend, line by line</h2>" in page
 
 
 def test_the_reconciliations_exact_amounts_add_up_to_the_last_digit(fiona, synced):
