@@ -256,6 +256,11 @@ def people(request: HttpRequest, connection_id: int) -> HttpResponse:
     key_page = Paginator(
         ApiKey.objects.filter(connection=connection).order_by(*ApiKey.LISTED_ORDER), 50
     ).get_page(request.GET.get("page"))
+    by_person = insights.spend_by_person(connection=connection, start=query.start, end=end, people=key_people)
+    # Summed from the exact amounts, as the detail page's totals are.
+    people_total = {
+        field: sum(entry[field] for entry in by_person) for field in ("keys", "spend", "byok", "requests")
+    }
     return render(
         request,
         "openrouter/people.html",
@@ -264,9 +269,8 @@ def people(request: HttpRequest, connection_id: int) -> HttpResponse:
             "query": query,
             "end": end,
             "presets": PRESETS,
-            "by_person": insights.spend_by_person(
-                connection=connection, start=query.start, end=end, people=key_people
-            ),
+            "by_person": by_person,
+            "people_total": people_total,
             "notices": range_notices(connection, query, shown="the spend by person leaves them out"),
             "keys": [(key, key_people.get(key.key_hash)) for key in key_page.object_list],
             "key_page": key_page,

@@ -6,12 +6,14 @@ from unittest import mock
 
 import pytest
 from django.conf import settings
+from django.contrib.humanize.templatetags.humanize import intcomma
 from django.db.models import Sum
 from django.urls import reverse
 from django.utils import timezone
 
 from openrouter import insights
 from openrouter.alerts import budget_create, evaluate_alerts
+from openrouter.formatting import usd
 from openrouter.models import ApiKey, KeyOwner, Workspace
 from openrouter.report import preset_range
 from tests.conftest import client_for
@@ -182,6 +184,19 @@ def test_people_page_and_manual_owner(alice, fiona, synced):
         page = client_for(alice).get(url("people", synced)).content.decode()
         assert "Correct by hand" in page and "manual" in page
         assert f'aria-label="Save owner of {key.name}">Save</button>' in page
+
+
+def test_spend_by_person_has_a_total_row_of_the_exact_amounts(fiona, synced):
+    with mock.patch("django.utils.timezone.now", return_value=noon(TODAY)):
+        response = client_for(fiona).get(url("people", synced))
+    entries = response.context["by_person"]
+    spend = sum(entry["spend"] for entry in entries)
+    requests = sum(entry["requests"] for entry in entries)
+    assert spend > 0
+    footer = response.content.decode().split('data-testid="people-total"')[1].split("</tr>")[0]
+    assert f'data-label="Spend">{usd(spend)}</td>' in footer
+    assert f'data-label="Requests">{intcomma(requests)}</td>' in footer
+    assert 'data-testid="rounding-note"' in response.content.decode()
 
 
 def test_people_page_stacks_its_tables_on_a_narrow_screen(alice, synced):
