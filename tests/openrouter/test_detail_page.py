@@ -722,7 +722,13 @@ def test_todays_key_table_stacks_and_scrolls_from_the_keyboard(synced, alice):
     page = client_for(alice).get(url(synced)).content.decode()
     assert 'tabindex="0" role="region" aria-label="Today\'s spend by key"' in page
     table = page.split('data-testid="today-keys"')[1].split("</table>")[0]
-    assert 'data-label="Today"' in table
+    assert 'data-label="Today (UTC)"' in table
+    # OpenRouter's weekly and monthly key counters: the UTC week from Monday and the UTC month, today included.
+    assert "the UTC week since Monday and the UTC month so far" in table
+    assert (
+        '<th class="num" scope="col">Week since Monday</th><th class="num" scope="col">Month to date</th>'
+        in table
+    )
 
 
 def test_todays_partial_spend_is_unknown_without_a_sync_today(synced, alice):
