@@ -712,6 +712,13 @@ def test_todays_partial_spend_of_a_workspace_or_a_key_is_theirs_alone(synced, al
         assert top <= {k["hash"] for k in expected_keys} and len(top) == min(10, len(expected_keys)), params
 
 
+def test_the_page_explains_byok_spend_and_the_headers_all_time_credits(synced, alice):
+    page = client_for(alice).get(url(synced)).content.decode()
+    note = page.split('data-testid="spend-note">')[1].split("</p>")[0]
+    assert "that provider bills them, not OpenRouter, so they are not in the credits spend" in note
+    assert "OpenRouter's all-time counter as of the last sync" in note
+
+
 def test_the_breakdown_card_has_a_heading_to_reach_it_by(synced, alice):
     page = client_for(alice).get(url(synced)).content.decode()
     assert 'aria-labelledby="breakdown-title"' in page
