@@ -18,6 +18,7 @@ from doow.services import audit_record
 from integrations.selectors import connection_get
 from openrouter import insights
 from openrouter.alerts import budget_create, default_rules_ensure
+from openrouter.formatting import usd
 from openrouter.models import ApiKey, Workspace
 from openrouter.report import PRESETS, DetailQuery, key_choices, range_notices
 from openrouter.templatetags.openrouter import plain_number
@@ -110,7 +111,8 @@ def budgets(request: HttpRequest, connection_id: int) -> HttpResponse:
                 "monthly_usd": str(budget.monthly_usd),
             },
         )
-        messages.success(request, f"Budget saved: {budget}.")
+        # Money as the pages show it ($5.00, not str(Decimal)'s $5).
+        messages.success(request, f"Budget saved: {budget.label}: {usd(budget.monthly_usd)}/month.")
         return redirect("openrouter:budgets", company_slug=request.company.slug, connection_id=connection.pk)
     return _budgets_page(request, connection, form)
 

@@ -41,7 +41,7 @@ def test_finance_sets_a_budget_and_sees_progress_and_forecast(fiona, synced):
     )
     page = response.content.decode()
     assert response.status_code == 200
-    assert "Budget saved" in page
+    assert "Budget saved: Whole connection: $250.00/month." in page
     assert "<progress" in page and "$250.00" in page
     assert "Month-end forecast" in page
     budget = Budget.objects.get(connection=synced)
