@@ -160,7 +160,9 @@ class SyncRun(models.Model):
     connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="runs")
     trigger = models.CharField(max_length=20)  # initial, scheduled, manual, command, retry
     status = models.CharField(max_length=20, choices=SyncRunStatus.choices, default=SyncRunStatus.RUNNING)
-    started_at = models.DateTimeField(default=timezone.now)  # given when the run is created finished (skipped)
+    started_at = models.DateTimeField(
+        default=timezone.now
+    )  # given when the run is created finished (skipped)
     finished_at = models.DateTimeField(null=True, blank=True)
     requests_made = models.PositiveIntegerField(default=0)
     rows_written = models.PositiveIntegerField(default=0)
