@@ -1,6 +1,7 @@
 """Request checks that hold for every view."""
 
-from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.db import DatabaseError, connection
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 
 
 def reject_nul_characters(get_response):
@@ -14,5 +15,27 @@ def reject_nul_characters(get_response):
                     "Bad request: a parameter holds a NUL character.", content_type="text/plain"
                 )
         return get_response(request)
+
+    return middleware
+
+
+HEALTH_PATH = "/healthz"
+
+
+def health_check(get_response):
+    """GET /healthz: 200 while this process can reach PostgreSQL, 503 when it cannot. First in the
+    chain: a load balancer or container probe calls it by the container's own address over plain HTTP,
+    which the host check and the HTTPS redirect after it would refuse. It reads nothing but `SELECT 1`
+    and names nothing of the deployment."""
+
+    def middleware(request: HttpRequest) -> HttpResponse:
+        if request.path != HEALTH_PATH or request.method not in ("GET", "HEAD"):
+            return get_response(request)
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+        except DatabaseError:
+            return JsonResponse({"status": "unavailable", "database": "unreachable"}, status=503)
+        return JsonResponse({"status": "ok", "database": "ok"})
 
     return middleware

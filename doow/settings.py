@@ -143,6 +143,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "doow.middleware.health_check",  # before the host check and the HTTPS redirect (its docstring)
     "django.middleware.security.SecurityMiddleware",
     "doow.middleware.reject_nul_characters",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -158,7 +159,11 @@ MIDDLEWARE = [
 
 if not DEBUG:
     # Production serves collected static files itself; runserver serves them in development.
-    MIDDLEWARE.insert(1, "whitenoise.middleware.WhiteNoiseMiddleware")
+    # Right after SecurityMiddleware, as WhiteNoise asks.
+    MIDDLEWARE.insert(
+        MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
+        "whitenoise.middleware.WhiteNoiseMiddleware",
+    )
 
 ROOT_URLCONF = "doow.urls"
 WSGI_APPLICATION = "doow.wsgi.application"

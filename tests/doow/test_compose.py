@@ -160,3 +160,8 @@ def test_gunicorn_makes_no_control_socket_under_the_image_users_missing_home(ser
 def test_log_level_sets_the_celery_processes_level(services, name):
     command = services[name]["command"]
     assert command[command.index("--loglevel") + 1] == "${LOG_LEVEL:-INFO}"
+
+
+def test_the_web_service_is_health_checked_by_its_healthz(services):
+    probe = " ".join(services["web"]["healthcheck"]["test"])
+    assert "http://127.0.0.1:8000/healthz" in probe
