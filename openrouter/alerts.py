@@ -78,10 +78,24 @@ CATCH_UP_DAYS = 7
 
 
 def budget_create(
-    *, connection: Connection, scope: str, target: str, target_label: str, monthly_usd, actor=None
+    *,
+    connection: Connection,
+    scope: str,
+    target: str,
+    target_label: str,
+    monthly_usd,
+    actor=None,
+    now: datetime | None = None,
 ) -> Budget:
-    """A budget comes with its three rules: 80% reached, 100% reached, projected to exceed."""
+    """A budget comes with its three rules: 80% reached, 100% reached, projected to exceed. A new
+    amount holds from the month under way; the months before keep the one they had."""
+    month = (now or timezone.now()).date().replace(day=1)
     with transaction.atomic():
+        same = Budget.objects.select_for_update().filter(connection=connection, scope=scope, target=target)
+        before = same.first()
+        history = {}
+        if before and before.monthly_usd != monthly_usd and (before.monthly_usd_since or date.min) < month:
+            history = {"previous_monthly_usd": before.monthly_usd, "monthly_usd_since": month}
         budget, _ = Budget.objects.update_or_create(
             connection=connection,
             scope=scope,
@@ -91,6 +105,7 @@ def budget_create(
                 "target_label": target_label,
                 "monthly_usd": monthly_usd,
                 "created_by": actor,
+                **history,
             },
         )
         for kind in BUDGET_KINDS:
@@ -548,7 +563,7 @@ def _budget_check(rule: AlertRule, reads: _Reads):
     amount = budget.monthly_usd
     spent = forecast.month_to_date
     detail = {"spent": spent, "budget": amount, "projected": forecast.expected}
-    used = _budget_used(rule, spent, _month(now), detail, during="this month")
+    used = _budget_used(rule, spent, amount, _month(now), detail, during="this month")
     if used is not None:
         yield used
     elif rule.kind == AlertKind.BUDGET_PROJECTED and forecast.expected > amount and spent < amount:
@@ -572,20 +587,20 @@ def _ended_month_budget_check(rule: AlertRule, reads: _Reads):
     first, last = reads.ended_month
     if budget.created_at.date() > last:
         return  # Set after that month ended: it was no budget of that month's.
-    spent = reads.ended_month_spend[budget.pk]
-    detail = {"spent": spent, "budget": budget.monthly_usd, "month": f"{first:%Y-%m}"}
-    used = _budget_used(rule, spent, f"{first:%Y-%m}", detail, during=f"in {first:%B %Y}")
+    spent, amount = reads.ended_month_spend[budget.pk], budget.amount_for_month(first)
+    detail = {"spent": spent, "budget": amount, "month": f"{first:%Y-%m}"}
+    used = _budget_used(rule, spent, amount, f"{first:%Y-%m}", detail, during=f"in {first:%B %Y}")
     if used is not None:
         yield used
 
 
 def _budget_used(
-    rule: AlertRule, spent: Decimal, period: str, detail: dict, *, during: str
+    rule: AlertRule, spent: Decimal, amount: Decimal, period: str, detail: dict, *, during: str
 ) -> _Firing | None:
-    """The 80% or 100% rule's firing for a month's spend (`during`: "this month", "in November
-    2026"), or None."""
+    """The 80% or 100% rule's firing for a month's spend against that month's budget (`during`:
+    "this month", "in November 2026"), or None."""
     budget = rule.budget
-    amount, label = budget.monthly_usd, budget.label
+    label = budget.label
     named = "" if during == "this month" else f" {during}"
     if rule.kind == AlertKind.BUDGET_80 and spent >= amount * Decimal("0.8"):
         return _Firing(

@@ -1,3 +1,4 @@
+from datetime import date
 from decimal import Decimal
 
 from django.db import connection as db
@@ -147,6 +148,10 @@ class Budget(models.Model):
     )
     target_label = models.CharField(max_length=300, blank=True)
     monthly_usd = models.DecimalField(max_digits=14, decimal_places=2)
+    # The amount before the last change, for the months before `monthly_usd_since` (the first day of the
+    # month the change was made in): the month that has just ended is checked against its own budget.
+    previous_monthly_usd = models.DecimalField(max_digits=14, decimal_places=2, null=True, blank=True)
+    monthly_usd_since = models.DateField(null=True, blank=True)
     created_by = models.ForeignKey("doow.User", null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -158,6 +163,16 @@ class Budget(models.Model):
 
     def __str__(self) -> str:
         return f"{self.label}: ${self.monthly_usd}/month"
+
+    def amount_for_month(self, first: date) -> Decimal:
+        """The budget of the month starting on `first`."""
+        if (
+            self.previous_monthly_usd is not None
+            and self.monthly_usd_since
+            and first < self.monthly_usd_since
+        ):
+            return self.previous_monthly_usd
+        return self.monthly_usd
 
     @property
     def label(self) -> str:

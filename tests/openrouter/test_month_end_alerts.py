@@ -91,3 +91,30 @@ def test_a_budget_set_after_the_month_ended_raises_nothing_for_that_month(synced
     raised = evaluate_alerts(connection=connection, now=DEC_1_MORNING)
 
     assert not [a for a in raised if a.period == "2026-11"]
+
+
+def test_the_ended_month_is_checked_against_its_own_budget_after_the_amount_changed(synced_on_december_1):
+    """The admin raises the budget for December on its first morning: November overran the amount it
+    had, and is still told so."""
+    connection = synced_on_december_1
+    november = budget_crossed_on_the_last_day(connection)
+    budget = Budget.objects.get(connection=connection)
+    november_amount = budget.monthly_usd
+    for raised_to in (november * 10, november * 20):  # changed twice in December: November's stays
+        budget_create(
+            connection=connection,
+            scope="connection",
+            target="",
+            target_label="",
+            monthly_usd=raised_to.quantize(Decimal("0.01")),
+            now=DEC_1_MORNING,
+        )
+
+    raised = evaluate_alerts(connection=connection, now=DEC_1_MORNING)
+
+    reached = [a for a in raised if a.kind == AlertKind.BUDGET_100]
+    assert [(a.period, Decimal(a.detail["budget"])) for a in reached] == [("2026-11", november_amount)]
+    assert usd(november_amount) in reached[0].title
+    budget.refresh_from_db()
+    assert budget.monthly_usd == (november * 20).quantize(Decimal("0.01"))
+    assert (budget.previous_monthly_usd, budget.monthly_usd_since) == (november_amount, DEC_1)
