@@ -141,11 +141,15 @@ class DetailQuery:
         query = cls(preset=params.get("range") or DEFAULT_PRESET, today=today)
         if query.preset not in PRESETS:
             query.preset, query.problem = DEFAULT_PRESET, "Unknown date range."
-        typed = {"From": params.get("from") or "", "To": params.get("to") or ""}
-        start, end = _parse_date(typed["From"]), _parse_date(typed["To"])
+        typed_from, typed_to = params.get("from") or "", params.get("to") or ""
+        start, end = _parse_date(typed_from), _parse_date(typed_to)
         # A date asked for and not understood, or one end of a range without the other, is said,
         # not replaced by the range picked: a download of other dates would pass for the asked ones.
-        unreadable = [name for name, value in typed.items() if value and _parse_date(value) is None]
+        unreadable = [
+            name
+            for name, typed, day in (("From", typed_from, start), ("To", typed_to, end))
+            if typed and day is None
+        ]
         if unreadable:
             query.preset = DEFAULT_PRESET
             query.problem = f"{unreadable[0]} is not a date: pick one as YYYY-MM-DD."
