@@ -73,6 +73,10 @@ class AlertRuleForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.kind, self.rule_id = kind, rule_id
 
+    def problems(self) -> list[str]:
+        """Every error of the form, as the page and its message say them."""
+        return [str(error) for errors in self.errors.values() for error in errors]
+
     def clean_threshold(self):
         threshold = self.cleaned_data.get("threshold")
         if threshold is None and self.kind in THRESHOLD_RANGES:
@@ -136,7 +140,6 @@ def _rule_row(rule: AlertRule, refused: AlertRuleForm | None) -> _RuleRow:
         return _RuleRow(
             rule, help_text, name, plain_number(rule.threshold), rule.notify_roles, rule.enabled, []
         )
-    errors = [str(error) for errors in refused.errors.values() for error in errors]
     data = refused.data
     return _RuleRow(
         rule,
@@ -145,7 +148,7 @@ def _rule_row(rule: AlertRule, refused: AlertRuleForm | None) -> _RuleRow:
         data.get("threshold", ""),
         data.getlist("notify_roles"),
         "enabled" in data,
-        errors,
+        refused.problems(),
     )
 
 
@@ -243,8 +246,7 @@ def alert_rule_update(request: HttpRequest, connection_id: int, rule_id: int) ->
         messages.success(request, f"Alert rule “{_rule_name(rule)}” saved.{unheard}")
         return redirect("openrouter:budgets", company_slug=request.company.slug, connection_id=connection.pk)
     # Refused: the page again, the rule's controls as typed, next to what is wrong with them.
-    problems = " ".join(str(error) for errors in form.errors.values() for error in errors)
-    messages.error(request, f"The alert rule “{_rule_name(rule)}” was not saved: {problems}")
+    messages.error(request, f"The alert rule “{_rule_name(rule)}” was not saved: {' '.join(form.problems())}")
     return _budgets_page(request, connection, BudgetForm(connection=connection), refused_rule=form)
 
 
