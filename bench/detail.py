@@ -483,10 +483,12 @@ def run(sizes) -> Outcome:
         "summaries a sync keeps: usage rows summed over keys (`usage.UsageDailyByModel`, rebuilt in the "
         "sync's last write transaction) for totals, chart, filter choices and the model, provider, "
         "workspace and day tables; usage rows summed over models and providers (`usage.UsageDailyByKey`, "
-        "kept by each write for the keys and days it replaces) for the key table and one key's views; "
+        "kept by each write for the keys and days it replaces) for one key's views and for the key table, "
+        "which reads the whole months of the range from those sums per calendar month "
+        "(`usage.UsageMonthlyByKey`, summed again by each write for the keys and months it touches); "
         "the rows themselves for anything by key and model or provider, or while the summaries are "
-        "stale. Their cost is paid by the sync (the ingest benchmark's write path includes both) and "
-        "shown here as the time to rebuild both for all of a connection's rows.",
+        "stale. Their cost is paid by the sync (the ingest benchmark's write path includes them) and "
+        "shown here as the time to rebuild them all for all of a connection's rows.",
     ]
     return outcome
 

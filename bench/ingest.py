@@ -133,7 +133,7 @@ def initial_sync(sizes, outcome: Outcome | None = None) -> Org:
         f"Write path = wall time inside `_SyncJob.guarded`, i.e. every write transaction of the sync (row "
         f"lock + generation check, keys and snapshots upsert, `usage_replace`, per-key fetch markers, "
         f"reconciliation, usage summaries): {clock.guarded:.1f} s, of which `usage_replace` "
-        f"{clock.usage_replace:.1f} s (the per-key summary of the keys it writes included) "
+        f"{clock.usage_replace:.1f} s (the per-key summaries, daily and monthly, of the keys it writes included) "
         f"and the by-model summary's rebuild {clock.summaries:.1f} s. Before each transaction, with no "
         f"lock held, `usage_prepare` rounds the rows' money and sums them per key and day: "
         f"{clock.prepare:.1f} s in all. The other {wall - clock.guarded - clock.prepare:.1f} s are HTTP, "
@@ -277,7 +277,7 @@ def run_incremental(sizes, org: Org | None) -> Outcome:
     for (label, *_), clock in zip(cases, org.resync_clocks, strict=True):
         outcome.notes.append(
             f"{label}: write transactions {clock.guarded:.2f} s, of which `usage_replace` "
-            f"{clock.usage_replace:.2f} s (the per-key sums included) and the by-model summary's "
+            f"{clock.usage_replace:.2f} s (the per-key sums, daily and monthly, included) and the by-model summary's "
             f"rebuild (the 30-day window) "
             f"{clock.summaries:.2f} s; the rest is reading (HTTP, parsing, the emulator)."
         )

@@ -16,7 +16,7 @@ from openrouter.models import ApiKey, ApiKeySnapshot, CreditsSnapshot, KeyOwner,
 from usage.cache import cached
 from usage.forecast import RUN_RATE_DAYS, Forecast, month_end_forecast
 from usage.models import UNATTRIBUTED_LABEL, Budget, BudgetScope
-from usage.selectors import FILTERS, summaries_current, usage_rows
+from usage.selectors import FILTERS, summaries_current, usage_by_key, usage_rows
 
 
 def _day_fraction(now: datetime) -> float:
@@ -394,19 +394,14 @@ def spend_by_person(
     # Only the sums by key are cached: who owns a key changes without a sync (a manual owner).
     rows = cached(
         connection,
-        "spend_by_key",
+        "sums_by_key",  # named anew when the rows' fields changed: no entry of the old shape is read
         (start, end),
-        lambda: list(
-            usage_rows(
-                connection_ids=[connection.pk],
-                start=start,
-                end=end,
-                dimensions=["key"],
-                summarized=summaries_current(connection),
-            )
-            .values("api_key_hash")
-            .annotate(spend=Sum("spend_usd"), byok=Sum("byok_spend_usd"), requests=Sum("requests"))
-            .order_by()
+        lambda: usage_by_key(
+            connection_id=connection.pk,
+            start=start,
+            end=end,
+            metrics=("requests", "spend_usd", "byok_spend_usd"),
+            summarized=summaries_current(connection),
         ),
     )
     for row in rows:
@@ -440,9 +435,9 @@ def spend_by_person(
                 if user is not None
                 else Person(entry["person"].label, entry["person"].email, None, sources)
             )
-        entry["spend"] += row["spend"] or 0
-        entry["byok"] += row["byok"] or 0
-        entry["requests"] += row["requests"] or 0
+        entry["spend"] += row["spend_usd"]
+        entry["byok"] += row["byok_spend_usd"]
+        entry["requests"] += row["requests"]
         entry["keys"] += 1
     return sorted(totals.values(), key=lambda entry: entry["spend"], reverse=True)
 

@@ -5,6 +5,7 @@ import calendar
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import ROUND_HALF_UP, Decimal
+from operator import itemgetter
 from urllib.parse import urlencode
 
 from django.core.paginator import Paginator
@@ -17,7 +18,7 @@ from openrouter.insights import counters_read_today
 from openrouter.models import ApiKey, CreditsSnapshot, Member, Model, Workspace
 from usage.cache import cache_get, cache_set_many, cached
 from usage.models import UNATTRIBUTED_LABEL, UsageDaily
-from usage.selectors import DIMENSIONS, METRICS, summaries_current, usage_grouped, usage_totals
+from usage.selectors import DIMENSIONS, METRICS, summaries_current, usage_by_key, usage_grouped, usage_totals
 
 PRESETS = {
     "7d": "Last 7 days",
@@ -593,6 +594,26 @@ def table_metrics(tab: str) -> list[str]:
 
 def _table(connection: Connection, query: DetailQuery, base: dict) -> dict:
     dimension = TAB_DIMENSION[query.tab]
+    params = (
+        query.tab,
+        query.sort,
+        query.descending,
+        query.start,
+        query.end,
+        query.filter_items,
+    )
+    rows = CachedTableRows(connection, (*params, PAGE_SIZE), lambda: _table_rows(connection, query, base))
+    page = Paginator(rows, PAGE_SIZE).get_page(query.page)
+    rows = [dict(row) for row in page.object_list]
+    _attach_labels(connection, query.tab, rows)
+    return {"page": page, "rows": rows, "columns": table_columns(query.tab), "dimension": dimension}
+
+
+def _table_rows(connection: Connection, query: DetailQuery, base: dict) -> list[dict]:
+    """Every row of the tab's table over the range, in the order asked for."""
+    dimension = TAB_DIMENSION[query.tab]
+    if dimension == "key" and query.sort not in ("name", "last_used"):
+        return _key_rows_by_figure(connection, query, base)
     grouped = usage_grouped(
         start=query.start, end=query.end, group_by=[dimension], metrics=table_metrics(query.tab), **base
     ).annotate(total_tokens=F("prompt_tokens") + F("completion_tokens"))
@@ -608,19 +629,25 @@ def _table(connection: Connection, query: DetailQuery, base: dict) -> dict:
         # Unknown names and never-used keys last, whichever the direction.
         expression = F(order).desc(nulls_last=True) if query.descending else F(order).asc(nulls_last=True)
         ordered = grouped.order_by(expression, *tiebreak)
-    params = (
-        query.tab,
-        query.sort,
-        query.descending,
-        query.start,
-        query.end,
-        query.filter_items,
+    return list(ordered)
+
+
+def _key_rows_by_figure(connection: Connection, query: DetailQuery, base: dict) -> list[dict]:
+    """The key table sorted by one of its figures: every key's sums (usage_by_key reads whole
+    months from the monthly summary), ordered here as the database would, ties by key hash."""
+    rows = usage_by_key(
+        connection_id=connection.pk,
+        start=query.start,
+        end=query.end,
+        filters=base["filters"],
+        metrics=table_metrics(query.tab),
+        summarized=base["summarized"],
     )
-    rows = CachedTableRows(connection, (*params, PAGE_SIZE), lambda: list(ordered))
-    page = Paginator(rows, PAGE_SIZE).get_page(query.page)
-    rows = [dict(row) for row in page.object_list]
-    _attach_labels(connection, query.tab, rows)
-    return {"page": page, "rows": rows, "columns": table_columns(query.tab), "dimension": dimension}
+    for row in rows:
+        row["total_tokens"] = row["prompt_tokens"] + row["completion_tokens"]
+    rows.sort(key=itemgetter("api_key_hash"))
+    rows.sort(key=itemgetter(SORT_FIELDS[query.sort]), reverse=query.descending)  # stable: ties stay by hash
+    return rows
 
 
 class CachedTableRows:

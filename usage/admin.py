@@ -7,8 +7,8 @@ from usage.models import UsageDaily
 @admin.register(UsageDaily)
 class UsageDailyAdmin(ReadOnlyAdmin):
     """Read-only: no add, change or delete. A sync writes these rows and keeps the summaries reports
-    read (UsageDailyByModel, UsageDailyByKey) in step; an edit here would bypass them and reports
-    would stop matching the rows. Rows changed by other means need `manage.py usage_summaries_rebuild`.
+    read (UsageDailyByModel, UsageDailyByKey, UsageMonthlyByKey) in step; an edit here would bypass
+    them and reports would stop matching the rows. Rows changed by other means need `manage.py usage_summaries_rebuild`.
     The summaries themselves are not registered here, so they cannot be edited from the admin either."""
 
     list_display = [

@@ -131,6 +131,33 @@ class UsageDailyByKey(UsageMetrics):
         return f"{self.day} {self.api_key_hash or UNATTRIBUTED_LABEL} {self.spend_usd}"
 
 
+class UsageMonthlyByKey(UsageMetrics):
+    """UsageDailyByKey summed over each calendar month (`month` is its first day): the key table of
+    a range that spans whole months reads each of those months of a key in one row, and only the
+    days at either end from UsageDailyByKey, a third of the rows of a 90-day range. Kept with
+    UsageDailyByKey by usage_replace, for the keys and months of the slice it writes, and read,
+    like every summary, only while the connection's `usage_summaries_stale_from` is None."""
+
+    # Not a database constraint, and not indexed alone, for the reasons UsageDaily gives.
+    connection = models.ForeignKey(
+        Connection, on_delete=models.CASCADE, related_name="+", db_constraint=False, db_index=False
+    )
+    month = models.DateField()
+    workspace_id = models.CharField(max_length=100, blank=True, default="")
+    api_key_hash = models.CharField(max_length=100, blank=True, default="")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["connection", "api_key_hash", "month", "workspace_id"],
+                name="usage_by_key_month_natural_key",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.month:%Y-%m} {self.api_key_hash or UNATTRIBUTED_LABEL} {self.spend_usd}"
+
+
 class BudgetScope(models.TextChoices):
     CONNECTION = "connection", "Whole connection"
     WORKSPACE = "workspace", "Workspace"

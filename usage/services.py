@@ -7,13 +7,14 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from django.db import connection as db
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, Sum
+from django.db.models.functions import TruncMonth
 from django.utils import timezone
 
 from doow import bulk
 from integrations.models import SUMMARIES_NEVER_BUILT, Connection
-from usage.models import DISMISSED, Alert, AlertState, UsageDaily, UsageDailyByKey
-from usage.selectors import METRICS, SUMMARIES, SUMMARY_DIMENSIONS
+from usage.models import DISMISSED, Alert, AlertState, UsageDaily, UsageDailyByKey, UsageMonthlyByKey
+from usage.selectors import METRICS, SUMMARIES, SUMMARY_DIMENSIONS, month_end
 
 # Kept by usage_replace for each slice it writes; the others are rebuilt from the first stale day.
 KEPT_BY_REPLACE = (UsageDailyByKey,)
@@ -77,7 +78,8 @@ def usage_replace(
     usage: PreparedUsage, *, api_key_hashes: Iterable[str], new_key_hashes: Collection[str] = ()
 ) -> int:
     """Replace the rows of the given keys ('' = unattributed) for days usage.start..usage.end with
-    `usage`, and their per-key summary (UsageDailyByKey) with the rows' sums.
+    `usage`, their per-key summary (UsageDailyByKey) with the rows' sums, and those keys' monthly
+    sums (UsageMonthlyByKey) of the months the days fall in.
 
     A re-fetched day overwrites what was there, so a sync run twice writes the same rows. Keys in
     `new_key_hashes` have never had rows written (their fetch marker is empty): their slices are
@@ -118,6 +120,7 @@ def usage_replace(
         unique_fields=BY_KEY_NATURAL_KEY,
         update_fields=METRICS,
     )
+    _summarize_months(connection_id, sorted(slice_keys), start, end)
     return len(usage.records)
 
 
@@ -165,7 +168,7 @@ def _delete_slice(connection_id: int, keys: list[str], start: date, end: date) -
 
 def usage_delete_for_connection(*, connection_id: int) -> int:
     deleted, _ = UsageDaily.objects.filter(connection_id=connection_id).delete()
-    for summary in SUMMARIES:
+    for summary in (*SUMMARIES, UsageMonthlyByKey):
         summary.objects.filter(connection_id=connection_id).delete()
     return deleted
 
@@ -205,6 +208,7 @@ def usage_summaries_recompute(*, connection_id: int) -> None:
         for summary in SUMMARIES:
             summary.objects.filter(connection_id=connection_id).delete()
             _summarize(summary, connection_id=connection_id, start=SUMMARIES_NEVER_BUILT)
+        _summarize_months(connection_id, None, SUMMARIES_NEVER_BUILT, date.max)
         Connection.objects.filter(pk=connection_id).update(usage_summaries_stale_from=None)
 
 
@@ -224,6 +228,38 @@ def _summarize(summary, *, connection_id: int, start: date) -> None:
             f"WHERE {quote('connection_id')} = %s AND {quote('day')} >= %s GROUP BY {grouped}",
             [connection_id, start],
         )
+
+
+def _summarize_months(connection_id: int, keys: list[str] | None, start: date, end: date) -> None:
+    """Recompute the monthly sums (UsageMonthlyByKey) of `keys` (None: every key) for the months
+    days start..end fall in, from their UsageDailyByKey rows: a month a slice touched is summed again
+    whole, so days outside the slice keep counting. INSERT … SELECT: the sums never leave the database."""
+    first, last = start.replace(day=1), month_end(end)
+    quote = db.ops.quote_name
+    metrics = ", ".join(quote(name) for name in METRICS)
+    batches = [None] if keys is None else [keys[i : i + IN_BATCH] for i in range(0, len(keys), IN_BATCH)]
+    for batch in batches:
+        scope = {} if batch is None else {"api_key_hash__in": batch}
+        UsageMonthlyByKey.objects.filter(
+            connection_id=connection_id, month__gte=first, month__lte=last, **scope
+        ).delete()
+        sums = (
+            UsageDailyByKey.objects.filter(
+                connection_id=connection_id, day__gte=first, day__lte=last, **scope
+            )
+            .annotate(month_of=TruncMonth("day"))
+            .values("month_of", "workspace_id", "api_key_hash")
+            .annotate(**{name: Sum(name) for name in METRICS})
+            .order_by()
+        )
+        select, params = sums.query.sql_with_params()
+        with db.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {quote(UsageMonthlyByKey._meta.db_table)} "  # noqa: S608
+                f"(connection_id, month, workspace_id, api_key_hash, {metrics}) "
+                f"SELECT %s, month_of, workspace_id, api_key_hash, {metrics} FROM ({select}) AS sums",
+                [connection_id, *params],
+            )
 
 
 def alert_acknowledge(*, alert: Alert, user) -> bool:

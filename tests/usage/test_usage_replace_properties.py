@@ -20,13 +20,13 @@ from hypothesis import strategies as st
 
 from openrouter.normalize import UsageValues
 from tests.support import connect
-from usage.models import UsageDaily, UsageDailyByKey, UsageDailyByModel
-from usage.selectors import METRICS, SUMMARY_DIMENSIONS, usage_totals
+from usage.models import UsageDaily, UsageDailyByKey, UsageDailyByModel, UsageMonthlyByKey
+from usage.selectors import METRICS, SUMMARY_DIMENSIONS, usage_by_key, usage_totals
 from usage.services import MONEY_STEP, usage_prepare, usage_replace, usage_summaries_rebuild
 
 pytestmark = pytest.mark.django_db
 
-FIRST_DAY = date(2026, 11, 1)
+FIRST_DAY = date(2026, 10, 29)  # the days span two months: the monthly sums are split between them
 DAYS = [FIRST_DAY + timedelta(days=offset) for offset in range(6)]
 KEYS = ["a", "b", "c", ""]  # "" = usage of deleted or unlisted keys
 WORKSPACES = ["ws-1", "ws-2"]
@@ -141,7 +141,7 @@ def connection(acme, emulator):
 def test_stored_rows_and_summaries_are_the_newest_fetch_of_every_key_and_day(
     connection, new_keys_path, writes
 ):
-    for model in (UsageDaily, UsageDailyByKey, UsageDailyByModel):
+    for model in (UsageDaily, UsageDailyByKey, UsageDailyByModel, UsageMonthlyByKey):
         model.objects.filter(connection=connection).delete()  # each example starts from nothing
     stored: dict = {}
     for fetch in writes:
@@ -156,3 +156,50 @@ def test_stored_rows_and_summaries_are_the_newest_fetch_of_every_key_and_day(
         assert usage_totals(summarized=True, **window) == usage_totals(summarized=False, **window)
         spend = sum((value[6] for value in stored.values()), Decimal(0))
         assert usage_totals(summarized=True, **window)["spend_usd"] == spend
+        assert_monthly_sums_match(connection)
+
+
+# Ranges with and without a whole month: October whole, November whole, both, and ends partway in.
+RANGES = [
+    (date(2026, 10, 1), date(2026, 10, 31)),
+    (date(2026, 11, 1), date(2026, 11, 30)),
+    (date(2026, 10, 1), date(2026, 11, 30)),
+    (date(2026, 9, 30), date(2026, 11, 2)),
+    (date(2026, 10, 30), date(2026, 12, 1)),
+    (date(2026, 10, 29), date(2026, 11, 3)),
+]
+
+
+def assert_monthly_sums_match(connection) -> None:
+    """The monthly per-key sums are the daily ones' by month, and the key table's sums read through
+    them equal the usage rows' for every range, whole months or not."""
+    daily = (
+        UsageDailyByKey.objects.filter(connection=connection)
+        .values_list("day", "workspace_id", "api_key_hash", *METRICS)
+        .order_by()
+    )
+    by_month: dict = {}
+    for day, workspace, key, *metrics in daily:
+        natural_key = (day.replace(day=1), workspace, key)
+        known = by_month.get(natural_key)
+        by_month[natural_key] = tuple(metrics) if known is None else tuple(map(sum, zip(known, metrics)))
+    stored = UsageMonthlyByKey.objects.filter(connection=connection).values_list(
+        "month", "workspace_id", "api_key_hash", *METRICS
+    )
+    assert {tuple(row[:3]): tuple(row[3:]) for row in stored} == by_month
+    for start, end in RANGES:
+        for filters in ({}, {"workspace": WORKSPACES[0]}, {"key": KEYS[0]}):
+            answers = [
+                sorted(
+                    usage_by_key(
+                        connection_id=connection.pk,
+                        start=start,
+                        end=end,
+                        filters=filters,
+                        summarized=summarized,
+                    ),
+                    key=lambda row: row["api_key_hash"],
+                )
+                for summarized in (True, False)
+            ]
+            assert answers[0] == answers[1], (start, end, filters)

@@ -13,7 +13,7 @@ from openrouter.emulator import Fault
 from openrouter.report import DetailQuery, detail_report
 from tests.support import TODAY, connect, sync, usage_rows_edited
 from usage.models import UsageDaily, UsageDailyByModel
-from usage.selectors import SUMMARIES, summaries_current, usage_grouped, usage_totals
+from usage.selectors import SUMMARIES, summaries_current, usage_by_key, usage_grouped, usage_totals
 
 pytestmark = pytest.mark.django_db
 EVERYTHING = {"start": TODAY - timedelta(days=400), "end": TODAY}
@@ -30,6 +30,12 @@ def answers(connection, *, summarized: bool) -> dict:
                     results[group_by] = list(usage_grouped(group_by=list(group_by), **ids))
                 else:
                     results[group_by] = usage_totals(**ids)
+    # The key table's sums, which read whole months from the monthly summary and the other days
+    # from the daily one: over every day, and over ranges that start or end partway through a month.
+    for days_back in (400, 75, 45, 20):
+        start, end = TODAY - timedelta(days=days_back), TODAY - timedelta(days=days_back // 5)
+        by_key = usage_by_key(connection_id=connection.pk, start=start, end=end, summarized=summarized)
+        results["by key", start, end] = sorted(by_key, key=lambda row: row["api_key_hash"])
     first = UsageDaily.objects.filter(connection=connection).exclude(api_key_hash="").first()
     for name, value in (("key", first.api_key_hash), ("key", ""), ("model", first.model_permaslug)):
         results[name, value] = usage_totals(filters={name: value}, **ids)
@@ -95,6 +101,14 @@ def test_the_detail_page_shows_the_same_figures_from_summaries_as_from_rows(acme
     connection.refresh_from_db()
     views = [DetailQuery(start=TODAY - timedelta(days=30), end=TODAY - timedelta(days=1), tab=tab) for tab in
              ("keys", "models", "workspaces", "providers", "days")]  # fmt: skip
+    # The key table over a range with a whole month in it (its sums come partly from the monthly
+    # summary), sorted by each figure both ways.
+    views += [
+        DetailQuery(start=TODAY - timedelta(days=60), end=TODAY - timedelta(days=1), tab="keys", sort=sort,
+                    descending=descending)
+        for sort in ("spend", "byok", "requests", "prompt", "completion", "tokens", "name", "last_used")
+        for descending in (True, False)
+    ]  # fmt: skip
 
     def figures(query):
         report = detail_report(connection=connection, query=query)
@@ -108,6 +122,7 @@ def test_the_detail_page_shows_the_same_figures_from_summaries_as_from_rows(acme
         from_summaries = [figures(query) for query in views]
     read = " ".join(q["sql"] for q in captured.captured_queries)
     assert "usage_usagedailybymodel" in read
+    assert "usage_usagemonthlybykey" in read
     connection.usage_summaries_stale_from = TODAY  # as a sync writing rows leaves it
     connection.data_version += 1  # and a new data version: no cached figure applies
     from_rows = [figures(query) for query in views]
