@@ -10,7 +10,7 @@ from django.db import connection as db
 from django.test.utils import CaptureQueriesContext
 
 from openrouter.emulator import Fault
-from openrouter.report import DetailQuery, detail_report
+from openrouter.report import DetailQuery, detail_report, table_columns
 from tests.support import TODAY, connect, sync, usage_rows_edited
 from usage.models import UsageDaily, UsageDailyByModel
 from usage.selectors import SUMMARIES, summaries_current, usage_by_key, usage_grouped, usage_totals
@@ -106,7 +106,7 @@ def test_the_detail_page_shows_the_same_figures_from_summaries_as_from_rows(acme
     views += [
         DetailQuery(start=TODAY - timedelta(days=60), end=TODAY - timedelta(days=1), tab="keys", sort=sort,
                     descending=descending)
-        for sort in ("spend", "byok", "requests", "prompt", "completion", "tokens", "name", "last_used")
+        for sort in [column.name for column in table_columns("keys") if column.sortable]
         for descending in (True, False)
     ]  # fmt: skip
 
@@ -216,3 +216,35 @@ def test_grouping_several_connections_by_every_dimension_still_sums_them(acme, g
     assert len(both) == len(one) == len(copies)
     assert [row["requests"] for row in both] == [row["requests"] * 2 for row in one]
     assert [row["spend_usd"] for row in both] == [row["spend_usd"] * 2 for row in one]
+
+
+def test_the_key_table_sorted_by_a_figure_is_in_the_order_the_database_gives(acme, emulator):
+    """The key table sorts its sums in Python: the same order as ORDER BY figure, key hash (ties,
+    such as keys that spent nothing, by hash whichever the direction)."""
+    from django.db.models import F
+
+    from openrouter.report import SORT_FIELDS, table_metrics
+
+    connection = connect(acme, emulator)
+    sync(connection, emulator)
+    # Every row the same figures: keys with as many rows tie.
+    UsageDaily.objects.filter(connection=connection).update(spend_usd=1, requests=1, prompt_tokens=1)
+    usage_rows_edited(connection)
+    connection.refresh_from_db()
+    start, end = TODAY - timedelta(days=60), TODAY - timedelta(days=1)
+    figures = [column.name for column in table_columns("keys") if column.sortable]
+    for sort in [name for name in figures if name not in ("name", "last_used")]:
+        for descending in (True, False):
+            query = DetailQuery(start=start, end=end, tab="keys", sort=sort, descending=descending)
+            shown = [
+                row["api_key_hash"]
+                for row in detail_report(connection=connection, query=query)["table"]["rows"]
+            ]
+            ordered = (
+                usage_grouped(group_by=["key"], connection_ids=[connection.pk], start=start, end=end,
+                              metrics=table_metrics("keys"))
+                .annotate(total_tokens=F("prompt_tokens") + F("completion_tokens"))
+                .order_by(f"{'-' if descending else ''}{SORT_FIELDS[sort]}", "api_key_hash")
+            )  # fmt: skip
+            assert shown == [row["api_key_hash"] for row in ordered][: len(shown)], (sort, descending)
+            assert len(shown) > 1
