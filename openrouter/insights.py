@@ -345,12 +345,26 @@ def budget_statuses(*, connection: Connection, now: datetime | None = None) -> l
 # --- People
 
 
+# How a key was matched to its person (Person.source), as the People page names it.
+PERSON_SOURCE_LABELS = {
+    "manual": "Set by an admin",
+    "member": "OpenRouter key creator",
+    "unknown": "No known creator",
+    "unattributed": "No listed key",
+}
+
+
 @dataclass
 class Person:
     label: str
     email: str = ""
     user: User | None = None
-    source: str = "unknown"  # manual, member, unknown
+    source: str = "unknown"  # a key of PERSON_SOURCE_LABELS, or several joined by ", "
+
+    @property
+    def source_label(self) -> str:
+        # A person matched several ways (spend_by_person joins them) shows each way's label.
+        return ", ".join(PERSON_SOURCE_LABELS[source] for source in self.source.split(", "))
 
 
 def key_people(*, connection: Connection) -> dict[str, Person]:

@@ -1,5 +1,6 @@
 """The budgets, people, reconciliation and alerts pages."""
 
+import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from unittest import mock
@@ -184,6 +185,23 @@ def test_people_page_and_manual_owner(alice, fiona, synced):
         page = client_for(alice).get(url("people", synced)).content.decode()
         assert "Correct by hand" in page and "manual" in page
         assert f'aria-label="Save owner of {key.name}">Save</button>' in page
+
+
+def test_people_page_says_how_each_person_was_matched_in_words(alice, fiona, synced):
+    """The "Matched by" column showed the internal codes (manual, member, unknown, unattributed)."""
+    key = ApiKey.objects.filter(connection=synced).first()
+    with mock.patch("django.utils.timezone.now", return_value=noon(TODAY)):
+        client_for(alice).post(url("key-owner", synced), {"key_hash": key.key_hash, "user": fiona.pk})
+        page = client_for(alice).get(url("people", synced)).content.decode()
+    badges = re.findall(r'data-label="Matched by"><span class="badge">([^<]*)</span>', page)
+    assert "Set by an admin" in badges and "No listed key" in badges
+    labels = set(insights.PERSON_SOURCE_LABELS.values())
+    assert all(set(badge.split(", ")) <= labels for badge in badges), badges
+
+
+def test_a_person_matched_several_ways_is_shown_with_each_ways_label():
+    person = insights.Person("Fiona", source="manual, member")
+    assert person.source_label == "Set by an admin, OpenRouter key creator"
 
 
 def test_spend_by_person_has_a_total_row_of_the_exact_amounts(fiona, synced):
