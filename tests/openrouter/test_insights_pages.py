@@ -19,7 +19,7 @@ from openrouter.models import ApiKey, KeyOwner, Workspace
 from openrouter.report import preset_range
 from tests.conftest import client_for
 from tests.support import TODAY, connect, noon, sync
-from usage.models import Alert, AlertRule, AlertState, Budget, UsageDaily
+from usage.models import Alert, AlertKind, AlertRule, AlertState, Budget, UsageDaily
 
 pytestmark = pytest.mark.django_db
 
@@ -349,6 +349,39 @@ def test_alerts_page_lists_acknowledges_and_resolves(oscar, fiona, synced, emula
     assert (
         alert.title in client.get(reverse("usage:alerts", args=["acme"]) + "?state=resolved").content.decode()
     )
+
+
+def test_an_empty_list_shows_its_empty_message_and_no_pager(alice, acme, emulator):
+    """The Alerts page with no alert and the People page's key table with no key said "Page 1 of 1"."""
+    connection = connect(acme, emulator)  # not synced: no key, no alert
+    client = client_for(alice)
+    alerts_page = client.get(reverse("usage:alerts", args=["acme"])).content.decode()
+    assert "No alerts here." in alerts_page
+    assert 'class="pagination"' not in alerts_page and "Page 1 of 1" not in alerts_page
+    people_page = client.get(url("people", connection)).content.decode()
+    assert "No API keys yet." in people_page
+    assert 'class="pagination"' not in people_page and "Page 1 of 1" not in people_page
+
+
+def test_the_alerts_pager_shows_once_there_is_a_second_page(oscar, synced):
+    rule = AlertRule.objects.create(
+        company_id=synced.company_id, connection=synced, kind=AlertKind.CREDIT_LOW
+    )
+    Alert.objects.bulk_create(
+        Alert(
+            company_id=synced.company_id,
+            connection=synced,
+            rule=rule,
+            kind=rule.kind,
+            subject=f"s{i}",
+            period="2026-11",
+            title=f"Alert {i}",
+            message="m",
+        )
+        for i in range(51)
+    )
+    page = client_for(oscar).get(reverse("usage:alerts", args=["acme"])).content.decode()
+    assert "Page 1 of 2" in page and 'href="?state=active&amp;page=2">Older →</a>' in page
 
 
 def test_ops_cannot_read_spend_pages(oscar, synced):
