@@ -1,10 +1,12 @@
-"""Reading usage rows. Aggregation happens in the database; callers get small result sets."""
+"""Reading usage rows (aggregation happens in the database; callers get small result sets) and alerts."""
 
 from datetime import date, timedelta
 
 from django.db.models import Q, Sum
 
-from usage.models import UsageDaily, UsageDailyByKey, UsageDailyByModel, UsageMonthlyByKey
+from doow.models import Company
+from integrations.models import Connection
+from usage.models import Alert, AlertState, UsageDaily, UsageDailyByKey, UsageDailyByModel, UsageMonthlyByKey
 
 METRICS = (
     "requests",
@@ -177,3 +179,16 @@ def usage_by_key(
             for name in metrics:
                 known[name] += row[name]
     return list(totals.values())
+
+
+def alert_list(*, company: Company, state: str, connection: Connection | None = None):
+    """The company's alerts, or one connection's, newest first: `state` is "active" (open and
+    acknowledged), "all", or an AlertState (anything else reads as "all")."""
+    alerts = Alert.objects.filter(company=company).select_related("connection", "acknowledged_by")
+    if connection is not None:
+        alerts = alerts.filter(connection=connection)
+    if state == "active":
+        alerts = alerts.exclude(state=AlertState.RESOLVED)
+    elif state in AlertState.values:
+        alerts = alerts.filter(state=state)
+    return alerts.order_by("-created_at", "-id")

@@ -12,6 +12,7 @@ from django.db.models import Sum
 from django.urls import reverse
 from django.utils import timezone
 
+from integrations.models import Connection
 from openrouter import insights
 from openrouter.alerts import budget_create, evaluate_alerts
 from openrouter.formatting import usd
@@ -349,6 +350,41 @@ def test_alerts_page_lists_acknowledges_and_resolves(oscar, fiona, synced, emula
     assert (
         alert.title in client.get(reverse("usage:alerts", args=["acme"]) + "?state=resolved").content.decode()
     )
+
+
+def test_a_connections_alerts_tab_lists_its_alerts_with_a_way_to_every_connections(
+    fiona, acme, globex, synced
+):
+    """The connection pages' "Alerts" tab opened the company's alerts of every connection."""
+    other = Connection.objects.create(company_id=acme.pk, provider="openrouter", name="Second org")
+    for connection, title in ((synced, "Low credits of the first org"), (other, "Low credits of the second")):
+        Alert.objects.create(
+            company=acme, connection=connection, kind=AlertKind.CREDIT_LOW, period="2026-11", title=title
+        )
+    client = client_for(fiona)
+    alerts = reverse("usage:alerts", args=["acme"])
+    ours = f"{alerts}?connection={synced.pk}"
+    for name in ("detail", "budgets", "people", "reconciliation"):
+        assert f'<a href="{ours}">Alerts</a>' in client.get(url(name, synced)).content.decode(), name
+
+    page = client.get(ours).content.decode()
+    assert "Low credits of the first org" in page and "Low credits of the second" not in page
+    assert f'Alerts <span class="muted">· {synced.name}</span>' in page
+    assert f'<a href="{alerts}?state=active">Show the alerts of every connection</a>' in page
+    assert f'href="?connection={synced.pk}&amp;state=resolved"' in page  # the state tabs keep to it
+    every = client.get(f"{alerts}?state=active").content.decode()
+    assert "Low credits of the first org" in every and "Low credits of the second" in every
+
+    alert = Alert.objects.get(connection=synced)
+    response = client.post(
+        reverse("usage:alert-update", args=["acme", alert.pk]) + f"?connection={synced.pk}",
+        {"action": "acknowledge"},
+    )
+    assert response.status_code == 302 and response["Location"] == ours  # back to the same list
+
+    elsewhere = Connection.objects.create(company_id=globex.pk, provider="openrouter", name="Globex org")
+    for connection_id in (elsewhere.pk, "abc", "-1"):
+        assert client.get(alerts, {"connection": connection_id}).status_code == 404
 
 
 def test_an_empty_list_shows_its_empty_message_and_no_pager(alice, acme, emulator):
