@@ -311,9 +311,13 @@ def evaluate_alerts(*, connection: Connection, now: datetime | None = None) -> l
         connection=connection, state=AlertState.RESOLVED, **{f"detail__{DISMISSED}": True}
     ):
         dismissed[alert.rule_id][(alert.subject, alert.period)] = alert
+    # A budget reached supersedes its 80% alert of the same month: one budget alert open per period.
+    firings_of = {rule.pk: list(_check(rule, reads)) for rule in enabled if rule.kind == AlertKind.BUDGET_100}
+    reached = {(rule.budget_id, f.period) for rule in enabled for f in firings_of.get(rule.pk, ())}
     for rule in enabled:
-        firings = list(_check(rule, reads))
+        firings = firings_of[rule.pk] if rule.pk in firings_of else list(_check(rule, reads))
         keep = set()
+        superseded = []
         if rule.kind in BUDGET_KINDS and reads.days_missing:
             # No sync has read yesterday yet: the month to date lacks it, and a budget alert whose
             # condition seems to have cleared may only be short of that day. It stays as it is.
@@ -325,9 +329,15 @@ def evaluate_alerts(*, connection: Connection, now: datetime | None = None) -> l
             keep.add((firing.subject, firing.period))
             if (firing.subject, firing.period) in dismissed[rule.pk]:
                 continue
+            if rule.kind == AlertKind.BUDGET_80 and (rule.budget_id, firing.period) in reached:
+                # Kept (its condition holds) but not raised: evaluating again does not reopen it.
+                if (existing := open_alerts[rule.pk].get((firing.subject, firing.period))) is not None:
+                    superseded.append(existing)
+                continue
             alert = _raise(rule, reads, firing, open_alerts[rule.pk].get((firing.subject, firing.period)))
             if alert is not None:
                 raised.append(alert)
+        alerts_resolve(superseded, reason="Superseded: the budget was reached in the same month.", now=now)
         if rule.kind in DAY_KINDS:
             # Its firings are raised: the days it judged are done (the newest is judged at every evaluation).
             _mark_judged(rule, reads.day)

@@ -95,6 +95,56 @@ def test_a_budget_alert_that_cleared_is_raised_and_emailed_again_when_spend_catc
     assert [m.subject for m in mail.outbox if "80%" in m.subject] == [f"[Doow] {alert.title}"]
 
 
+def test_a_budget_reached_closes_its_80_percent_alert_of_the_month_and_it_stays_closed(synced, emulator):
+    """Both stayed open: the month's 80% alert beside its 100% one."""
+    now = now_for(emulator)
+    spent = insights.forecast(connection=synced, now=now).month_to_date
+    budget = connection_budget(synced, (spent / Decimal("0.85")).quantize(Decimal("0.01")))
+    evaluate_alerts(connection=synced, now=now)
+    eighty = Alert.objects.get(kind=AlertKind.BUDGET_80)
+    assert eighty.state == AlertState.OPEN
+
+    row = UsageDaily.objects.filter(connection=synced, day__gte=emulator.today.replace(day=1)).first()
+    UsageDaily.objects.filter(pk=row.pk).update(spend_usd=row.spend_usd + spent)  # past the budget
+    usage_rows_edited(synced)
+    raised = evaluate_alerts(connection=synced, now=now)
+
+    assert [a.kind for a in raised if a.rule.budget_id] == [AlertKind.BUDGET_100]
+    eighty.refresh_from_db()
+    assert eighty.state == AlertState.RESOLVED
+    assert eighty.detail["resolved_reason"] == "Superseded: the budget was reached in the same month."
+    mail.outbox.clear()
+    for hours in (1, 2):  # evaluated again after every sync: the 80% alert is not reopened
+        raised = evaluate_alerts(connection=synced, now=now + timedelta(hours=hours))
+        assert not [a for a in raised if a.rule.budget_id]
+    assert [a.kind for a in unresolved(rule__budget=budget)] == [AlertKind.BUDGET_100]
+    assert Alert.objects.get(pk=eighty.pk).state == AlertState.RESOLVED
+    assert not [m for m in mail.outbox if "80%" in m.subject]
+
+
+def test_a_budget_passed_at_once_raises_only_its_100_percent_alert(synced, emulator):
+    now = now_for(emulator)
+    spent = insights.forecast(connection=synced, now=now).month_to_date
+    connection_budget(synced, (spent / 2).quantize(Decimal("0.01")))
+
+    raised = evaluate_alerts(connection=synced, now=now)
+
+    assert [a.kind for a in raised if a.rule.budget_id] == [AlertKind.BUDGET_100]
+    assert not Alert.objects.filter(kind=AlertKind.BUDGET_80).exists()
+    assert not [m for m in mail.outbox if "80%" in m.subject]
+
+
+def test_the_80_percent_alert_stays_when_the_budget_reached_rule_is_off(synced, emulator):
+    now = now_for(emulator)
+    spent = insights.forecast(connection=synced, now=now).month_to_date
+    budget = connection_budget(synced, (spent / 2).quantize(Decimal("0.01")))
+    AlertRule.objects.filter(budget=budget, kind=AlertKind.BUDGET_100).update(enabled=False)
+
+    evaluate_alerts(connection=synced, now=now)
+
+    assert [a.kind for a in unresolved(rule__budget=budget)] == [AlertKind.BUDGET_80]
+
+
 def test_credit_low_is_raised_again_when_the_balance_drops_again_the_same_day(synced, emulator):
     now = now_for(emulator)
     credits_left(synced, 3)
@@ -308,17 +358,19 @@ def test_a_new_spender_minimum_of_zero_is_not_replaced_by_five_dollars(synced, e
 
 
 def test_deleting_a_budget_keeps_its_alerts_and_resolves_the_open_ones(synced, emulator, fiona):
-    budget = connection_budget(synced, Decimal(1))
-    evaluate_alerts(connection=synced, now=now_for(emulator))
-    titles = set(
-        unresolved(kind__in=[AlertKind.BUDGET_80, AlertKind.BUDGET_100]).values_list("title", flat=True)
-    )
+    # 80% used and projected to exceed: two alerts open (a budget reached would supersede the 80% one).
+    now = now_for(emulator)
+    spent = insights.forecast(connection=synced, now=now).month_to_date
+    budget = connection_budget(synced, (spent / Decimal("0.85")).quantize(Decimal("0.01")))
+    evaluate_alerts(connection=synced, now=now)
+    kinds = [AlertKind.BUDGET_80, AlertKind.BUDGET_PROJECTED]
+    titles = set(unresolved(kind__in=kinds).values_list("title", flat=True))
     assert len(titles) == 2
 
     client_for(fiona).post(reverse("openrouter:budget-delete", args=["acme", synced.pk, budget.pk]))
 
     assert not Budget.objects.exists()
-    alerts = Alert.objects.filter(kind__in=[AlertKind.BUDGET_80, AlertKind.BUDGET_100])
+    alerts = Alert.objects.filter(kind__in=kinds)
     assert set(alerts.values_list("title", flat=True)) == titles
     assert {(a.rule_id, a.state) for a in alerts} == {(None, AlertState.RESOLVED)}
     assert all(a.resolved_at and a.detail["resolved_reason"] == "Its budget was deleted." for a in alerts)
