@@ -48,6 +48,7 @@ from usage.models import (
     AlertRule,
     AlertState,
     Budget,
+    alert_details,
     alerts_resolve,
     threshold_problem,
 )
@@ -389,10 +390,15 @@ def _mark_judged(rule: AlertRule, day: date) -> None:
 
 def _undismiss(alerts) -> None:
     """The condition of these alerts resolved by hand no longer holds (or no rule watches them): the
-    next time it holds, they are raised again."""
-    for alert in alerts:
-        detail = {k: v for k, v in alert.detail.items() if k != DISMISSED}
-        Alert.objects.filter(pk=alert.pk, state=AlertState.RESOLVED).update(detail=detail)
+    next time it holds, they are raised again. One UPDATE per RESOLVE_BATCH alerts, each still only
+    where it is resolved by then (one reopened meanwhile keeps its detail)."""
+    alerts = list(alerts)
+    for first in range(0, len(alerts), RESOLVE_BATCH):
+        batch = alerts[first : first + RESOLVE_BATCH]
+        detail = alert_details(batch, lambda alert: {k: v for k, v in alert.detail.items() if k != DISMISSED})
+        Alert.objects.filter(pk__in=[alert.pk for alert in batch], state=AlertState.RESOLVED).update(
+            detail=detail
+        )
 
 
 def _raise(rule: AlertRule, reads: _Reads, firing: _Firing, existing: Alert | None) -> Alert | None:

@@ -363,28 +363,32 @@ def alerts_resolve(alerts, *, reason: str, now=None) -> int:
     its detail."""
     now = now or timezone.now()
     alerts = list(alerts)
-    field = Alert._meta.get_field("detail")
     resolved = 0
     for first in range(0, len(alerts), RESOLVE_BATCH):
         batch = alerts[first : first + RESOLVE_BATCH]
-        detail = models.Case(
-            *(
-                models.When(
-                    pk=alert.pk,
-                    then=models.Value({**alert.detail, "resolved_reason": reason}, output_field=field),
-                )
-                for alert in batch
-            ),
-            output_field=field,
-        )
-        if db.features.requires_casted_case_in_updates:  # PostgreSQL: a CASE of parameters is text
-            detail = Cast(detail, output_field=field)
+        detail = alert_details(batch, lambda alert: {**alert.detail, "resolved_reason": reason})
         resolved += (
             Alert.objects.filter(pk__in=[alert.pk for alert in batch])
             .exclude(state=AlertState.RESOLVED)
             .update(state=AlertState.RESOLVED, resolved_at=now, detail=detail)
         )
     return resolved
+
+
+def alert_details(alerts, detail_of) -> models.Expression:
+    """The value of Alert.detail that sets `detail_of(alert)` on each of these alerts (at most
+    RESOLVE_BATCH) in one UPDATE: a CASE on the alert's id, as bulk_update writes it."""
+    field = Alert._meta.get_field("detail")
+    detail = models.Case(
+        *(
+            models.When(pk=alert.pk, then=models.Value(detail_of(alert), output_field=field))
+            for alert in alerts
+        ),
+        output_field=field,
+    )
+    if db.features.requires_casted_case_in_updates:  # PostgreSQL: a CASE of parameters is text
+        detail = Cast(detail, output_field=field)
+    return detail
 
 
 @receiver(pre_delete, sender=AlertRule, dispatch_uid="usage.alert_rule_deleted")
