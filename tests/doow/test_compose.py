@@ -1,4 +1,5 @@
-"""docker-compose.yml and the Dockerfile, checked as data (no Docker engine here to run them)."""
+"""docker-compose.yml, the Dockerfile and what the README says of them, checked as data (no Docker
+engine here to run them)."""
 
 import re
 from pathlib import Path
@@ -165,3 +166,41 @@ def test_log_level_sets_the_celery_processes_level(services, name):
 def test_the_web_service_is_health_checked_by_its_healthz(services):
     probe = " ".join(services["web"]["healthcheck"]["test"])
     assert "http://127.0.0.1:8000/healthz" in probe
+
+
+def test_the_worker_is_health_checked_by_a_ping_to_its_own_worker(services):
+    """Celery names a worker celery@<host name>, and Docker sets HOSTNAME to the container's: each
+    scaled worker container pings its own worker (`$$` is Compose's escape for a `$` the shell reads)."""
+    kind, probe = services["worker"]["healthcheck"]["test"]
+    assert kind == "CMD-SHELL"
+    assert probe.startswith("celery -A doow inspect ping --destination celery@$$HOSTNAME ")
+    # A worker started under another name (-n, --hostname) would never answer that ping.
+    assert not {"-n", "--hostname"} & set(services["worker"]["command"])
+
+
+def test_beat_is_health_checked_by_the_age_of_the_schedule_file_it_runs_with(services):
+    command = services["beat"]["command"]
+    directory, name = command[command.index("--schedule") + 1].rsplit("/", 1)
+    kind, probe = services["beat"]["healthcheck"]["test"]
+    assert kind == "CMD-SHELL"
+    # A prefix: Python's dbm may add .dat, .dir or .db to the name beat is given.
+    assert probe.startswith(f"find {directory} -maxdepth 1 -name '{name}*' -mmin -")
+    assert probe.endswith(" | grep -q .")  # found (written recently enough) or unhealthy
+    # Beat saves the schedule when it wakes (at least every 5 minutes) if 3 have passed since it last
+    # did: writes are at most about 8 minutes apart, and a bound below that marks a live beat unhealthy.
+    minutes = int(re.search(r"-mmin -(\d+) ", probe).group(1))
+    assert minutes >= 10
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_every_app_service_has_a_healthcheck_the_readme_describes(services, name):
+    check = services[name]["healthcheck"]
+    assert check["test"] and check["interval"] and check["retries"] >= 1
+    readme = (REPO_ROOT / "README.md").read_text()
+    probe = " ".join(check["test"][1:]).replace("$$", "$")
+    described = {
+        "web": "/healthz",
+        "worker": "celery -A doow inspect ping --destination celery@$HOSTNAME",
+        "beat": "celerybeat-schedule*",
+    }[name]
+    assert described in probe and described in readme
