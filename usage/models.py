@@ -126,6 +126,8 @@ class UsageDailyByKey(UsageMetrics):
                 fields=["connection", "api_key_hash", "day", "workspace_id"], name="usage_by_key_natural_key"
             )
         ]
+        # The days at the ends of a range read by month (usage.selectors.usage_by_key), and a day's keys.
+        indexes = [models.Index(fields=["connection", "day"], name="usage_by_key_conn_day_idx")]
 
     def __str__(self) -> str:
         return f"{self.day} {self.api_key_hash or UNATTRIBUTED_LABEL} {self.spend_usd}"
@@ -133,8 +135,8 @@ class UsageDailyByKey(UsageMetrics):
 
 class UsageMonthlyByKey(UsageMetrics):
     """UsageDailyByKey summed over each calendar month (`month` is its first day): the key table of
-    a range that spans whole months reads each of those months of a key in one row, and only the
-    days at either end from UsageDailyByKey, a third of the rows of a 90-day range. Kept with
+    a range reads each month of a key in one row, and from UsageDailyByKey only the days that
+    make up the difference at either end (usage.selectors.usage_by_key). Kept with
     UsageDailyByKey by usage_replace, for the keys and months of the slice it writes, and read,
     like every summary, only while the connection's `usage_summaries_stale_from` is None."""
 
@@ -145,6 +147,8 @@ class UsageMonthlyByKey(UsageMetrics):
     month = models.DateField()
     workspace_id = models.CharField(max_length=100, blank=True, default="")
     api_key_hash = models.CharField(max_length=100, blank=True, default="")
+    # Its UsageDailyByKey rows: whether a key has rows in a range read partly from these sums.
+    days_with_rows = models.PositiveIntegerField(default=0)
 
     class Meta:
         constraints = [

@@ -1,8 +1,9 @@
 """Reading usage rows (aggregation happens in the database; callers get small result sets) and alerts."""
 
+from dataclasses import dataclass
 from datetime import date, timedelta
 
-from django.db.models import Q, Sum
+from django.db.models import Count, Q, Sum
 
 from doow.models import Company
 from integrations.models import Connection
@@ -132,16 +133,49 @@ def month_end(day: date) -> date:
     return day.replace(day=1, month=day.month + 1) - timedelta(days=1)
 
 
-def whole_months(start: date, end: date) -> tuple[date, date] | None:
-    """The first days of the first and the last calendar month lying wholly inside start..end;
-    None if none does."""
-    first = start if start.day == 1 else month_end(start) + timedelta(days=1)
-    last = (
-        end.replace(day=1)
-        if end == month_end(end)
-        else (end.replace(day=1) - timedelta(days=1)).replace(day=1)
-    )
-    return (first, last) if first <= last else None
+@dataclass(frozen=True)
+class MonthlyPlan:
+    """How usage_by_key reads days start..end: the monthly sums of months first..last, plus the
+    daily sums of the days in `added`, minus those of the days in `taken_away` (day ranges)."""
+
+    first: date
+    last: date
+    added: tuple[tuple[date, date], ...]
+    taken_away: tuple[tuple[date, date], ...]
+
+
+def monthly_plan(start: date, end: date) -> MonthlyPlan | None:
+    """Every month the range touches is read whole from its monthly sums; at either end, a month the
+    range covers only part of is either left out and its days in the range added from the daily
+    sums, or kept and its days outside the range taken away, whichever reads fewer days (so a
+    range ending yesterday takes away only the rest of this month, which has no rows yet). None for
+    a range within one month that is no more than half of it: its own daily rows are as few."""
+    first, last = start.replace(day=1), end.replace(day=1)
+    if first == last:
+        outside = [
+            (a, b)
+            for a, b in ((first, start - timedelta(days=1)), (end + timedelta(days=1), month_end(end)))
+            if a <= b
+        ]
+        if sum((b - a).days + 1 for a, b in outside) >= (end - start).days + 1:
+            return None  # the range's own days are as few
+        return MonthlyPlan(first, last, (), tuple(outside))
+    added, taken_away = [], []
+    if start != first:
+        before, inside = (first, start - timedelta(days=1)), (start, month_end(start))
+        if (inside[1] - inside[0]) < (before[1] - before[0]):
+            added.append(inside)
+            first = month_end(start) + timedelta(days=1)
+        else:
+            taken_away.append(before)
+    if end != month_end(end):
+        inside, after = (last, end), (end + timedelta(days=1), month_end(end))
+        if (inside[1] - inside[0]) < (after[1] - after[0]):
+            added.append(inside)
+            last = (last - timedelta(days=1)).replace(day=1)
+        else:
+            taken_away.append(after)
+    return MonthlyPlan(first, last, tuple(added), tuple(taken_away))
 
 
 def usage_by_key(
@@ -151,34 +185,49 @@ def usage_by_key(
     particular order: what the key table sorts and pages, which sums every key of the range.
 
     With `summarized` (the caller checked that the connection's summaries are current), from one
-    monthly row per key for each whole month of the range (UsageMonthlyByKey) and the daily rows of
-    the days at either end: a third of the rows of a 90-day range. The same sums as the usage rows'."""
+    monthly row per key and month (UsageMonthlyByKey) and the daily rows of at most half a month at
+    either end (monthly_plan): a tenth of the per-key rows of a 90-day range. Exactly the usage
+    rows' sums, and only the keys with rows in the range (counted, so that a key whose rows there
+    sum to zero stays and one with none there goes)."""
     filters = {
         name: value for name, value in (filters or {}).items() if value is not None and name in FILTERS
     }
-    months = whole_months(start, end) if summarized else None
-    if months is None or not set(filters) <= set(SUMMARIES[UsageDailyByKey]):
+    plan = monthly_plan(start, end) if summarized else None
+    if plan is None or not set(filters) <= set(SUMMARIES[UsageDailyByKey]):
         query = {"connection_ids": [connection_id], "start": start, "end": end, "summarized": summarized}
         return list(usage_grouped(group_by=["key"], metrics=metrics, filters=filters, **query).order_by())
-    first, last = months
 
-    def sums(rows) -> list[dict]:
+    def sums(rows, counted) -> list[dict]:
         for name, value in filters.items():
             rows = rows.filter(**{FILTERS[name]: value})
-        return list(rows.values("api_key_hash").annotate(**{name: Sum(name) for name in metrics}).order_by())
+        per_key = rows.values("api_key_hash").annotate(**{name: Sum(name) for name in metrics}, rows=counted)
+        return list(per_key.order_by())
 
-    by_month = UsageMonthlyByKey.objects.filter(
-        connection_id=connection_id, month__gte=first, month__lte=last
+    def daily(ranges) -> list[dict]:
+        if not ranges:
+            return []
+        days = Q()
+        for first, last in ranges:
+            days |= Q(day__gte=first, day__lte=last)
+        return sums(UsageDailyByKey.objects.filter(days, connection_id=connection_id), Count("id"))
+
+    monthly = UsageMonthlyByKey.objects.filter(
+        connection_id=connection_id, month__gte=plan.first, month__lte=plan.last
     )
-    ends = Q(day__gte=start, day__lt=first) | Q(day__gt=month_end(last), day__lte=end)
-    by_day = UsageDailyByKey.objects.filter(ends, connection_id=connection_id)
     totals: dict[str, dict] = {}
-    for row in [*sums(by_month), *sums(by_day)]:
-        known = totals.setdefault(row["api_key_hash"], row)
-        if known is not row:
-            for name in metrics:
-                known[name] += row[name]
-    return list(totals.values())
+    for sign, part in (
+        (1, sums(monthly, Sum("days_with_rows"))),
+        (1, daily(plan.added)),
+        (-1, daily(plan.taken_away)),
+    ):
+        for row in part:
+            known = totals.get(row["api_key_hash"])
+            if known is None:
+                known = totals[row["api_key_hash"]] = {"api_key_hash": row["api_key_hash"], "rows": 0}
+                known.update(dict.fromkeys(metrics, 0))
+            for name in (*metrics, "rows"):
+                known[name] += sign * row[name]
+    return [row for row in totals.values() if row.pop("rows") > 0]
 
 
 def alert_list(*, company: Company, state: str, connection: Connection | None = None):

@@ -7,7 +7,7 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from django.db import connection as db
 from django.db import transaction
-from django.db.models import F, Q, Sum
+from django.db.models import Count, F, Q, Sum
 from django.db.models.functions import TruncMonth
 from django.utils import timezone
 
@@ -249,15 +249,15 @@ def _summarize_months(connection_id: int, keys: list[str] | None, start: date, e
             )
             .annotate(month_of=TruncMonth("day"))
             .values("month_of", "workspace_id", "api_key_hash")
-            .annotate(**{name: Sum(name) for name in METRICS})
+            .annotate(**{name: Sum(name) for name in METRICS}, day_count=Count("id"))
             .order_by()
         )
         select, params = sums.query.sql_with_params()
         with db.cursor() as cursor:
             cursor.execute(
                 f"INSERT INTO {quote(UsageMonthlyByKey._meta.db_table)} "  # noqa: S608
-                f"(connection_id, month, workspace_id, api_key_hash, {metrics}) "
-                f"SELECT %s, month_of, workspace_id, api_key_hash, {metrics} FROM ({select}) AS sums",
+                f"(connection_id, month, workspace_id, api_key_hash, {metrics}, days_with_rows) "
+                f"SELECT %s, month_of, workspace_id, api_key_hash, {metrics}, day_count FROM ({select}) AS sums",
                 [connection_id, *params],
             )
 

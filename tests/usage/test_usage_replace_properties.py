@@ -159,7 +159,10 @@ def test_stored_rows_and_summaries_are_the_newest_fetch_of_every_key_and_day(
         assert_monthly_sums_match(connection)
 
 
-# Ranges with and without a whole month: October whole, November whole, both, and ends partway in.
+# Ranges read in every way usage_by_key reads them (usage.selectors.monthly_plan): whole months;
+# ends partway through a month, whose days in the range are added to the whole months; a month
+# less a few days that hold rows (Oct 31, Nov 1), taken away from its monthly sums; and within one
+# month, from the daily rows alone.
 RANGES = [
     (date(2026, 10, 1), date(2026, 10, 31)),
     (date(2026, 11, 1), date(2026, 11, 30)),
@@ -167,6 +170,10 @@ RANGES = [
     (date(2026, 9, 30), date(2026, 11, 2)),
     (date(2026, 10, 30), date(2026, 12, 1)),
     (date(2026, 10, 29), date(2026, 11, 3)),
+    (date(2026, 10, 1), date(2026, 10, 30)),
+    (date(2026, 11, 2), date(2026, 11, 30)),
+    (date(2026, 10, 2), date(2026, 11, 29)),
+    (date(2026, 11, 1), date(2026, 11, 2)),
 ]
 
 
@@ -182,9 +189,10 @@ def assert_monthly_sums_match(connection) -> None:
     for day, workspace, key, *metrics in daily:
         natural_key = (day.replace(day=1), workspace, key)
         known = by_month.get(natural_key)
-        by_month[natural_key] = tuple(metrics) if known is None else tuple(map(sum, zip(known, metrics)))
+        values = (*metrics, 1)  # and the days with a row
+        by_month[natural_key] = values if known is None else tuple(map(sum, zip(known, values)))
     stored = UsageMonthlyByKey.objects.filter(connection=connection).values_list(
-        "month", "workspace_id", "api_key_hash", *METRICS
+        "month", "workspace_id", "api_key_hash", *METRICS, "days_with_rows"
     )
     assert {tuple(row[:3]): tuple(row[3:]) for row in stored} == by_month
     for start, end in RANGES:
