@@ -484,8 +484,9 @@ def run(sizes) -> Outcome:
         "sync's last write transaction) for totals, chart, filter choices and the model, provider, "
         "workspace and day tables; usage rows summed over models and providers (`usage.UsageDailyByKey`, "
         "kept by each write for the keys and days it replaces) for one key's views and for the key table, "
-        "which reads the whole months of the range from those sums per calendar month "
-        "(`usage.UsageMonthlyByKey`, summed again by each write for the keys and months it touches); "
+        "which reads each month the range touches from those sums per calendar month "
+        "(`usage.UsageMonthlyByKey`, summed again by each write for the keys and months it touches) and "
+        "adds or takes away the daily sums of at most half a month at either end; "
         "the rows themselves for anything by key and model or provider, or while the summaries are "
         "stale. Their cost is paid by the sync (the ingest benchmark's write path includes them) and "
         "shown here as the time to rebuild them all for all of a connection's rows.",

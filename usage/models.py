@@ -126,8 +126,6 @@ class UsageDailyByKey(UsageMetrics):
                 fields=["connection", "api_key_hash", "day", "workspace_id"], name="usage_by_key_natural_key"
             )
         ]
-        # The days at the ends of a range read by month (usage.selectors.usage_by_key), and a day's keys.
-        indexes = [models.Index(fields=["connection", "day"], name="usage_by_key_conn_day_idx")]
 
     def __str__(self) -> str:
         return f"{self.day} {self.api_key_hash or UNATTRIBUTED_LABEL} {self.spend_usd}"

@@ -26,6 +26,7 @@ VALUE_FIELDS = ("model", *METRICS)
 ROW_FIELDS = ("company_id", *NATURAL_KEY, *VALUE_FIELDS)
 BY_KEY_NATURAL_KEY = ("connection_id", "day", "workspace_id", "api_key_hash")
 BY_KEY_FIELDS = (*BY_KEY_NATURAL_KEY, *METRICS)
+BY_MONTH_FIELDS = ("connection_id", "month", "workspace_id", "api_key_hash", *METRICS, "days_with_rows")
 # The money columns' scale: values are rounded to it (half away from zero, as PostgreSQL rounds a
 # numeric on input) before they are stored or summed, so a sum in Python equals the database's.
 MONEY_STEP = Decimal(1).scaleb(-UsageDaily._meta.get_field("spend_usd").decimal_places)
@@ -33,15 +34,16 @@ MONEY_STEP = Decimal(1).scaleb(-UsageDaily._meta.get_field("spend_usd").decimal_
 
 @dataclass(frozen=True)
 class PreparedUsage:
-    """Usage rows of one window (start..end) as written, with their per-key daily sums: built by
-    usage_prepare before the writing transaction, so the connection's row is held only while they
-    are written."""
+    """Usage rows of one window (start..end) as written, with their per-key daily and monthly
+    sums: built by usage_prepare before the writing transaction, so the connection's row is held
+    only while they are written."""
 
     connection_id: int
     start: date
     end: date
     records: list[tuple]  # ROW_FIELDS
     daily: list[tuple]  # BY_KEY_FIELDS
+    monthly: list[tuple]  # BY_MONTH_FIELDS: the daily sums' months, as written for keys with no rows before
 
 
 def usage_prepare(
@@ -71,7 +73,8 @@ def usage_prepare(
         for (day, workspace_id, api_key_hash, permaslug, provider_name), values in rows
         if start <= day <= end
     ]
-    return PreparedUsage(connection_id, start, end, records, _sums_by_key(records))
+    daily = _sums_by_key(records)
+    return PreparedUsage(connection_id, start, end, records, daily, _months_of(daily))
 
 
 def usage_replace(
@@ -97,7 +100,8 @@ def usage_replace(
     inserted: set[str] = set()
     fresh = [record for record in usage.records if record[4] in new_keys]
     if len(fresh) >= bulk.COPY_MIN_ROWS:
-        if _insert_fresh(fresh, [row for row in usage.daily if row[3] in new_keys]):
+        daily = [row for row in usage.daily if row[3] in new_keys]
+        if _insert_fresh(fresh, daily, [row for row in usage.monthly if row[3] in new_keys]):
             inserted = new_keys
         else:
             new_keys = set()  # some existed after all: replace them like the others
@@ -120,7 +124,9 @@ def usage_replace(
         unique_fields=BY_KEY_NATURAL_KEY,
         update_fields=METRICS,
     )
-    _summarize_months(connection_id, sorted(slice_keys), start, end)
+    # The inserted keys' months are their new daily sums alone (they had no rows): summed here. The
+    # others' are summed again from what the database now holds for them.
+    _summarize_months(connection_id, sorted(slice_keys - inserted), start, end)
     return len(usage.records)
 
 
@@ -142,13 +148,26 @@ def _sums_by_key(records: list[tuple]) -> list[tuple]:
     ]
 
 
-def _insert_fresh(records: list[tuple], daily: list[tuple]) -> bool:
-    """Insert rows of never-fetched keys and their per-key sums; all or nothing: False (nothing
-    written) if any of them exists already."""
+def _months_of(daily: list[tuple]) -> list[tuple]:
+    """UsageDailyByKey rows (BY_KEY_FIELDS) summed per calendar month: UsageMonthlyByKey rows
+    (BY_MONTH_FIELDS), each with the number of daily rows it sums."""
+    groups: dict[tuple, list[tuple]] = {}
+    for connection_id, day, workspace_id, api_key_hash, *metrics in daily:
+        groups.setdefault((connection_id, day.replace(day=1), workspace_id, api_key_hash), []).append(metrics)
+    return [
+        (*natural_key, *map(sum, zip(*group, strict=True)), len(group))
+        for natural_key, group in groups.items()
+    ]
+
+
+def _insert_fresh(records: list[tuple], daily: list[tuple], monthly: list[tuple]) -> bool:
+    """Insert rows of never-fetched keys, their per-key sums and their monthly sums; all or nothing:
+    False (nothing written) if any of them exists already."""
     try:
         with transaction.atomic():
             bulk.insert(UsageDaily, ROW_FIELDS, records)
             bulk.insert(UsageDailyByKey, BY_KEY_FIELDS, daily)
+            bulk.insert(UsageMonthlyByKey, BY_MONTH_FIELDS, monthly)
     except bulk.AlreadyExists:
         return False
     return True

@@ -60,10 +60,6 @@ class Migration(migrations.Migration):
                 ("days_with_rows", models.PositiveIntegerField(default=0)),
             ],
         ),
-        migrations.AddIndex(
-            model_name="usagedailybykey",
-            index=models.Index(fields=["connection", "day"], name="usage_by_key_conn_day_idx"),
-        ),
         migrations.AddField(
             model_name="usagemonthlybykey",
             name="connection",
