@@ -633,8 +633,8 @@ def _table_rows(connection: Connection, query: DetailQuery, base: dict) -> list[
 
 
 def _key_rows_by_figure(connection: Connection, query: DetailQuery, base: dict) -> list[dict]:
-    """The key table sorted by one of its figures: every key's sums (usage_by_key reads whole
-    months from the monthly summary), ordered here as the database would, ties by key hash."""
+    """The key table sorted by one of its figures: every key's sums (usage_by_key, which reads
+    them mostly from monthly sums), ordered here as the database would, ties by key hash."""
     rows = usage_by_key(
         connection_id=connection.pk,
         start=query.start,

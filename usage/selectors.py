@@ -3,7 +3,8 @@
 from dataclasses import dataclass
 from datetime import date, timedelta
 
-from django.db.models import Count, Q, Sum
+from django.db.models import CharField, Count, Q, Sum, Value
+from django.db.models.functions import Concat
 
 from doow.models import Company
 from integrations.models import Connection
@@ -185,8 +186,8 @@ def usage_by_key(
     particular order: what the key table sorts and pages, which sums every key of the range.
 
     With `summarized` (the caller checked that the connection's summaries are current), from one
-    monthly row per key and month (UsageMonthlyByKey) and the daily rows of at most half a month at
-    either end (monthly_plan): a tenth of the per-key rows of a 90-day range. Exactly the usage
+    monthly row per key and month (UsageMonthlyByKey) and the usage rows of at most half a month at
+    either end (monthly_plan): for a 90-day range ending yesterday, a few days' rows. Exactly the usage
     rows' sums, and only the keys with rows in the range (counted, so that a key whose rows there
     sum to zero stays and one with none there goes)."""
     filters = {
@@ -204,12 +205,18 @@ def usage_by_key(
         return list(per_key.order_by())
 
     def daily(ranges) -> list[dict]:
+        """The usage rows' sums of these days, found by their (connection, day) index: the per-key
+        summary has none (a sync re-sums its months through the natural key), and reading it
+        without one scans all of a connection's days. Counted in per-key summary rows."""
         if not ranges:
             return []
         days = Q()
         for first, last in ranges:
             days |= Q(day__gte=first, day__lte=last)
-        return sums(UsageDailyByKey.objects.filter(days, connection_id=connection_id), Count("id"))
+        by_key_rows = Count(
+            Concat("day", Value(" "), "workspace_id", output_field=CharField()), distinct=True
+        )
+        return sums(UsageDaily.objects.filter(days, connection_id=connection_id), by_key_rows)
 
     monthly = UsageMonthlyByKey.objects.filter(
         connection_id=connection_id, month__gte=plan.first, month__lte=plan.last
