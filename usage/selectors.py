@@ -204,37 +204,44 @@ def usage_by_key(
         per_key = rows.values("api_key_hash").annotate(**{name: Sum(name) for name in metrics}, rows=counted)
         return list(per_key.order_by())
 
-    def daily(ranges) -> list[dict]:
+    def daily(ranges, counted) -> list[dict]:
         """The usage rows' sums of these days, found by their (connection, day) index: the per-key
         summary has none (a sync re-sums its months through the natural key), and reading it
-        without one scans all of a connection's days. Counted in per-key summary rows."""
+        without one scans all of a connection's days."""
         if not ranges:
             return []
         days = Q()
         for first, last in ranges:
             days |= Q(day__gte=first, day__lte=last)
-        by_key_rows = Count(
-            Concat("day", Value(" "), "workspace_id", output_field=CharField()), distinct=True
-        )
-        return sums(UsageDaily.objects.filter(days, connection_id=connection_id), by_key_rows)
+        return sums(UsageDaily.objects.filter(days, connection_id=connection_id), counted)
 
     monthly = UsageMonthlyByKey.objects.filter(
         connection_id=connection_id, month__gte=plan.first, month__lte=plan.last
     )
-    totals: dict[str, dict] = {}
-    for sign, part in (
-        (1, sums(monthly, Sum("days_with_rows"))),
-        (1, daily(plan.added)),
-        (-1, daily(plan.taken_away)),
+    # A key is in the range if it has a row on a day added, or if its months have more per-key
+    # rows than the days taken away: those are counted in per-key rows (distinct day and workspace).
+    per_key_rows = Count(Concat("day", Value(" "), "workspace_id", output_field=CharField()), distinct=True)
+    totals: dict[str, dict] = {}  # the first row read of each key, the others summed into it
+    counts: dict[str, list[int]] = {}  # per key: per-key rows of its months less those taken away; rows added
+    for sign, counter, part in (
+        (1, 0, sums(monthly, Sum("days_with_rows"))),
+        (1, 1, daily(plan.added, Count("id"))),
+        (-1, 0, daily(plan.taken_away, per_key_rows)),
     ):
         for row in part:
-            known = totals.get(row["api_key_hash"])
+            key, rows = row["api_key_hash"], row.pop("rows")
+            known = totals.get(key)
             if known is None:
-                known = totals[row["api_key_hash"]] = {"api_key_hash": row["api_key_hash"], "rows": 0}
-                known.update(dict.fromkeys(metrics, 0))
-            for name in (*metrics, "rows"):
-                known[name] += sign * row[name]
-    return [row for row in totals.values() if row.pop("rows") > 0]
+                known = totals[key] = row
+                counts[key] = [0, 0]
+                if sign < 0:
+                    for name in metrics:
+                        row[name] = -row[name]
+            else:
+                for name in metrics:
+                    known[name] += sign * row[name]
+            counts[key][counter] += sign * rows
+    return [totals[key] for key, (rows, added) in counts.items() if rows > 0 or added > 0]
 
 
 def alert_list(*, company: Company, state: str, connection: Connection | None = None):
