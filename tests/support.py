@@ -148,3 +148,26 @@ def objects_behind_every_id(company, emulator) -> dict:
         "alert_id": alert,
         "run_id": SyncRun.objects.filter(connection=connection).first(),
     }
+
+
+def open_alerts(connection, n: int):
+    """`n` open credit-low alerts of the connection, one rule's, each its own subject."""
+    from usage.models import Alert, AlertKind, AlertRule
+
+    rule = AlertRule.objects.create(
+        company_id=connection.company_id, connection=connection, kind=AlertKind.CREDIT_LOW
+    )
+    return Alert.objects.bulk_create(
+        Alert(
+            company_id=connection.company_id,
+            connection=connection,
+            rule=rule,
+            kind=rule.kind,
+            subject=f"s{i}",
+            period="2026-11",
+            title=f"Alert {i}",
+            message="m",
+            detail={"balance": str(i)},
+        )
+        for i in range(n)
+    )

@@ -19,7 +19,7 @@ from openrouter.formatting import usd
 from openrouter.models import ApiKey, KeyOwner, Workspace
 from openrouter.report import preset_range
 from tests.conftest import client_for
-from tests.support import TODAY, connect, noon, sync
+from tests.support import TODAY, connect, noon, open_alerts, sync
 from usage.models import Alert, AlertKind, AlertRule, AlertState, Budget, UsageDaily
 
 pytestmark = pytest.mark.django_db
@@ -400,22 +400,7 @@ def test_an_empty_list_shows_its_empty_message_and_no_pager(alice, acme, emulato
 
 
 def test_the_alerts_pager_shows_once_there_is_a_second_page(oscar, synced):
-    rule = AlertRule.objects.create(
-        company_id=synced.company_id, connection=synced, kind=AlertKind.CREDIT_LOW
-    )
-    Alert.objects.bulk_create(
-        Alert(
-            company_id=synced.company_id,
-            connection=synced,
-            rule=rule,
-            kind=rule.kind,
-            subject=f"s{i}",
-            period="2026-11",
-            title=f"Alert {i}",
-            message="m",
-        )
-        for i in range(51)
-    )
+    open_alerts(synced, 51)
     page = client_for(oscar).get(reverse("usage:alerts", args=["acme"])).content.decode()
     assert "Page 1 of 2" in page and 'href="?state=active&amp;page=2">Older →</a>' in page
 

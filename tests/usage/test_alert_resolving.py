@@ -10,8 +10,8 @@ from django.utils import timezone
 
 from openrouter.alerts import evaluate_alerts
 from openrouter.models import ApiKey
-from tests.support import connect
-from usage.models import DISMISSED, Alert, AlertKind, AlertRule, AlertState, alerts_resolve
+from tests.support import connect, open_alerts
+from usage.models import DISMISSED, Alert, AlertKind, AlertState, alerts_resolve
 from usage.services import alert_resolve_by_hand
 
 pytestmark = pytest.mark.django_db
@@ -86,26 +86,6 @@ def test_ending_the_dismissal_of_alerts_is_not_one_query_per_alert(acme, globex,
     few = queries_ending_dismissals(acme, alice, emulator, 5)
     many = queries_ending_dismissals(globex, charlie, emulator, 200)
     assert many <= few, (few, many)
-
-
-def open_alerts(connection, n: int) -> list[Alert]:
-    rule = AlertRule.objects.create(
-        company_id=connection.company_id, connection=connection, kind=AlertKind.CREDIT_LOW
-    )
-    return Alert.objects.bulk_create(
-        Alert(
-            company_id=connection.company_id,
-            connection=connection,
-            rule=rule,
-            kind=rule.kind,
-            subject=f"s{i}",
-            period="2026-11",
-            title=f"Alert {i}",
-            message="m",
-            detail={"balance": str(i)},
-        )
-        for i in range(n)
-    )
 
 
 def test_resolving_alerts_says_why_in_a_bounded_number_of_queries(acme, globex, emulator):
