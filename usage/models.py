@@ -133,7 +133,7 @@ class UsageDailyByKey(UsageMetrics):
 
 class UsageMonthlyByKey(UsageMetrics):
     """UsageDailyByKey summed over each calendar month (`month` is its first day): the key table of
-    a range reads each month of a key in one row, and from UsageDailyByKey only the days that
+    a range reads each month of a key in one row, and from the usage rows only the days that
     make up the difference at either end (usage.selectors.usage_by_key). Kept with
     UsageDailyByKey by usage_replace, for the keys and months of the slice it writes, and read,
     like every summary, only while the connection's `usage_summaries_stale_from` is None."""
@@ -145,7 +145,8 @@ class UsageMonthlyByKey(UsageMetrics):
     month = models.DateField()
     workspace_id = models.CharField(max_length=100, blank=True, default="")
     api_key_hash = models.CharField(max_length=100, blank=True, default="")
-    # Its UsageDailyByKey rows: whether a key has rows in a range read partly from these sums.
+    # Its UsageDailyByKey rows (days and workspaces with usage): whether a key has rows in a range
+    # read partly from these sums.
     days_with_rows = models.PositiveIntegerField(default=0)
 
     class Meta:

@@ -137,7 +137,7 @@ def month_end(day: date) -> date:
 @dataclass(frozen=True)
 class MonthlyPlan:
     """How usage_by_key reads days start..end: the monthly sums of months first..last, plus the
-    daily sums of the days in `added`, minus those of the days in `taken_away` (day ranges)."""
+    usage rows of the days in `added`, minus those of the days in `taken_away` (day ranges)."""
 
     first: date
     last: date
@@ -147,8 +147,8 @@ class MonthlyPlan:
 
 def monthly_plan(start: date, end: date) -> MonthlyPlan | None:
     """Every month the range touches is read whole from its monthly sums; at either end, a month the
-    range covers only part of is either left out and its days in the range added from the daily
-    sums, or kept and its days outside the range taken away, whichever reads fewer days (so a
+    range covers only part of is either left out and its days in the range added from the usage
+    rows, or kept and its days outside the range taken away, whichever reads fewer days (so a
     range ending yesterday takes away only the rest of this month, which has no rows yet). None for
     a range within one month that is no more than half of it: its own daily rows are as few."""
     first, last = start.replace(day=1), end.replace(day=1)

@@ -30,8 +30,8 @@ def answers(connection, *, summarized: bool) -> dict:
                     results[group_by] = list(usage_grouped(group_by=list(group_by), **ids))
                 else:
                     results[group_by] = usage_totals(**ids)
-    # The key table's sums, which read whole months from the monthly summary and the other days
-    # from the daily one: over every day, and over ranges that start or end partway through a month.
+    # The key table's sums, which read months from the monthly summary and the days at either end
+    # from the usage rows: over every day, and over ranges that start or end partway through a month.
     for days_back in (400, 75, 45, 20):
         start, end = TODAY - timedelta(days=days_back), TODAY - timedelta(days=days_back // 5)
         by_key = usage_by_key(connection_id=connection.pk, start=start, end=end, summarized=summarized)
