@@ -145,37 +145,44 @@ class MonthlyPlan:
     taken_away: tuple[tuple[date, date], ...]
 
 
+# What a day at a range's end read from the usage rows costs, in per-key summary rows: a key's day has
+# one usage row per model and provider it used.
+END_DAY_COST = 5
+
+
 def monthly_plan(start: date, end: date) -> MonthlyPlan | None:
     """Every month the range touches is read whole from its monthly sums; at either end, a month the
     range covers only part of is either left out and its days in the range added from the usage
     rows, or kept and its days outside the range taken away, whichever reads fewer days (so a
-    range ending yesterday takes away only the rest of this month, which has no rows yet). None for
-    a range within one month that is no more than half of it: its own daily rows are as few."""
+    range ending yesterday takes away only the rest of this month, which has no rows yet). None
+    when the days read at the ends would cost more than the range's own per-key rows: a range of a
+    few weeks reads the per-key summary as it is."""
     first, last = start.replace(day=1), end.replace(day=1)
+    added, taken_away = [], []
     if first == last:
-        outside = [
+        taken_away = [
             (a, b)
             for a, b in ((first, start - timedelta(days=1)), (end + timedelta(days=1), month_end(end)))
             if a <= b
         ]
-        if sum((b - a).days + 1 for a, b in outside) >= (end - start).days + 1:
-            return None  # the range's own days are as few
-        return MonthlyPlan(first, last, (), tuple(outside))
-    added, taken_away = [], []
-    if start != first:
-        before, inside = (first, start - timedelta(days=1)), (start, month_end(start))
-        if (inside[1] - inside[0]) < (before[1] - before[0]):
-            added.append(inside)
-            first = month_end(start) + timedelta(days=1)
-        else:
-            taken_away.append(before)
-    if end != month_end(end):
-        inside, after = (last, end), (end + timedelta(days=1), month_end(end))
-        if (inside[1] - inside[0]) < (after[1] - after[0]):
-            added.append(inside)
-            last = (last - timedelta(days=1)).replace(day=1)
-        else:
-            taken_away.append(after)
+    else:
+        if start != first:
+            before, inside = (first, start - timedelta(days=1)), (start, month_end(start))
+            if (inside[1] - inside[0]) < (before[1] - before[0]):
+                added.append(inside)
+                first = month_end(start) + timedelta(days=1)
+            else:
+                taken_away.append(before)
+        if end != month_end(end):
+            inside, after = (last, end), (end + timedelta(days=1), month_end(end))
+            if (inside[1] - inside[0]) < (after[1] - after[0]):
+                added.append(inside)
+                last = (last - timedelta(days=1)).replace(day=1)
+            else:
+                taken_away.append(after)
+    end_days = sum((b - a).days + 1 for a, b in (*added, *taken_away))
+    if END_DAY_COST * end_days >= (end - start).days + 1:
+        return None
     return MonthlyPlan(first, last, tuple(added), tuple(taken_away))
 
 

@@ -104,7 +104,7 @@ def test_the_detail_page_shows_the_same_figures_from_summaries_as_from_rows(acme
     # The key table over a range with a whole month in it (its sums come partly from the monthly
     # summary), sorted by each figure both ways.
     views += [
-        DetailQuery(start=TODAY - timedelta(days=60), end=TODAY - timedelta(days=1), tab="keys", sort=sort,
+        DetailQuery(start=TODAY - timedelta(days=90), end=TODAY - timedelta(days=1), tab="keys", sort=sort,
                     descending=descending)
         for sort in [column.name for column in table_columns("keys") if column.sortable]
         for descending in (True, False)
@@ -231,7 +231,7 @@ def test_the_key_table_sorted_by_a_figure_is_in_the_order_the_database_gives(acm
     UsageDaily.objects.filter(connection=connection).update(spend_usd=1, requests=1, prompt_tokens=1)
     usage_rows_edited(connection)
     connection.refresh_from_db()
-    start, end = TODAY - timedelta(days=60), TODAY - timedelta(days=1)
+    start, end = TODAY - timedelta(days=90), TODAY - timedelta(days=1)
     figures = [column.name for column in table_columns("keys") if column.sortable]
     for sort in [name for name in figures if name not in ("name", "last_used")]:
         for descending in (True, False):
