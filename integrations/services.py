@@ -545,7 +545,8 @@ def sync_run_finish(
         with transaction.atomic():
             if reported_from is not None and complete_through is not None:
                 # Merged into the days as stored now, read under the row's lock, not as read at the start.
-                spans = live.select_for_update().values_list("reported_spans", flat=True).first()
+                # order_by(): first() would sort by the model's ordering, a join with the company.
+                spans = live.select_for_update().values_list("reported_spans", flat=True).order_by().first()
                 if spans is not None:
                     updates["reported_spans"] = coverage.add(spans, reported_from, complete_through)
             live.update(**updates)
