@@ -1,7 +1,7 @@
 """Writing usage rows: replace a slice of rows atomically, in batches, never one query per row."""
 
 import functools
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from decimal import ROUND_HALF_UP, Decimal
@@ -132,32 +132,36 @@ def usage_replace(
 
 def _sums_by_key(records: list[tuple]) -> list[tuple]:
     """Usage row records summed over models and providers: UsageDailyByKey rows (BY_KEY_FIELDS)."""
-    groups: dict[tuple, list[tuple]] = {}
-    for record in records:
-        dimensions = record[1:5]  # connection, day, workspace, key
-        group = groups.get(dimensions)
-        if group is None:
-            groups[dimensions] = [record]
-        else:
-            group.append(record)
-    return [
-        (*dimensions, *group[0][8:])
-        if len(group) == 1
-        else (*dimensions, *map(sum, zip(*[record[8:] for record in group], strict=True)))
-        for dimensions, group in groups.items()
-    ]
+    # (connection, day, workspace, key) -> the records' metrics
+    groups = _grouped((record[1:5], record[8:]) for record in records)
+    return [(*dimensions, *_column_sums(group)) for dimensions, group in groups.items()]
 
 
 def _months_of(daily: list[tuple]) -> list[tuple]:
     """UsageDailyByKey rows (BY_KEY_FIELDS) summed per calendar month: UsageMonthlyByKey rows
     (BY_MONTH_FIELDS), each with the number of daily rows it sums."""
-    groups: dict[tuple, list[tuple]] = {}
-    for connection_id, day, workspace_id, api_key_hash, *metrics in daily:
-        groups.setdefault((connection_id, day.replace(day=1), workspace_id, api_key_hash), []).append(metrics)
-    return [
-        (*natural_key, *map(sum, zip(*group, strict=True)), len(group))
-        for natural_key, group in groups.items()
-    ]
+    groups = _grouped(
+        ((connection_id, day.replace(day=1), workspace_id, api_key_hash), metrics)
+        for connection_id, day, workspace_id, api_key_hash, *metrics in daily
+    )
+    return [(*natural_key, *_column_sums(group), len(group)) for natural_key, group in groups.items()]
+
+
+def _grouped(pairs: Iterable[tuple[tuple, Sequence]]) -> dict[tuple, list[Sequence]]:
+    """(dimensions, values) pairs: each dimensions' values, in the order first seen."""
+    groups: dict[tuple, list[Sequence]] = {}
+    for dimensions, values in pairs:
+        group = groups.get(dimensions)
+        if group is None:
+            groups[dimensions] = [values]
+        else:
+            group.append(values)
+    return groups
+
+
+def _column_sums(group: list[Sequence]) -> Sequence:
+    # Most groups hold one row (a key's day on one model): no sum to make.
+    return group[0] if len(group) == 1 else tuple(map(sum, zip(*group, strict=True)))
 
 
 def _insert_fresh(records: list[tuple], daily: list[tuple], monthly: list[tuple]) -> bool:
