@@ -275,7 +275,7 @@ def _month_sums_sql(key_count: int | None) -> tuple[str, str, tuple]:
     """The DELETE and the INSERT … SELECT of _summarize_months for a batch of `key_count` keys (None:
     every key). Both take (connection, first month, last month's end, *keys); the INSERT takes the
     month truncation's own parameters (the third value returned) before them. Worked out once per
-    process: built and compiled by the ORM on every write, they were a tenth of a small sync's CPU."""
+    process: built and compiled by the ORM on every write, they were about a tenth of a small sync's CPU."""
     quote = db.ops.quote_name
     keys = "" if key_count is None else f" AND api_key_hash IN ({', '.join(['%s'] * key_count)})"
     scope = "connection_id = %s AND {column} >= %s AND {column} <= %s" + keys
