@@ -159,6 +159,16 @@ def monthly_plan(start: date, end: date) -> MonthlyPlan | None:
     few weeks reads the per-key summary as it is."""
     first, last = start.replace(day=1), end.replace(day=1)
     added, taken_away = [], []
+
+    def adds_inside(inside: tuple[date, date], outside: tuple[date, date]) -> bool:
+        """A partly covered month at one end: add its days inside the range, or take away those
+        outside it, whichever are fewer. True if added (the month is then not read whole)."""
+        if (inside[1] - inside[0]) < (outside[1] - outside[0]):
+            added.append(inside)
+            return True
+        taken_away.append(outside)
+        return False
+
     if first == last:
         taken_away = [
             (a, b)
@@ -166,20 +176,10 @@ def monthly_plan(start: date, end: date) -> MonthlyPlan | None:
             if a <= b
         ]
     else:
-        if start != first:
-            before, inside = (first, start - timedelta(days=1)), (start, month_end(start))
-            if (inside[1] - inside[0]) < (before[1] - before[0]):
-                added.append(inside)
-                first = month_end(start) + timedelta(days=1)
-            else:
-                taken_away.append(before)
-        if end != month_end(end):
-            inside, after = (last, end), (end + timedelta(days=1), month_end(end))
-            if (inside[1] - inside[0]) < (after[1] - after[0]):
-                added.append(inside)
-                last = (last - timedelta(days=1)).replace(day=1)
-            else:
-                taken_away.append(after)
+        if start != first and adds_inside((start, month_end(start)), (first, start - timedelta(days=1))):
+            first = month_end(start) + timedelta(days=1)
+        if end != month_end(end) and adds_inside((last, end), (end + timedelta(days=1), month_end(end))):
+            last = (last - timedelta(days=1)).replace(day=1)
     end_days = sum((b - a).days + 1 for a, b in (*added, *taken_away))
     if END_DAY_COST * end_days >= (end - start).days + 1:
         return None
