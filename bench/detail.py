@@ -29,6 +29,7 @@ METRICS = ("requests", "prompt_tokens", "completion_tokens", "reasoning_tokens",
 MONEY = ("spend_usd", "byok_spend_usd")
 SUMS = ", ".join(f"SUM({name})" for name in (*METRICS, *MONEY))
 EXPORT_FIELDS = "day, workspace_id, api_key_hash, model_permaslug, model, provider_name"
+KEY_CSV_ROUNDS_FACTOR = 5  # rounds of the one-key export per round of the page (measure)
 
 
 def label(rows: int) -> str:
@@ -364,9 +365,15 @@ def measure(datasets: list[Dataset], repeat: int) -> dict[int, dict]:
                     ((rows, "csv_rows"), raw_rows, None),
                     ((rows, "csv_body"), body, None),
                 ]
-            # Every row of 1M takes seconds, so three rounds are the unfiltered export's median.
+            # Every row of 1M takes seconds, so three rounds are the unfiltered export's median. One
+            # key's export takes ~8 ms, of which a scheduler tick or a cold cache line is a large
+            # share: its median of 7 gave ratios from 1.18 to 1.80 over runs of the same code, so it
+            # takes KEY_CSV_ROUNDS_FACTOR times the rounds (a round of it is ~60 ms for all sizes).
             largest = max(dataset.rows for dataset in datasets)
-            csv_repeat = min(repeat, 3) if name == "all" and largest >= 1_000_000 else repeat
+            if name == "all":
+                csv_repeat = min(repeat, 3) if largest >= 1_000_000 else repeat
+            else:
+                csv_repeat = repeat * KEY_CSV_ROUNDS_FACTOR
             for steps, rounds in ((page_steps, repeat), (csv_steps, csv_repeat)):
                 for (rows, kind), seconds in interleaved_medians(steps, rounds).items():
                     figures[rows][name, kind] = seconds
@@ -464,7 +471,9 @@ def run(sizes) -> Outcome:
         "before each GET, as every sync write transaction does, so no cached report applies (the page "
         "computes every aggregate and caches it); cached = the same view again, which reads only the "
         "header, labels and cache. CSV = the whole streamed body of `export.csv` (all dimensions), timed "
-        "like the page (unfiltered, with 1M rows among the sizes: median of 3 rounds after the warm-up). Baselines with raw psycopg on the "
+        "like the page (unfiltered, with 1M rows among the sizes: median of 3 rounds after the warm-up; one key: "
+        f"median of {sizes.detail_repeat * KEY_CSV_ROUNDS_FACTOR} rounds, as a few milliseconds are easily "
+        "tipped by the host). Baselines with raw psycopg on the "
         "same data: the 7 aggregate queries the page needs (totals now and before, day × model chart, key-table count and page, "
         "model and provider filter choices) and the export's grouped query read through a server-side "
         "cursor. A figure and its baselines are sampled in turn, round after round, every size in the same "

@@ -180,13 +180,15 @@ def _insert_fresh(records: list[tuple], daily: list[tuple], monthly: list[tuple]
 def _delete_slice(connection_id: int, keys: list[str], start: date, end: date) -> None:
     """The usage rows and per-key sums of `keys` for days start..end."""
     for model in (UsageDaily, *KEPT_BY_REPLACE):
-        for i in range(0, len(keys), IN_BATCH):
+        for batch in _in_batches(keys):
             model.objects.filter(
-                connection_id=connection_id,
-                api_key_hash__in=keys[i : i + IN_BATCH],
-                day__gte=start,
-                day__lte=end,
+                connection_id=connection_id, api_key_hash__in=batch, day__gte=start, day__lte=end
             ).delete()
+
+
+def _in_batches(keys: list[str]) -> list[list[str]]:
+    """`keys` in lists of at most IN_BATCH, one per IN (...) list."""
+    return [keys[i : i + IN_BATCH] for i in range(0, len(keys), IN_BATCH)]
 
 
 def usage_delete_for_connection(*, connection_id: int) -> int:
@@ -261,7 +263,7 @@ def _summarize_months(connection_id: int, keys: list[str] | None, start: date, e
         db.ops.adapt_datefield_value(start.replace(day=1)),
         db.ops.adapt_datefield_value(month_end(end)),
     ]
-    batches = [None] if keys is None else [keys[i : i + IN_BATCH] for i in range(0, len(keys), IN_BATCH)]
+    batches = [None] if keys is None else _in_batches(keys)
     with db.cursor() as cursor:
         for batch in batches:
             delete, insert, month_params = _month_sums_sql(None if batch is None else len(batch))
