@@ -612,12 +612,12 @@ def _table(connection: Connection, query: DetailQuery, base: dict) -> dict:
 def _table_rows(connection: Connection, query: DetailQuery, base: dict) -> list[dict]:
     """Every row of the tab's table over the range, in the order asked for."""
     dimension = TAB_DIMENSION[query.tab]
-    if dimension == "key" and query.sort not in ("name", "last_used"):
-        return _key_rows_by_figure(connection, query, base)
+    if dimension == "key":
+        return _key_rows(connection, query, base)
     grouped = usage_grouped(
         start=query.start, end=query.end, group_by=[dimension], metrics=table_metrics(query.tab), **base
     ).annotate(total_tokens=F("prompt_tokens") + F("completion_tokens"))
-    if query.sort in ("name", "last_used"):
+    if query.sort == "name":
         # Names live beside the usage rows: join them only to sort by them (the page's own rows
         # get their labels afterwards, 25 at a time).
         grouped = grouped.annotate(**_sort_annotations(connection, query.tab))
@@ -625,16 +625,17 @@ def _table_rows(connection: Connection, query: DetailQuery, base: dict) -> list[
     direction = "-" if query.descending else ""
     tiebreak = list(DIMENSIONS[dimension])
     ordered = grouped.order_by(f"{direction}{order}", *tiebreak)
-    if query.sort in ("name", "last_used"):
-        # Unknown names and never-used keys last, whichever the direction.
+    if query.sort == "name":
+        # Unknown names last, whichever the direction.
         expression = F(order).desc(nulls_last=True) if query.descending else F(order).asc(nulls_last=True)
         ordered = grouped.order_by(expression, *tiebreak)
     return list(ordered)
 
 
-def _key_rows_by_figure(connection: Connection, query: DetailQuery, base: dict) -> list[dict]:
-    """The key table sorted by one of its figures: every key's sums (usage_by_key, which reads
-    them mostly from monthly sums), ordered here as the database would, ties by key hash."""
+def _key_rows(connection: Connection, query: DetailQuery, base: dict) -> list[dict]:
+    """The key table: every key's sums (usage_by_key, which reads them mostly from monthly sums),
+    ordered here as the database would order them: by a figure, ties by key hash; or by the key's
+    name or last use, ties by key hash, keys with none (unlisted, never used) last by hash."""
     rows = usage_by_key(
         connection_id=connection.pk,
         start=query.start,
@@ -646,7 +647,21 @@ def _key_rows_by_figure(connection: Connection, query: DetailQuery, base: dict) 
     for row in rows:
         row["total_tokens"] = row["prompt_tokens"] + row["completion_tokens"]
     rows.sort(key=itemgetter("api_key_hash"))
-    rows.sort(key=itemgetter(SORT_FIELDS[query.sort]), reverse=query.descending)  # stable: ties stay by hash
+    field = SORT_FIELDS[query.sort]
+    if query.sort not in ("name", "last_used"):
+        rows.sort(key=itemgetter(field), reverse=query.descending)  # stable: ties stay by hash
+        return rows
+    # The keys in the database's order of that field (its collation for names): summing every
+    # per-key row of the range to join the names to them cost a 1M-row connection's page more than
+    # the figures' sorts, which read monthly sums.
+    order = F(field).desc() if query.descending else F(field).asc()
+    ranked = (
+        ApiKey.objects.filter(connection=connection, **{f"{field}__isnull": False})
+        .order_by(order, "key_hash")
+        .values_list("key_hash", flat=True)
+    )
+    rank = {key_hash: position for position, key_hash in enumerate(ranked)}
+    rows.sort(key=lambda row: rank.get(row["api_key_hash"], len(rank)))  # stable: the rest by hash
     return rows
 
 
@@ -688,13 +703,7 @@ class CachedTableRows:
 
 
 def _sort_annotations(connection: Connection, tab: str) -> dict:
-    """Sortable names that live beside the usage rows (key and workspace names, a key's last use)."""
-    if tab == "keys":
-        keys = ApiKey.objects.filter(connection=connection, key_hash=OuterRef("api_key_hash"))
-        return {
-            "sort_name": Subquery(keys.values("sort_name")[:1]),
-            "last_used_at": Subquery(keys.values("last_used_at")[:1]),
-        }
+    """Sortable names of the rows of a tab other than keys (a workspace's lives beside the usage rows)."""
     if tab == "workspaces":
         workspaces = Workspace.objects.filter(connection=connection, workspace_id=OuterRef("workspace_id"))
         return {"sort_name": Subquery(workspaces.values("sort_name")[:1])}

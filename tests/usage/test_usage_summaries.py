@@ -248,3 +248,51 @@ def test_the_key_table_sorted_by_a_figure_is_in_the_order_the_database_gives(acm
             )  # fmt: skip
             assert shown == [row["api_key_hash"] for row in ordered][: len(shown)], (sort, descending)
             assert len(shown) > 1
+
+
+def test_the_key_table_sorted_by_name_or_last_use_is_in_the_order_the_database_gives(acme, emulator):
+    """Sorted by name or last use, the key table ranks the keys as the database orders them: ORDER BY
+    the key's field NULLS LAST, key hash, for the usage rows' keys. Ties (two keys of one name) go
+    by hash, and keys with no value (the unattributed row, a key whose record is gone, a key never
+    used) come last, whichever the direction."""
+    from django.db.models import F, OuterRef, Subquery
+
+    from openrouter.models import ApiKey
+    from openrouter.report import SORT_FIELDS, table_metrics
+
+    connection = connect(acme, emulator)
+    sync(connection, emulator)
+    used = sorted(
+        set(UsageDaily.objects.filter(connection=connection).exclude(api_key_hash="").values_list(
+            "api_key_hash", flat=True))
+    )  # fmt: skip
+    assert len(used) >= 5
+    keys = ApiKey.objects.filter(connection=connection)
+    keys.filter(key_hash__in=used[:3]).update(sort_name="same name")  # a three-way tie
+    keys.filter(key_hash=used[3]).update(last_used_at=None)  # never used, as far as the listing says
+    keys.filter(key_hash=used[4]).delete()  # its rows stay; nothing names it
+    assert UsageDaily.objects.filter(connection=connection, api_key_hash="").exists()
+    start, end = TODAY - timedelta(days=90), TODAY - timedelta(days=1)
+    for sort in ("name", "last_used"):
+        field = SORT_FIELDS[sort]
+        by_key = ApiKey.objects.filter(connection=connection, key_hash=OuterRef("api_key_hash"))
+        for descending in (True, False):
+            query = DetailQuery(start=start, end=end, tab="keys", sort=sort, descending=descending)
+            table = detail_report(connection=connection, query=query)["table"]
+            pages = [table["rows"]]
+            for number in table["page"].paginator.page_range[1:]:
+                query.page = str(number)
+                pages.append(detail_report(connection=connection, query=query)["table"]["rows"])
+            shown = [row["api_key_hash"] for page in pages for row in page]
+            order = F(field).desc(nulls_last=True) if descending else F(field).asc(nulls_last=True)
+            ordered = (
+                usage_grouped(group_by=["key"], connection_ids=[connection.pk], start=start, end=end,
+                              metrics=table_metrics("keys"))
+                .annotate(**{field: Subquery(by_key.values(field)[:1])})
+                .order_by(order, "api_key_hash")
+            )  # fmt: skip
+            assert shown == [row["api_key_hash"] for row in ordered], (sort, descending)
+            nothing_to_sort_by = {"", used[4]} | ({used[3]} if sort == "last_used" else set())
+            assert shown[-len(nothing_to_sort_by) :] == sorted(nothing_to_sort_by)
+            if sort == "name":  # the tie, by hash
+                assert shown.index(used[1]) == shown.index(used[0]) + 1 == shown.index(used[2]) - 1
