@@ -15,9 +15,9 @@ pytestmark = pytest.mark.django_db
 DAY = date(2026, 11, 1)
 
 
-@pytest.fixture(autouse=True, params=["copy", "arrays"])
+@pytest.fixture(autouse=True, params=["copy", "json"])
 def upsert_path(request, monkeypatch):
-    """Every test runs through both PostgreSQL paths: COPY + staging table, and column arrays."""
+    """Every test runs through both PostgreSQL paths: COPY + staging table, and the rows as JSON."""
     monkeypatch.setattr(bulk, "COPY_MIN_ROWS", 0 if request.param == "copy" else 10**9)
 
 
@@ -198,3 +198,43 @@ def test_update_sets_fields_by_natural_key_within_the_scope_only(connection, acm
     assert marked == {connection.pk: "k1"}
     assert ApiKey.objects.get(connection=connection, key_hash="k1").activity_fetched_through == DAY
     assert not ApiKey.objects.filter(key_hash="k3").exists()
+
+
+def test_values_of_every_kind_come_back_exactly_as_written(connection):
+    """Text with quotes, backslashes, JSON-looking or empty text and characters beyond ASCII; exact
+    decimals; datetimes with an offset, dates, booleans and NULLs: written by an upsert and an
+    update, read back unchanged (the JSON path sends each as its text)."""
+    from datetime import UTC, datetime, timedelta, timezone
+
+    names = ['O\'Brien "quoted" \\back\\slash', '{"name": [1, 2]}', "naïve 名前 🚀", "", "NULL", "tab\tend"]
+    expires = datetime(2026, 11, 1, 23, 59, 59, 999999, tzinfo=timezone(timedelta(hours=-5)))
+    rows = [
+        (connection.company_id, connection.pk, f"k{i}", name, i % 2 == 0, expires if i else None, Decimal("0.00000001") * i)
+        for i, name in enumerate(names)
+    ]  # fmt: skip
+    fields = ("company_id", "connection_id", "key_hash", "name", "disabled", "expires_at", "limit")
+    bulk.upsert(ApiKey, fields, rows, unique_fields=("connection_id", "key_hash"), update_fields=fields[3:])
+    bulk.update(
+        ApiKey,
+        ("fetched_usage", "fetched_last_used_at", "activity_fetched_through"),
+        [(f"k{i}", Decimal("1234.56789012"), expires, DAY) for i in range(len(names))],
+        match_fields=("key_hash",),
+        scope={"connection_id": connection.pk},
+    )
+
+    stored = {k.key_hash: k for k in ApiKey.objects.filter(connection=connection)}
+    for i, name in enumerate(names):
+        key = stored[f"k{i}"]
+        assert (key.name, key.disabled, key.limit) == (name, i % 2 == 0, Decimal("0.00000001") * i)
+        assert key.expires_at == (expires if i else None)
+        assert key.expires_at is None or key.expires_at.astimezone(UTC) == datetime(
+            2026, 11, 2, 4, 59, 59, 999999, tzinfo=UTC
+        )
+        assert (key.fetched_usage, key.fetched_last_used_at, key.activity_fetched_through) == (
+            Decimal("1234.56789012"), expires, DAY
+        )  # fmt: skip
+
+
+def test_the_rows_sent_as_json_refuse_a_value_of_no_plain_type():
+    with pytest.raises(TypeError, match="plain values"):
+        bulk._json_rows([("k1", object())])
