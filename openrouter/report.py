@@ -651,6 +651,8 @@ def _key_rows(connection: Connection, query: DetailQuery, base: dict) -> list[di
     if query.sort not in ("name", "last_used"):
         rows.sort(key=itemgetter(field), reverse=query.descending)  # stable: ties stay by hash
         return rows
+    if len(rows) < 2:  # a key's own view: nothing to rank, so no need to read every key's name
+        return rows
     # The keys in the database's order of that field (its collation for names): summing every
     # per-key row of the range to join the names to them cost a 1M-row connection's page more than
     # the figures' sorts, which read monthly sums.
