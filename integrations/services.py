@@ -11,6 +11,7 @@ from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
+from doow import rows
 from doow.models import Company
 from doow.services import audit_record
 from integrations import coverage, crypto, log_scrub
@@ -47,7 +48,9 @@ def sync_event_add(
     run: SyncRun | None = None,
     detail: dict | None = None,
 ) -> SyncEvent:
-    return SyncEvent.objects.create(
+    # Compiled once (doow.rows): every sync writes a few, on every connection.
+    return rows.insert(
+        SyncEvent,
         company_id=connection.company_id,
         connection=connection,
         run=run,
@@ -436,8 +439,11 @@ def sync_claim(*, connection_id: int) -> str | None:
 
 
 def sync_release(*, connection_id: int, token: str) -> None:
-    Connection.objects.filter(pk=connection_id, sync_lease_token=token).update(
-        sync_lease_until=None, sync_lease_token=""
+    rows.update(
+        Connection,
+        {"pk": connection_id, "sync_lease_token": token},
+        sync_lease_until=None,
+        sync_lease_token="",
     )
 
 
@@ -466,7 +472,8 @@ def sync_run_start(*, connection: Connection, trigger: str, attempt: int = 1) ->
             level=EventLevel.ERROR,
             message="This sync's worker stopped without finishing (killed or crashed); the next run completes it.",
         )
-    run = SyncRun.objects.create(
+    run = rows.insert(
+        SyncRun,
         company_id=connection.company_id,
         connection=connection,
         trigger=trigger,
@@ -485,7 +492,8 @@ def sync_run_start(*, connection: Connection, trigger: str, attempt: int = 1) ->
 
 def sync_run_record_skip(*, connection: Connection, trigger: str, reason: str) -> SyncRun:
     now = timezone.now()
-    run = SyncRun.objects.create(
+    run = rows.insert(
+        SyncRun,
         company_id=connection.company_id,
         connection=connection,
         trigger=trigger,
@@ -515,16 +523,16 @@ def sync_run_finish(
     been read after the sync's claim."""
     now = timezone.now()
     run.status, run.finished_at, run.error_summary = status, now, log_scrub.scrub(error_summary)
-    run.save(
-        update_fields=[
-            "status",
-            "finished_at",
-            "error_summary",
-            "requests_made",
-            "rows_written",
-            "keys_seen",
-            "keys_fetched",
-        ]
+    rows.update(
+        SyncRun,
+        {"pk": run.pk},
+        status=run.status,
+        finished_at=run.finished_at,
+        error_summary=run.error_summary,
+        requests_made=run.requests_made,
+        rows_written=run.rows_written,
+        keys_seen=run.keys_seen,
+        keys_fetched=run.keys_fetched,
     )
     # Only the generation the sync ran under: after a disconnect (which may have deleted the usage
     # and forgotten its days) or a replaced key, the connection's state is no longer this run's.
@@ -614,9 +622,9 @@ def _first_id_from(young) -> int | None:
     return young.order_by("pk").values_list("pk", flat=True).first()
 
 
-def _delete_by_id(rows, first_kept_id: int | None) -> int:
-    old = rows if first_kept_id is None else rows.filter(pk__lt=first_kept_id)
+def _delete_by_id(candidates, first_kept_id: int | None) -> int:
+    old = candidates if first_kept_id is None else candidates.filter(pk__lt=first_kept_id)
     deleted = 0
     while batch := list(old.order_by("pk").values_list("pk", flat=True)[:PRUNE_BATCH]):
-        deleted += rows.model.objects.filter(pk__in=batch).delete()[0]
+        deleted += candidates.model.objects.filter(pk__in=batch).delete()[0]
     return deleted

@@ -33,7 +33,7 @@ from django.db import transaction
 from django.db.models import Count, F
 from django.utils import timezone
 
-from doow import bulk
+from doow import bulk, rows
 from integrations.crypto import DecryptionError
 from integrations.models import (
     Connection,
@@ -530,7 +530,8 @@ class _SyncJob:
         self.reported_from = account_start
 
     def store_credits(self, credits) -> None:
-        CreditsSnapshot.objects.create(
+        rows.insert(
+            CreditsSnapshot,
             **self.ids(),
             taken_at=self.now,
             total_credits=credits.total_credits,
@@ -554,21 +555,24 @@ class _SyncJob:
             return [""]  # An account without workspaces: its keys are all in the default listing.
 
         def write():
-            Workspace.objects.bulk_create(
+            company_id, connection_id = self.connection.company_id, self.connection.pk
+            bulk.upsert(
+                Workspace,
+                ("company_id", "connection_id", "workspace_id", "name", "sort_name", "slug", "created_at"),
                 [
-                    Workspace(
-                        **self.ids(),
-                        workspace_id=w.id,
-                        name=w.name,
-                        sort_name=normalize.name_sort_key(w.name),
-                        slug=w.slug,
-                        created_at=w.created_at,
+                    (
+                        company_id,
+                        connection_id,
+                        w.id,
+                        w.name,
+                        normalize.name_sort_key(w.name),
+                        w.slug,
+                        w.created_at,
                     )
                     for w in records
                 ],
-                update_conflicts=True,
-                unique_fields=["connection", "workspace_id"],
-                update_fields=["name", "sort_name", "slug", "created_at"],
+                unique_fields=("connection_id", "workspace_id"),
+                update_fields=("name", "sort_name", "slug", "created_at"),
             )
 
         self.pending_writes.append(write)
@@ -584,22 +588,17 @@ class _SyncJob:
             return  # A personal account has no organization members.
         if not records:
             return
+        company_id, connection_id = self.connection.company_id, self.connection.pk
         self.pending_writes.append(
-            lambda: Member.objects.bulk_create(
+            lambda: bulk.upsert(
+                Member,
+                ("company_id", "connection_id", "user_id", "email", "first_name", "last_name", "role"),
                 [
-                    Member(
-                        **self.ids(),
-                        user_id=m.id,
-                        email=m.email,
-                        first_name=m.first_name,
-                        last_name=m.last_name,
-                        role=m.role,
-                    )
+                    (company_id, connection_id, m.id, m.email, m.first_name, m.last_name, m.role)
                     for m in records
                 ],
-                update_conflicts=True,
-                unique_fields=["connection", "user_id"],
-                update_fields=["email", "first_name", "last_name", "role"],
+                unique_fields=("connection_id", "user_id"),
+                update_fields=("email", "first_name", "last_name", "role"),
             )
         )
 

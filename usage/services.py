@@ -8,10 +8,10 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from django.db import connection as db
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F
 from django.utils import timezone
 
-from doow import bulk
+from doow import bulk, rows
 from integrations.models import SUMMARIES_NEVER_BUILT, Connection
 from usage.models import DISMISSED, Alert, AlertState, UsageDaily, UsageDailyByKey, UsageMonthlyByKey
 from usage.selectors import METRICS, SUMMARIES, SUMMARY_DIMENSIONS, month_end
@@ -181,9 +181,9 @@ def _delete_slice(connection_id: int, keys: list[str], start: date, end: date) -
     """The usage rows and per-key sums of `keys` for days start..end."""
     for model in (UsageDaily, *KEPT_BY_REPLACE):
         for batch in _in_batches(keys):
-            model.objects.filter(
-                connection_id=connection_id, api_key_hash__in=batch, day__gte=start, day__lte=end
-            ).delete()
+            rows.delete(
+                model, connection_id=connection_id, api_key_hash__in=batch, day__gte=start, day__lte=end
+            )
 
 
 def _in_batches(keys: list[str]) -> list[list[str]]:
@@ -202,9 +202,23 @@ def usage_summaries_mark_stale(*, connection_id: int, start: date) -> None:
     """Usage rows from `start` on are about to change: reports stop reading the summaries until
     usage_summaries_rebuild has caught up. Call it in the transaction that writes the rows."""
     # Only ever moved back: a sync's second write in the same window changes nothing.
-    Connection.objects.filter(
-        Q(usage_summaries_stale_from__isnull=True) | Q(usage_summaries_stale_from__gt=start), pk=connection_id
-    ).update(usage_summaries_stale_from=start)
+    with db.cursor() as cursor:
+        cursor.execute(
+            _mark_stale_sql(), {"start": db.ops.adapt_datefield_value(start), "connection": connection_id}
+        )
+
+
+@functools.cache
+def _mark_stale_sql() -> str:
+    """usage_summaries_mark_stale's UPDATE (start, connection), worked out once per process: each
+    write transaction of every sync runs it, through the ORM at three times the CPU."""
+    quote = db.ops.quote_name
+    stale_from = quote(Connection._meta.get_field("usage_summaries_stale_from").column)
+    return (
+        f"UPDATE {quote(Connection._meta.db_table)} SET {stale_from} = %(start)s "  # noqa: S608
+        f"WHERE {quote(Connection._meta.pk.column)} = %(connection)s "
+        f"AND ({stale_from} IS NULL OR {stale_from} > %(start)s)"
+    )
 
 
 def usage_summaries_rebuild(*, connection_id: int) -> None:
@@ -213,15 +227,16 @@ def usage_summaries_rebuild(*, connection_id: int) -> None:
     that wrote the rows (the caller holds the connection lock), so a reader sees rows and summaries
     change together."""
     assert transaction.get_connection().in_atomic_block, "rebuild summaries inside the writing transaction"
-    stale_from = (
-        Connection.objects.filter(pk=connection_id).values_list("usage_summaries_stale_from", flat=True).get()
-    )
+    connection = rows.get_one(Connection, pk=connection_id)
+    if connection is None:
+        raise Connection.DoesNotExist(f"no connection {connection_id}")
+    stale_from = connection.usage_summaries_stale_from
     if stale_from is None:
         return
     for summary in REBUILT_FROM_STALE:
-        summary.objects.filter(connection_id=connection_id, day__gte=stale_from).delete()
+        rows.delete(summary, connection_id=connection_id, day__gte=stale_from)
         _summarize(summary, connection_id=connection_id, start=stale_from)
-    Connection.objects.filter(pk=connection_id).update(usage_summaries_stale_from=None)
+    rows.update(Connection, {"pk": connection_id}, usage_summaries_stale_from=None)
 
 
 def usage_summaries_recompute(*, connection_id: int) -> None:

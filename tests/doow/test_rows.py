@@ -133,3 +133,145 @@ def test_a_company_page_reads_its_session_user_membership_and_connection_once_ea
     for table in ("django_session", "doow_user", "doow_membership", "integrations_connection"):
         reads = [sql for sql in statements if sql.startswith("SELECT") and f'FROM "{table}"' in sql]
         assert len(reads) == 1, (table, reads)
+
+
+# --- update, delete and insert: the same rows changed as by the ORM
+
+
+@pytest.fixture
+def two_days_of_usage(stored_connection):
+    from usage.models import UsageDaily
+
+    made = []
+    for day, key in ((date(2026, 11, 1), "k1"), (date(2026, 11, 1), "k2"), (date(2026, 11, 2), "k1")):
+        made.append(
+            UsageDaily.objects.create(
+                company=stored_connection.company,
+                connection=stored_connection,
+                day=day,
+                api_key_hash=key,
+                model_permaslug="m",
+                provider_name="p",
+                requests=1,
+            )
+        )
+    return made
+
+
+def test_update_sets_every_kind_of_value_on_the_matching_rows_only(stored_connection, acme, globex):
+    other = Connection.objects.create(company=globex, provider="openrouter", name="Other")
+    when = datetime(2026, 12, 1, 8, 30, 15, 250000, tzinfo=UTC)
+    changed = rows.update(
+        Connection,
+        {"pk": stored_connection.pk, "company_id": acme.pk},
+        sync_progress={"phase": "keys", "done": 7, "name": "☃"},
+        last_synced_at=when,
+        complete_through=None,
+        sync_lease_token="",
+    )
+    assert changed == 1
+    stored = Connection.objects.get(pk=stored_connection.pk)
+    assert stored.sync_progress == {"phase": "keys", "done": 7, "name": "☃"}
+    assert stored.last_synced_at == when and stored.complete_through is None
+    assert field_values(Connection.objects.get(pk=other.pk)) == field_values(other)
+    assert rows.update(Connection, {"pk": stored_connection.pk, "company_id": globex.pk}, name="x") == 0
+
+
+def test_update_and_delete_read_comparisons_lists_and_nulls_as_the_orm_does(
+    two_days_of_usage, stored_connection
+):
+    from usage.models import UsageDaily
+
+    def orm_ids(**conditions):
+        return set(UsageDaily.objects.filter(**conditions).values_list("pk", flat=True))
+
+    cases = [
+        {"day__gte": date(2026, 11, 2)},
+        {"day__gt": date(2026, 11, 1)},
+        {"day__lt": date(2026, 11, 2)},
+        {"day__lte": date(2026, 11, 1), "api_key_hash__in": ["k2", "nobody"]},
+        {"api_key_hash": "k1", "day": date(2026, 11, 2)},
+        {"workspace_id__isnull": False, "api_key_hash__in": ["k1"]},
+    ]
+    for conditions in cases:
+        expected = orm_ids(connection_id=stored_connection.pk, **conditions)
+        UsageDaily.objects.update(requests=1)
+        changed = rows.update(UsageDaily, {"connection_id": stored_connection.pk, **conditions}, requests=5)
+        assert changed == len(expected)
+        assert orm_ids(requests=5) == expected, conditions
+    assert (
+        rows.delete(
+            UsageDaily,
+            connection_id=stored_connection.pk,
+            api_key_hash__in=["k1"],
+            day__gte=date(2026, 11, 2),
+        )
+        == 1
+    )
+    assert sorted(UsageDaily.objects.values_list("api_key_hash", "day")) == [
+        ("k1", date(2026, 11, 1)),
+        ("k2", date(2026, 11, 1)),
+    ]
+
+
+def test_an_empty_list_or_a_number_no_column_holds_matches_no_row_without_a_statement(two_days_of_usage):
+    from usage.models import UsageDaily
+
+    with CaptureQueriesContext(db_connection) as queries:
+        assert rows.delete(UsageDaily, api_key_hash__in=[]) == 0
+        assert rows.delete(UsageDaily, pk=2**63) == 0
+        assert rows.update(UsageDaily, {"pk__in": [2**63, 10**30]}, requests=9) == 0
+    assert len(queries) == 0
+    assert UsageDaily.objects.count() == 3
+    assert rows.delete(UsageDaily, pk__in=[two_days_of_usage[0].pk, 2**63]) == 1
+
+
+def test_statements_it_cannot_make_safely_are_refused(stored_connection, acme):
+    from usage.models import AlertRule, UsageDaily
+
+    with pytest.raises(ValueError, match="does not read"):
+        rows.update(Connection, {"name__icontains": "prod"}, name="x")
+    with pytest.raises(ValueError, match="__isnull"):
+        rows.update(Connection, {"pk": stored_connection.pk, "last_synced_at": None}, name="x")
+    with pytest.raises(ValueError, match="needs a condition"):
+        rows.delete(UsageDaily)
+    with pytest.raises(ValueError, match="needs a value"):
+        rows.update(Connection, {"pk": stored_connection.pk})
+    # Rows refer to a connection (a delete would cascade), and a signal watches alert rules.
+    with pytest.raises(ValueError, match="refer to Connection"):
+        rows.delete(Connection, pk=stored_connection.pk)
+    with pytest.raises(ValueError, match="delete signals"):
+        rows.delete(AlertRule, company_id=acme.pk)
+    assert Connection.objects.filter(pk=stored_connection.pk).exists()
+
+
+def test_an_inserted_row_holds_what_create_would_have_stored(stored_connection):
+    from integrations.models import SyncEvent, SyncRun
+
+    before = timezone.now()
+    run = rows.insert(
+        SyncRun, company_id=stored_connection.company_id, connection=stored_connection, trigger="manual"
+    )
+    event = rows.insert(
+        SyncEvent,
+        company_id=stored_connection.company_id,
+        connection=stored_connection,
+        run=run,
+        kind="sync",
+        code="sync_started",
+        message="Sync started — ☃",
+        detail={"requests": 3, "nested": {"ok": True}},
+    )
+    assert run.pk and event.pk and event.run_id == run.pk
+    assert run._state.adding is False and event._state.db == "default"
+    assert field_values(SyncRun.objects.get(pk=run.pk)) == field_values(run)
+    assert field_values(SyncEvent.objects.get(pk=event.pk)) == field_values(event)
+    assert event.created_at >= before  # auto_now_add, as create() sets it
+    assert run.status == "running" and run.attempt == 1  # the model's defaults
+    expected = SyncRun.objects.create(
+        company_id=stored_connection.company_id, connection=stored_connection, trigger="manual"
+    )
+    made, created = field_values(run), field_values(expected)
+    for name in ("id", "started_at"):
+        made.pop(name), created.pop(name)
+    assert made == created
