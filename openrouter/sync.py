@@ -685,10 +685,12 @@ class _SyncJob:
 
         def finish():
             # Every listing was read to its end, and OpenRouter answered 404 for each known key none
-            # of them showed: those keys were deleted in OpenRouter.
-            self.unlisted_keys(listed_before).exclude(workspace_id__in=vanished_workspaces).update(
-                missing_since=self.now
-            )
+            # of them showed: those keys were deleted in OpenRouter. With no key known at the start
+            # (a first sync), every key is one this sync listed: none to look for.
+            if known_counts:
+                self.unlisted_keys(listed_before).exclude(workspace_id__in=vanished_workspaces).update(
+                    missing_since=self.now
+                )
             if proven_page_size and proven_page_size != page_size:
                 config = (
                     Connection.objects.filter(pk=self.connection.pk).values_list("config", flat=True).get()
