@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from django.db import connection, models
 from django.db.models import signals
+from django.db.transaction import TransactionManagementError
 
 
 @dataclass(frozen=True)
@@ -32,14 +33,20 @@ class _Plan:
     converters: tuple[tuple[int, list, object], ...]  # (select position, converters, column)
 
 
-def get_one(model: type[models.Model], *, related: str | None = None, **conditions) -> models.Model | None:
+def get_one(
+    model: type[models.Model], *, related: str | None = None, for_update: bool = False, **conditions
+) -> models.Model | None:
     """The row of `model` matching every condition, or None. Conditions are `field=value`,
     `field__gt=value`, or `<related>__field=value` on the one non-null foreign key named by
     `related`, whose row is joined and cached on the instance (as select_related does). At most one
-    row must match (a unique key)."""
+    row must match (a unique key). `for_update` locks the row until the transaction ends, as
+    select_for_update() does (where the database has row locks)."""
     if None in conditions.values():
         raise ValueError("get_one compares with '=' and '>', which no NULL matches")
-    plan = _plan(model, related, tuple(conditions))
+    if for_update and not connection.in_atomic_block:
+        # As select_for_update(): outside a transaction the lock would end with the statement.
+        raise TransactionManagementError("get_one(for_update=True) outside a transaction")
+    plan = _plan(model, related, tuple(conditions), for_update)
     params = [
         field.get_db_prep_value(value, connection)
         for field, value in zip(plan.params, conditions.values(), strict=True)
@@ -70,7 +77,9 @@ def get_one(model: type[models.Model], *, related: str | None = None, **conditio
 # Once per process: a plan holds the converters of the connection that first needed it, and Django's
 # converters read nothing of their connection but what comes from settings (its time zone).
 @functools.cache
-def _plan(model: type[models.Model], related: str | None, conditions: tuple[str, ...]) -> _Plan:
+def _plan(
+    model: type[models.Model], related: str | None, conditions: tuple[str, ...], for_update: bool
+) -> _Plan:
     quote = connection.ops.quote_name
     tables = [(model, quote(model._meta.db_table))]
     join = ""
@@ -108,6 +117,8 @@ def _plan(model: type[models.Model], related: str | None, conditions: tuple[str,
         params.append(field)
         ranges.append(None if operator else _integer_range(field))
     sql = f"SELECT {', '.join(select)} FROM {tables[0][1]}{join} WHERE {' AND '.join(where)}"  # noqa: S608
+    if for_update and connection.features.has_select_for_update:
+        sql += " FOR UPDATE"
     return _Plan(
         sql, tuple(params), tuple(ranges), tuple(m for m, _ in tables), tuple(columns), tuple(converters)
     )
