@@ -486,7 +486,7 @@ def sync_run_start(*, connection: Connection, trigger: str, attempt: int = 1) ->
     any other run still marked running belongs to a worker that died (its lease lapsed): close it as
     failed so the log tells the truth."""
     now = timezone.now()
-    orphans = list(SyncRun.objects.filter(connection=connection, status=SyncRunStatus.RUNNING).order_by())
+    orphans = rows.get_all(SyncRun, connection_id=connection.pk, status=SyncRunStatus.RUNNING)
     for orphan in orphans:
         if orphan.generation != connection.generation:
             # Stopped by a disconnect or a replaced key: if its worker still runs, it ends it as

@@ -275,3 +275,21 @@ def test_an_inserted_row_holds_what_create_would_have_stored(stored_connection):
     for name in ("id", "started_at"):
         made.pop(name), created.pop(name)
     assert made == created
+
+
+def test_rows_read_by_conditions_hold_exactly_what_the_orm_reads(stored_connection, acme, globex):
+    from integrations.models import SyncRun
+
+    other = Connection.objects.create(company=globex, provider="openrouter", name="Other")
+    made = [
+        SyncRun.objects.create(company=acme, connection=stored_connection, trigger="manual", status=status)
+        for status in ("running", "running", "succeeded")
+    ]
+    SyncRun.objects.create(company=globex, connection=other, trigger="manual", status="running")
+    read = rows.get_all(SyncRun, connection_id=stored_connection.pk, status="running")
+    assert sorted(run.pk for run in read) == [made[0].pk, made[1].pk]
+    for run in read:
+        assert field_values(run) == field_values(SyncRun.objects.get(pk=run.pk))
+        assert run.started_at.tzinfo is not None and run._state.adding is False
+    assert rows.get_all(SyncRun, connection_id=stored_connection.pk, status__in=[]) == []
+    assert rows.get_all(Connection, pk=2**63) == []
