@@ -71,14 +71,29 @@ def get_one(
 
 def get_all(model: type[models.Model], **conditions) -> list[models.Model]:
     """Every row of `model` matching every condition (as `delete` takes them), in no set order."""
+    found, columns = _select(model, None, conditions)
+    return [model.from_db(connection.alias, columns, values) for values in found]
+
+
+def get_values(model: type[models.Model], fields: tuple[str, ...], **conditions) -> list[dict]:
+    """The named fields of every row matching every condition, each row a dict by field name (as
+    QuerySet.values() gives them), in no set order."""
+    found, _columns = _select(model, fields, conditions)
+    return [dict(zip(fields, values, strict=True)) for values in found]
+
+
+def _select(
+    model: type[models.Model], fields: tuple[str, ...] | None, conditions: dict
+) -> tuple[list, tuple]:
+    """The matching rows' values (through Django's converters) and their fields' attnames."""
     shape, params = _where_params(model, conditions)
     if params is None:
-        return []
-    sql, columns, converters = _select_plan(model, shape)
+        return [], ()
+    sql, columns, converters = _select_plan(model, fields, shape)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         found = cursor.fetchall()
-    return [model.from_db(connection.alias, columns, _converted(row, converters)) for row in found]
+    return [_converted(row, converters) for row in found], columns
 
 
 def _converted(row, converters) -> list:
@@ -93,9 +108,12 @@ def _converted(row, converters) -> list:
 
 
 @functools.cache
-def _select_plan(model: type[models.Model], shape: tuple) -> tuple[str, tuple, tuple]:
+def _select_plan(
+    model: type[models.Model], names: tuple[str, ...] | None, shape: tuple
+) -> tuple[str, tuple, tuple]:
     quote = connection.ops.quote_name
-    fields = model._meta.concrete_fields
+    meta = model._meta
+    fields = meta.concrete_fields if names is None else [meta.get_field(name) for name in names]
     converters = []
     for position, field in enumerate(fields):
         column = field.get_col(model._meta.db_table)

@@ -472,6 +472,44 @@ def _claim_sql() -> tuple[str, dict]:
     return sql, fields
 
 
+def connection_hold_for_write(*, connection_id: int, generation: int, progress: dict | None = None) -> bool:
+    """In a sync's write transaction: lock the connection's row if it is still connected under the
+    sync's generation, move the data version that cached reports are keyed by, and show `progress`
+    if given. False (nothing changed) if it was disconnected or its key replaced. One UPDATE:
+    PostgreSQL re-evaluates its WHERE clause against a concurrent disconnect's committed row."""
+    assert transaction.get_connection().in_atomic_block, "hold the connection inside the write transaction"
+    values = {"id": connection_id, "generation": generation, "disconnected": ConnectionState.DISCONNECTED}
+    if progress is not None:
+        values["progress"] = progress
+    sql, fields = _hold_sql(progress is not None)
+    with db.cursor() as cursor:
+        cursor.execute(
+            sql, {name: fields[name].get_db_prep_save(value, db) for name, value in values.items()}
+        )
+        return cursor.rowcount == 1
+
+
+@functools.cache
+def _hold_sql(with_progress: bool) -> tuple[str, dict]:
+    """connection_hold_for_write's UPDATE, worked out once per process: every write transaction of
+    every sync starts with it."""
+    meta, quote = Connection._meta, db.ops.quote_name
+    fields = {
+        "id": meta.pk,
+        "generation": meta.get_field("generation"),
+        "disconnected": meta.get_field("state"),
+        "progress": meta.get_field("sync_progress"),
+    }
+    version = quote(meta.get_field("data_version").column)
+    progress = f", {quote(fields['progress'].column)} = %(progress)s" if with_progress else ""
+    sql = (
+        f"UPDATE {quote(meta.db_table)} SET {version} = {version} + 1{progress} "  # noqa: S608
+        f"WHERE {quote(meta.pk.column)} = %(id)s AND {quote(fields['generation'].column)} = %(generation)s "
+        f"AND {quote(fields['disconnected'].column)} <> %(disconnected)s"
+    )
+    return sql, fields
+
+
 def sync_release(*, connection_id: int, token: str) -> None:
     rows.update(
         Connection,

@@ -30,7 +30,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, F
+from django.db.models import Count
 from django.utils import timezone
 
 from doow import bulk, rows
@@ -46,6 +46,7 @@ from integrations.models import (
 from integrations.providers import ProviderError
 from integrations.selectors import connection_find
 from integrations.services import (
+    connection_hold_for_write,
     connection_mark_attention,
     connection_secret,
     sync_claim,
@@ -426,16 +427,15 @@ class _SyncJob:
         )
 
     def guarded(self, write: Callable[[], object]):
-        """Run `write` in a transaction holding the connection row, only if still connected.
-
-        One UPDATE locks the row, re-checks it (PostgreSQL re-evaluates the WHERE clause against a
-        concurrent disconnect's committed row), moves the data version that cached reports are keyed
-        by, and shows any waiting progress."""
+        """Run `write` in a transaction holding the connection row, only if still connected under the
+        sync's generation (connection_hold_for_write: one UPDATE locks and re-checks the row, moves
+        the data version that cached reports are keyed by, and shows any waiting progress)."""
         with transaction.atomic():
-            changes = {"data_version": F("data_version") + 1}
-            if self.unshown_progress is not None:
-                changes["sync_progress"] = self.take_unshown_progress()
-            if not self.live_connection().update(**changes):
+            progress = self.take_unshown_progress() if self.unshown_progress is not None else None
+            held = connection_hold_for_write(
+                connection_id=self.connection.pk, generation=self.generation, progress=progress
+            )
+            if not held:
                 raise Aborted
             result = write()
         self.wrote_anything = True
@@ -460,12 +460,12 @@ class _SyncJob:
         # Split by workspace, a key's too: a key moved since keeps its earlier usage where it was spent.
         records = self.client.get_activity(api_key_hash=api_key_hash, group_by_workspace=True)
         received_at = self.clock()
-        rows = normalize.aggregate_activity(
+        aggregated = normalize.aggregate_activity(
             records, api_key_hash=api_key_hash, default_workspace=default_workspace
         )
-        if received_at < self.window_may_shift_at or any(key[0] == self.window_start for key in rows):
-            return rows, self.window_start
-        return rows, self.window_start + timedelta(days=1)
+        if received_at < self.window_may_shift_at or any(key[0] == self.window_start for key in aggregated):
+            return aggregated, self.window_start
+        return aggregated, self.window_start + timedelta(days=1)
 
     # --- the sync
 
@@ -745,9 +745,12 @@ class _SyncJob:
         read_at = self.clock()
         known = {
             row["key_hash"]: row
-            for row in ApiKey.objects.filter(
-                connection_id=self.connection.pk, key_hash__in=[k.hash for k in page]
-            ).values(*FETCH_MARKER_FIELDS[:3], "key_hash", "activity_fetched_through")
+            for row in rows.get_values(
+                ApiKey,
+                (*FETCH_MARKER_FIELDS[:3], "key_hash", "activity_fetched_through"),
+                connection_id=self.connection.pk,
+                key_hash__in=[k.hash for k in page],
+            )
         }
         self.never_fetched.update(
             k.hash for k in page if k.hash not in known or known[k.hash]["activity_fetched_through"] is None
@@ -774,11 +777,11 @@ class _SyncJob:
         vanished = []
         # A failure in this thread (the soft time limit) stops the others in sync_keys.
         try:
-            for key, rows, start in pool.map(fetch, stale):
-                if rows is None:
+            for key, activity, start in pool.map(fetch, stale):
+                if activity is None:
                     vanished.append(key)
                 else:
-                    self.pending_activity[key.hash] = (key, rows, start)
+                    self.pending_activity[key.hash] = (key, activity, start)
         except FetchStopped:
             # Results come in order, but a fetch queued before the failing one can still start after
             # it failed (its thread had taken it from the queue, then waited for the CPU): the run

@@ -293,3 +293,32 @@ def test_rows_read_by_conditions_hold_exactly_what_the_orm_reads(stored_connecti
         assert run.started_at.tzinfo is not None and run._state.adding is False
     assert rows.get_all(SyncRun, connection_id=stored_connection.pk, status__in=[]) == []
     assert rows.get_all(Connection, pk=2**63) == []
+
+
+def test_values_read_by_conditions_are_exactly_what_the_orms_values_gives(stored_connection, acme):
+    from decimal import Decimal
+
+    from openrouter.models import ApiKey
+
+    for number, used in ((1, Decimal("12.3456789")), (2, Decimal("0"))):
+        ApiKey.objects.create(
+            company=acme,
+            connection=stored_connection,
+            key_hash=f"hash-{number}",
+            name=f"Key {number}",
+            fetched_usage=used,
+            fetched_last_used_at=datetime(2026, 11, 30, 8, 0, number, tzinfo=UTC) if number == 1 else None,
+            activity_fetched_through=date(2026, 11, 29),
+        )
+    fields = (
+        "fetched_usage",
+        "fetched_byok_usage",
+        "fetched_last_used_at",
+        "key_hash",
+        "activity_fetched_through",
+    )
+    conditions = {"connection_id": stored_connection.pk, "key_hash__in": ["hash-1", "hash-2", "nobody"]}
+    read = rows.get_values(ApiKey, fields, **conditions)
+    expected = list(ApiKey.objects.filter(**conditions).values(*fields))
+    assert sorted(read, key=lambda row: row["key_hash"]) == sorted(expected, key=lambda row: row["key_hash"])
+    assert len(read) == 2 and isinstance(read[0]["fetched_usage"], Decimal)

@@ -72,3 +72,28 @@ def test_a_row_read_for_update_is_locked_and_needs_a_transaction(connection):
     assert locked.pk == connection.pk and locked.name == "Prod"
     if db_connection.features.has_select_for_update:
         assert queries[0]["sql"].endswith("FOR UPDATE")
+
+
+def test_a_write_holds_a_live_connection_moves_its_data_version_and_shows_progress(connection):
+    from integrations.services import connection_hold_for_write
+
+    version = connection.data_version
+    with transaction.atomic():
+        assert connection_hold_for_write(connection_id=connection.pk, generation=connection.generation)
+        assert connection_hold_for_write(
+            connection_id=connection.pk,
+            generation=connection.generation,
+            progress={"phase": "keys", "done": 3},
+        )
+    connection.refresh_from_db()
+    assert connection.data_version == version + 2
+    assert connection.sync_progress == {"phase": "keys", "done": 3}
+    # Another generation (a replaced key) or a disconnect: nothing is changed.
+    with transaction.atomic():
+        assert not connection_hold_for_write(
+            connection_id=connection.pk, generation=connection.generation + 1
+        )
+    Connection.objects.filter(pk=connection.pk).update(state=ConnectionState.DISCONNECTED)
+    with transaction.atomic():
+        assert not connection_hold_for_write(connection_id=connection.pk, generation=connection.generation)
+    assert Connection.objects.get(pk=connection.pk).data_version == version + 2
