@@ -20,41 +20,33 @@ from dataclasses import dataclass
 
 from django.db import connection, models
 from django.db.models import signals
+from django.db.models.expressions import Combinable, CombinedExpression, F, Value
 from django.db.transaction import TransactionManagementError
 
 
 @dataclass(frozen=True)
 class _Plan:
     sql: str
-    params: tuple[models.Field, ...]  # the field preparing each parameter
-    ranges: tuple[tuple[int, int] | None, ...]  # an integer field's range, for each equality
     models: tuple[type[models.Model], ...]  # the model, then the joined one if any
     columns: tuple[tuple[str, ...], ...]  # attnames of each model's columns, in select order
     converters: tuple[tuple[int, list, object], ...]  # (select position, converters, column)
 
 
 def get_one(
-    model: type[models.Model], *, related: str | None = None, for_update: bool = False, **conditions
+    model: type[models.Model], /, *, related: str | None = None, for_update: bool = False, **conditions
 ) -> models.Model | None:
-    """The row of `model` matching every condition, or None. Conditions are `field=value`,
-    `field__gt=value`, or `<related>__field=value` on the one non-null foreign key named by
+    """The row of `model` matching every condition, or None. Conditions are those `delete` takes,
+    and `<related>__field=value` (any comparison) on the one non-null foreign key named by
     `related`, whose row is joined and cached on the instance (as select_related does). At most one
     row must match (a unique key). `for_update` locks the row until the transaction ends, as
     select_for_update() does (where the database has row locks)."""
-    if None in conditions.values():
-        raise ValueError("get_one compares with '=' and '>', which no NULL matches")
     if for_update and not connection.in_atomic_block:
         # As select_for_update(): outside a transaction the lock would end with the statement.
         raise TransactionManagementError("get_one(for_update=True) outside a transaction")
-    plan = _plan(model, related, tuple(conditions), for_update)
-    params = [
-        field.get_db_prep_value(value, connection)
-        for field, value in zip(plan.params, conditions.values(), strict=True)
-    ]
-    for value, bounds in zip(params, plan.ranges, strict=True):
-        if bounds and not bounds[0] <= value <= bounds[1]:
-            # No row holds it (the ORM's answer too); SQLite would refuse the number outright.
-            return None
+    shape, params = _where_params(model, conditions, related)
+    if params is None:
+        return None
+    plan = _plan(model, related, shape, for_update)
     with connection.cursor() as cursor:
         cursor.execute(plan.sql, params)
         row = cursor.fetchone()
@@ -69,13 +61,13 @@ def get_one(
     return instance
 
 
-def get_all(model: type[models.Model], **conditions) -> list[models.Model]:
+def get_all(model: type[models.Model], /, **conditions) -> list[models.Model]:
     """Every row of `model` matching every condition (as `delete` takes them), in no set order."""
     found, columns = _select(model, None, conditions)
     return [model.from_db(connection.alias, columns, values) for values in found]
 
 
-def get_values(model: type[models.Model], fields: tuple[str, ...], **conditions) -> list[dict]:
+def get_values(model: type[models.Model], fields: tuple[str, ...], /, **conditions) -> list[dict]:
     """The named fields of every row matching every condition, each row a dict by field name (as
     QuerySet.values() gives them), in no set order."""
     found, _columns = _select(model, fields, conditions)
@@ -128,16 +120,12 @@ def _select_plan(
 # Once per process: a plan holds the converters of the connection that first needed it, and Django's
 # converters read nothing of their connection but what comes from settings (its time zone).
 @functools.cache
-def _plan(
-    model: type[models.Model], related: str | None, conditions: tuple[str, ...], for_update: bool
-) -> _Plan:
+def _plan(model: type[models.Model], related: str | None, shape: tuple, for_update: bool) -> _Plan:
     quote = connection.ops.quote_name
     tables = [(model, quote(model._meta.db_table))]
     join = ""
     if related:
-        key = model._meta.get_field(related)
-        if not key.many_to_one or key.null or key.related_model is model:
-            raise ValueError(f"{model.__name__}.{related} is not a non-null foreign key to another model")
+        key = _related_key(model, related)
         target = key.related_model
         tables.append((target, quote(target._meta.db_table)))
         join = (
@@ -154,25 +142,26 @@ def _plan(
             if found:
                 converters.append((len(select), found, column))
             select.append(f"{table}.{quote(field.column)}")
-    where, params, ranges = [], [], []
-    for condition in conditions:
-        name, _, operator = condition.partition("__")
-        table_model, table = tables[0]
-        if related and name == related and operator and operator != "gt":
-            table_model, table = tables[1]
-            name, _, operator = operator.partition("__")
-        if operator not in ("", "gt"):
-            raise ValueError(f"get_one does not read the condition {condition!r}")
-        field = table_model._meta.pk if name == "pk" else table_model._meta.get_field(name)
-        where.append(f"{table}.{quote(field.column)} {'>' if operator else '='} %s")
-        params.append(field)
-        ranges.append(None if operator else _integer_range(field))
-    sql = f"SELECT {', '.join(select)} FROM {tables[0][1]}{join} WHERE {' AND '.join(where)}"  # noqa: S608
+    where = _where_sql(model, shape, related)
+    sql = f"SELECT {', '.join(select)} FROM {tables[0][1]}{join} WHERE {where}"  # noqa: S608
     if for_update and connection.features.has_select_for_update:
         sql += " FOR UPDATE"
-    return _Plan(
-        sql, tuple(params), tuple(ranges), tuple(m for m, _ in tables), tuple(columns), tuple(converters)
-    )
+    return _Plan(sql, tuple(m for m, _ in tables), tuple(columns), tuple(converters))
+
+
+def _related_key(model: type[models.Model], related: str) -> models.ForeignKey:
+    key = model._meta.get_field(related)
+    if not key.many_to_one or key.null or key.related_model is model:
+        raise ValueError(f"{model.__name__}.{related} is not a non-null foreign key to another model")
+    return key
+
+
+def column_holds(field: models.Field, value) -> bool:
+    """Whether `field`'s column can hold `value`: False for a number outside an integer column's
+    range. No row holds such a number (the ORM's answer to a lookup of it), and SQLite refuses it
+    outright, so a lookup of it is no row rather than an error."""
+    bounds = _integer_range(field)
+    return not bounds or bounds[0] <= value <= bounds[1]
 
 
 def _integer_range(field: models.Field) -> tuple[int, int] | None:
@@ -181,32 +170,54 @@ def _integer_range(field: models.Field) -> tuple[int, int] | None:
     return connection.ops.integer_field_range(kind) if kind in connection.ops.integer_field_ranges else None
 
 
-# The comparisons `update` and `delete` take, named as Django's lookups are; and `in`, `isnull`.
-_COMPARISONS = {"": "=", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+# The comparisons the statements take, named as Django's lookups are, and `ne` (not equal, which
+# Django writes as exclude()); and `in`, `isnull`.
+_COMPARISONS = {"": "=", "gt": ">", "gte": ">=", "lt": "<", "lte": "<=", "ne": "<>"}
+_OPERATORS = (*_COMPARISONS, "in", "isnull")
 
 
-def update(model: type[models.Model], where: dict, **values) -> int:
-    """Set `values` (plain values, prepared by their fields as QuerySet.update prepares them) on the
-    rows of `model` matching every condition of `where` (see `delete`); the number of rows changed."""
+def update(model: type[models.Model], where: dict, /, **values) -> int:
+    """Set `values` on the rows of `model` matching every condition of `where` (see `delete`); the
+    number of rows changed. A value is a plain value, prepared by its field as QuerySet.update
+    prepares it, or `F(name) + n` for the field's own value plus the integer n."""
     if not values:
         raise ValueError("update needs a value to set")
     shape, params = _where_params(model, where)
     if params is None:
         return 0
-    sql, fields = _update_plan(model, tuple(values), shape)
+    increments = {name: _increment(name, value) for name, value in values.items()}
+    sets = tuple((name, increments[name] is not None) for name in values)
+    sql, fields = _update_plan(model, sets, shape)
     prepared = [
-        field.get_db_prep_save(value, connection)
-        for field, value in zip(fields, values.values(), strict=True)
+        field.get_db_prep_save(value, connection) if increments[name] is None else increments[name]
+        for field, (name, value) in zip(fields, values.items(), strict=True)
     ]
     with connection.cursor() as cursor:
         cursor.execute(sql, [*prepared, *params])
         return cursor.rowcount
 
 
-def delete(model: type[models.Model], **conditions) -> int:
+def _increment(name: str, value) -> int | None:
+    """n for `F(name) + n`; None for a plain value. Any other expression is refused rather than
+    stored as its text."""
+    if (
+        isinstance(value, CombinedExpression)
+        and value.connector == Combinable.ADD
+        and isinstance(value.lhs, F)
+        and value.lhs.name == name
+        and isinstance(value.rhs, Value)
+        and type(value.rhs.value) is int
+    ):
+        return value.rhs.value
+    if isinstance(value, Combinable):
+        raise ValueError(f"update sets plain values and F({name!r}) + n, not {value!r}")
+    return None
+
+
+def delete(model: type[models.Model], /, **conditions) -> int:
     """Delete the rows of `model` matching every condition; the number deleted. Conditions are
-    `field=value`, `field__gt` (`__gte`, `__lt`, `__lte`)`=value`, `field__in=values` and
-    `field__isnull=True` or `False`. Only for a model no other row refers to and no signal watches:
+    `field=value`, `field__gt` (`__gte`, `__lt`, `__lte`)`=value`, `field__ne=value` (not equal; on
+    a non-null field), `field__in=values` and `field__isnull=True` or `False`. Only for a model no other row refers to and no signal watches:
     QuerySet.delete would collect, cascade and signal; this refuses such a model."""
     if signals.pre_delete.has_listeners(model) or signals.post_delete.has_listeners(model):
         raise ValueError(f"{model.__name__} has delete signals: use QuerySet.delete")
@@ -218,7 +229,7 @@ def delete(model: type[models.Model], **conditions) -> int:
         return cursor.rowcount
 
 
-def insert(model: type[models.Model], **values) -> models.Model:
+def insert(model: type[models.Model], /, **values) -> models.Model:
     """Insert one row, as `model.objects.create(**values)` would (defaults, auto_now_add, foreign
     keys given as instances), without save()'s signals; the instance, with its primary key."""
     instance = model(**values)
@@ -232,48 +243,63 @@ def insert(model: type[models.Model], **values) -> models.Model:
     return instance
 
 
-def _where_params(model: type[models.Model], conditions: dict) -> tuple[tuple, list | None]:
+def _where_params(
+    model: type[models.Model], conditions: dict, related: str | None = None
+) -> tuple[tuple, list | None]:
     """The conditions' shape (what the SQL depends on: names, list lengths, IS [NOT] NULL) and
     their parameters; None for the parameters when no row can match."""
     shape, params = [], []
     for condition, value in conditions.items():
-        field, operator = _condition_field(model, condition)
+        field, operator, _joined = _condition_field(model, condition, related)
         if operator == "isnull":
             shape.append((condition, bool(value)))
             continue
         if value is None:
             raise ValueError(f"{condition}=None matches no row: use {condition.split('__')[0]}__isnull")
-        bounds = _integer_range(field)
         if operator == "in":
             prepared = [field.get_db_prep_value(each, connection) for each in value]
-            # Numbers no column holds match nothing (the ORM's answer too); SQLite would refuse them.
-            prepared = [each for each in prepared if not bounds or bounds[0] <= each <= bounds[1]]
+            prepared = [each for each in prepared if column_holds(field, each)]
             if not prepared:
                 return (), None
             shape.append((condition, len(prepared)))
             params.extend(prepared)
             continue
         prepared = field.get_db_prep_value(value, connection)
-        if operator == "" and bounds and not bounds[0] <= prepared <= bounds[1]:
+        if operator == "" and not column_holds(field, prepared):
             return (), None
         shape.append((condition, None))
         params.append(prepared)
     return tuple(shape), params
 
 
-def _condition_field(model: type[models.Model], condition: str) -> tuple[models.Field, str]:
+def _condition_field(
+    model: type[models.Model], condition: str, related: str | None = None
+) -> tuple[models.Field, str, bool]:
+    """(field, operator, whether the field is the `related` row's) of a condition."""
     name, _, operator = condition.partition("__")
-    if operator not in (*_COMPARISONS, "in", "isnull"):
+    joined = bool(related) and name == related and operator.partition("__")[0] not in _OPERATORS
+    if joined:
+        model = _related_key(model, related).related_model
+        name, _, operator = operator.partition("__")
+    if operator not in _OPERATORS:
         raise ValueError(f"doow.rows does not read the condition {condition!r}")
-    return (model._meta.pk if name == "pk" else model._meta.get_field(name)), operator
+    field = model._meta.pk if name == "pk" else model._meta.get_field(name)
+    if operator == "ne" and field.null:
+        # <> leaves out NULL, which exclude() keeps: the two would disagree.
+        raise ValueError(f"{condition}: not equal is read on a non-null field only")
+    return field, operator, joined
 
 
-def _where_sql(model: type[models.Model], shape: tuple) -> str:
+def _where_sql(model: type[models.Model], shape: tuple, related: str | None = None) -> str:
+    """The WHERE clause; with `related`, each column named with its table, as the join needs."""
     quote = connection.ops.quote_name
+    tables = {False: quote(model._meta.db_table)}
+    if related:
+        tables[True] = quote(_related_key(model, related).related_model._meta.db_table)
     clauses = []
     for condition, size in shape:
-        field, operator = _condition_field(model, condition)
-        column = quote(field.column)
+        field, operator, joined = _condition_field(model, condition, related)
+        column = f"{tables[joined]}.{quote(field.column)}" if related else quote(field.column)
         if operator == "isnull":
             clauses.append(f"{column} IS {'' if size else 'NOT '}NULL")
         elif operator == "in":
@@ -286,11 +312,17 @@ def _where_sql(model: type[models.Model], shape: tuple) -> str:
 
 
 @functools.cache
-def _update_plan(model: type[models.Model], names: tuple[str, ...], shape: tuple) -> tuple[str, tuple]:
+def _update_plan(
+    model: type[models.Model], sets: tuple[tuple[str, bool], ...], shape: tuple
+) -> tuple[str, tuple]:
+    """The UPDATE for `sets` ((field name, whether it is an increment), ...) and their fields."""
     quote = connection.ops.quote_name
-    fields = tuple(model._meta.get_field(name) for name in names)
-    sets = ", ".join(f"{quote(field.column)} = %s" for field in fields)
-    sql = f"UPDATE {quote(model._meta.db_table)} SET {sets} WHERE {_where_sql(model, shape)}"  # noqa: S608
+    fields = tuple(model._meta.get_field(name) for name, _increment in sets)
+    assignments = ", ".join(
+        f"{quote(field.column)} = {quote(field.column)} + %s" if increment else f"{quote(field.column)} = %s"
+        for field, (_name, increment) in zip(fields, sets, strict=True)
+    )
+    sql = f"UPDATE {quote(model._meta.db_table)} SET {assignments} WHERE {_where_sql(model, shape)}"  # noqa: S608
     return sql, fields
 
 

@@ -421,9 +421,8 @@ def sync_claim(*, connection_id: int) -> str | None:
     """Claim the connection for one sync and show it syncing. Returns a lease token, or None if
     another sync holds it or it is disconnected, has no stored key or does not exist (nothing is
     changed then)."""
-    low, high = db.ops.integer_field_range(Connection._meta.pk.get_internal_type())
-    if not low <= connection_id <= high:
-        return None  # no row holds it (a task's id can be anything); SQLite would refuse the number
+    if not rows.column_holds(Connection._meta.pk, connection_id):
+        return None  # a task's id can be anything
     now = timezone.now()
     token = std_secrets.token_hex(16)
     sql, fields = _claim_sql()
@@ -478,36 +477,14 @@ def connection_hold_for_write(*, connection_id: int, generation: int, progress: 
     if given. False (nothing changed) if it was disconnected or its key replaced. One UPDATE:
     PostgreSQL re-evaluates its WHERE clause against a concurrent disconnect's committed row."""
     assert transaction.get_connection().in_atomic_block, "hold the connection inside the write transaction"
-    values = {"id": connection_id, "generation": generation, "disconnected": ConnectionState.DISCONNECTED}
-    if progress is not None:
-        values["progress"] = progress
-    sql, fields = _hold_sql(progress is not None)
-    with db.cursor() as cursor:
-        cursor.execute(
-            sql, {name: fields[name].get_db_prep_save(value, db) for name, value in values.items()}
-        )
-        return cursor.rowcount == 1
-
-
-@functools.cache
-def _hold_sql(with_progress: bool) -> tuple[str, dict]:
-    """connection_hold_for_write's UPDATE, worked out once per process: every write transaction of
-    every sync starts with it."""
-    meta, quote = Connection._meta, db.ops.quote_name
-    fields = {
-        "id": meta.pk,
-        "generation": meta.get_field("generation"),
-        "disconnected": meta.get_field("state"),
-        "progress": meta.get_field("sync_progress"),
-    }
-    version = quote(meta.get_field("data_version").column)
-    progress = f", {quote(fields['progress'].column)} = %(progress)s" if with_progress else ""
-    sql = (
-        f"UPDATE {quote(meta.db_table)} SET {version} = {version} + 1{progress} "  # noqa: S608
-        f"WHERE {quote(meta.pk.column)} = %(id)s AND {quote(fields['generation'].column)} = %(generation)s "
-        f"AND {quote(fields['disconnected'].column)} <> %(disconnected)s"
+    shown = {} if progress is None else {"sync_progress": progress}
+    held = rows.update(
+        Connection,
+        {"pk": connection_id, "generation": generation, "state__ne": ConnectionState.DISCONNECTED},
+        data_version=F("data_version") + 1,
+        **shown,
     )
-    return sql, fields
+    return held == 1
 
 
 def sync_release(*, connection_id: int, token: str) -> None:

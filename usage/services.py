@@ -227,10 +227,10 @@ def usage_summaries_rebuild(*, connection_id: int) -> None:
     that wrote the rows (the caller holds the connection lock), so a reader sees rows and summaries
     change together."""
     assert transaction.get_connection().in_atomic_block, "rebuild summaries inside the writing transaction"
-    connection = rows.get_one(Connection, pk=connection_id)
-    if connection is None:
+    found = rows.get_values(Connection, ("usage_summaries_stale_from",), pk=connection_id)
+    if not found:
         raise Connection.DoesNotExist(f"no connection {connection_id}")
-    stale_from = connection.usage_summaries_stale_from
+    stale_from = found[0]["usage_summaries_stale_from"]
     if stale_from is None:
         return
     for summary in REBUILT_FROM_STALE:

@@ -84,7 +84,7 @@ def test_a_joined_row_is_read_in_the_same_statement_and_cached(alice, acme):
 def test_conditions_it_does_not_read_are_refused_rather_than_guessed(acme):
     with pytest.raises(ValueError, match="does not read"):
         rows.get_one(Connection, name__icontains="prod")
-    with pytest.raises(ValueError, match="no NULL matches"):
+    with pytest.raises(ValueError, match="matches no row: use last_synced_at__isnull"):
         rows.get_one(Connection, company_id=acme.pk, last_synced_at=None)
     with pytest.raises(ValueError, match="not a non-null foreign key"):
         rows.get_one(Connection, related="created_by", created_by__email="a@b.test")
@@ -322,3 +322,78 @@ def test_values_read_by_conditions_are_exactly_what_the_orms_values_gives(stored
     expected = list(ApiKey.objects.filter(**conditions).values(*fields))
     assert sorted(read, key=lambda row: row["key_hash"]) == sorted(expected, key=lambda row: row["key_hash"])
     assert len(read) == 2 and isinstance(read[0]["fetched_usage"], Decimal)
+
+
+def test_not_equal_changes_the_rows_exclude_leaves_and_is_refused_where_null_would_split_them(
+    two_days_of_usage, stored_connection
+):
+    from usage.models import UsageDaily
+
+    expected = set(
+        UsageDaily.objects.filter(connection_id=stored_connection.pk)
+        .exclude(api_key_hash="k1")
+        .values_list("pk", flat=True)
+    )
+    changed = rows.update(
+        UsageDaily, {"connection_id": stored_connection.pk, "api_key_hash__ne": "k1"}, requests=7
+    )
+    assert changed == len(expected) == 1
+    assert set(UsageDaily.objects.filter(requests=7).values_list("pk", flat=True)) == expected
+    # exclude() keeps a NULL row that `<>` leaves out: on a nullable field the two would disagree.
+    with pytest.raises(ValueError, match="non-null field"):
+        rows.update(
+            Connection, {"pk": stored_connection.pk, "complete_through__ne": date(2026, 1, 1)}, name="x"
+        )
+
+
+def test_an_increment_adds_to_each_rows_own_value_as_f_does(two_days_of_usage, stored_connection):
+    from django.db.models import F
+
+    from usage.models import UsageDaily
+
+    UsageDaily.objects.filter(pk=two_days_of_usage[0].pk).update(requests=10)
+    changed = rows.update(
+        UsageDaily,
+        {"connection_id": stored_connection.pk, "day": date(2026, 11, 1)},
+        requests=F("requests") + 5,
+        model="renamed",
+    )
+    assert changed == 2
+    assert sorted(UsageDaily.objects.values_list("requests", "model")) == [
+        (1, ""),
+        (6, "renamed"),
+        (15, "renamed"),
+    ]
+    version = Connection.objects.get(pk=stored_connection.pk).data_version
+    rows.update(Connection, {"pk": stored_connection.pk}, data_version=F("data_version") + 1)
+    assert Connection.objects.get(pk=stored_connection.pk).data_version == version + 1
+    # Anything but the field's own value plus an integer is refused, not stored as its text.
+    for value in (F("requests") * 2, F("prompt_tokens") + 1, F("requests") + 1.5, F("requests")):
+        with pytest.raises(ValueError, match="plain values"):
+            rows.update(UsageDaily, {"connection_id": stored_connection.pk}, requests=value)
+
+
+def test_a_row_read_by_any_comparison_and_on_the_joined_row_is_the_orms(alice, acme, globex):
+    from doow.models import Company
+
+    Membership.objects.create(user=alice, company=globex, role="finance")
+    expected = Membership.objects.get(user=alice, company=globex)
+    for conditions in (
+        {"user_id": alice.pk, "company__slug__ne": "acme"},
+        {"user_id": alice.pk, "company__slug__in": ["globex", "nobody"]},
+        {"user_id": alice.pk, "company_id__gt": acme.pk},
+        {"user_id": alice.pk, "company__pk": globex.pk, "role__ne": "admin"},
+    ):
+        read = rows.get_one(Membership, related="company", **conditions)
+        assert read is not None and field_values(read) == field_values(expected), conditions
+        assert field_values(read.company) == field_values(Company.objects.get(pk=globex.pk))
+    assert rows.get_one(Membership, related="company", user_id=alice.pk, company__slug__in=[]) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "holds"), [(0, True), (2**63 - 1, True), (2**63, False), (-(2**63) - 1, False)]
+)
+def test_a_column_holds_the_numbers_its_type_can_store(value, holds):
+    # Connection ids are big integers on PostgreSQL and SQLite alike.
+    assert rows.column_holds(Connection._meta.pk, value) is holds
+    assert rows.column_holds(Connection._meta.get_field("name"), value) is True  # not a number column
