@@ -164,6 +164,7 @@ def column_holds(field: models.Field, value) -> bool:
     return not bounds or bounds[0] <= value <= bounds[1]
 
 
+@functools.cache
 def _integer_range(field: models.Field) -> tuple[int, int] | None:
     stored = field.target_field if field.is_relation else field
     kind = stored.get_internal_type()
@@ -272,6 +273,7 @@ def _where_params(
     return tuple(shape), params
 
 
+@functools.cache  # every statement of every request parses its conditions
 def _condition_field(
     model: type[models.Model], condition: str, related: str | None = None
 ) -> tuple[models.Field, str, bool]:
