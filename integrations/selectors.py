@@ -25,6 +25,16 @@ def connection_get(*, company: Company, connection_id: int) -> Connection:
     return connection
 
 
+def connection_id_get(*, company: Company, connection_id: int) -> int:
+    """The id of the company's connection, as connection_get finds it, without reading the row: a
+    download needs no more, and the whole row (its key, its JSON columns) was a tenth of a one-key
+    export's time."""
+    found = rows.get_values(Connection, ("id",), company_id=company.pk, pk=connection_id)
+    if not found:
+        raise Http404("No Connection matches the given query.")
+    return found[0]["id"]
+
+
 def connection_disconnected_for(
     *, company: Company, provider: str, external_account_id: str
 ) -> Connection | None:

@@ -7,7 +7,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from doow.access import ADMINS, USAGE_READERS, company_view
 from integrations.models import CredentialScope
-from integrations.selectors import connection_get
+from integrations.selectors import connection_get, connection_id_get
 from openrouter import exports, insights
 from openrouter.forms import ConnectForm, KeyForm, SingleKeyForm
 from openrouter.provider import OpenRouterProvider
@@ -118,7 +118,7 @@ def _header(request: HttpRequest, connection) -> HttpResponse:
 def export(request: HttpRequest, connection_id: int, fmt: str) -> StreamingHttpResponse:
     if fmt not in ("csv", "json"):
         raise Http404("Unknown export format")
-    connection = connection_get(company=request.company, connection_id=connection_id)
+    connection_id = connection_id_get(company=request.company, connection_id=connection_id)
     query = DetailQuery.from_params(request.GET)
     if query.problem:
         # A download of other dates than asked for would pass for the asked ones.
@@ -127,13 +127,13 @@ def export(request: HttpRequest, connection_id: int, fmt: str) -> StreamingHttpR
         group_by = exports.parse_group_by(request.GET.get("group_by"))
     except ValueError as exc:
         return HttpResponse(str(exc), status=400, content_type="text/plain")
-    selection = exports.export_selection(connection_id=connection.pk, query=query, group_by=group_by)
+    selection = exports.export_selection(connection_id=connection_id, query=query, group_by=group_by)
     if fmt == "csv":
         body = exports.csv_chunks(**selection)
     else:
         body = exports.write_json(exports.export_records(**selection))
     response = StreamingHttpResponse(body, content_type="text/csv" if fmt == "csv" else "application/json")
     grouping = "" if group_by == exports.ALL_DIMENSIONS else "-by-" + "-".join(group_by)
-    filename = f"openrouter-usage-{connection.pk}-{query.start}-{query.end}{grouping}.{fmt}"
+    filename = f"openrouter-usage-{connection_id}-{query.start}-{query.end}{grouping}.{fmt}"
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response
