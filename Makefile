@@ -33,8 +33,11 @@ run: install
 	@echo
 	$(RUN_ENV) PATH="$(CURDIR)/$(BIN):$$PATH" exec $(BIN)/honcho -f Procfile.dev start
 
+# The suite runs on every core (at most 4: beyond that it waits on its browser and worker processes,
+# not on CPU); `make test TEST_WORKERS=0` runs it in one process.
+TEST_WORKERS ?= auto
 test: install
-	$(DEV_ENV) $(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(DEV_ENV) $(BIN)/python -m pytest --numprocesses=$(TEST_WORKERS) --maxprocesses=4 $(PYTEST_ARGS)
 
 bench: install
 	$(DEV_ENV) $(BIN)/python -m bench $(BENCH_ARGS)
