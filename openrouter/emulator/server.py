@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import sys
 import threading
 import time
 import urllib.parse
@@ -59,6 +60,13 @@ def utc_now() -> datetime.datetime:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+
+    def handle_error(self, request, client_address) -> None:
+        # A client that hangs up (a killed worker, a timed-out request, a pool closing a kept-alive
+        # connection) is what a real server sees every day, not a fault of the emulator: only other
+        # errors get socketserver's traceback on stderr.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class EmulatorServer:

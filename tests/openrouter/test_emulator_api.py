@@ -384,6 +384,24 @@ def test_a_server_keeps_its_day_unless_told_to_follow_the_clock(monkeypatch):
     assert emu.today == TODAY
 
 
+def test_a_client_that_hangs_up_is_no_error_of_the_server(emu, capfd):
+    """A client resetting its kept-alive connection (a killed worker) prints no traceback; the server
+    goes on answering."""
+    import socket
+    import struct
+
+    headers = {"Authorization": f"Bearer {emu.management_key}"}
+    with emu.serve() as server:
+        for _ in range(3):
+            with socket.create_connection((server.host, server.port)) as sock:
+                sock.sendall(b"GET /api/v1/credits HTTP/1.1\r\nHost: x\r\n\r\n")
+                sock.recv(65536)
+                # SO_LINGER with a zero timeout: close() sends RST, as the kernel does for a killed process.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        assert httpx.get(f"{server.base_url}/credits", headers=headers).status_code == 200
+    assert "Traceback" not in capfd.readouterr().err
+
+
 def test_management_command_serves_until_interrupted():
     env = {**os.environ, "DEBUG": "true", "PYTHONUNBUFFERED": "1"}
     command = [
