@@ -218,8 +218,9 @@ def _increment(name: str, value) -> int | None:
 def delete(model: type[models.Model], /, **conditions) -> int:
     """Delete the rows of `model` matching every condition; the number deleted. Conditions are
     `field=value`, `field__gt` (`__gte`, `__lt`, `__lte`)`=value`, `field__ne=value` (not equal; on
-    a non-null field), `field__in=values` and `field__isnull=True` or `False`. Only for a model no other row refers to and no signal watches:
-    QuerySet.delete would collect, cascade and signal; this refuses such a model."""
+    a non-null field), `field__in=values` and `field__isnull=True` or `False`. Only for a model no
+    other row refers to and no signal watches: QuerySet.delete would collect, cascade and signal;
+    this refuses such a model."""
     if signals.pre_delete.has_listeners(model) or signals.post_delete.has_listeners(model):
         raise ValueError(f"{model.__name__} has delete signals: use QuerySet.delete")
     shape, params = _where_params(model, conditions)
