@@ -174,7 +174,10 @@ def _integer_range(field: models.Field) -> tuple[int, int] | None:
 # The comparisons the statements take, named as Django's lookups are, and `ne` (not equal, which
 # Django writes as exclude()); and `in`, `isnull`.
 _COMPARISONS = {"": "=", "gt": ">", "gte": ">=", "lt": "<", "lte": "<=", "ne": "<>"}
-_OPERATORS = (*_COMPARISONS, "in", "isnull")
+# A comparison that a NULL passes too (Django's Q(field__isnull=True) | Q(field__lt=value)): a lease
+# not held or run out, a mark not set or later.
+_OR_NULL = {"lt_or_null": "<", "gt_or_null": ">"}
+_OPERATORS = (*_COMPARISONS, *_OR_NULL, "in", "isnull")
 
 
 def update(model: type[models.Model], where: dict, /, **values) -> int:
@@ -218,9 +221,10 @@ def _increment(name: str, value) -> int | None:
 def delete(model: type[models.Model], /, **conditions) -> int:
     """Delete the rows of `model` matching every condition; the number deleted. Conditions are
     `field=value`, `field__gt` (`__gte`, `__lt`, `__lte`)`=value`, `field__ne=value` (not equal; on
-    a non-null field), `field__in=values` and `field__isnull=True` or `False`. Only for a model no
-    other row refers to and no signal watches: QuerySet.delete would collect, cascade and signal;
-    this refuses such a model."""
+    a non-null field), `field__lt_or_null=value` (`__gt_or_null`: the comparison, or NULL),
+    `field__in=values` and `field__isnull=True` or `False`. Only for a model no other row refers to
+    and no signal watches: QuerySet.delete would collect, cascade and signal; this refuses such a
+    model."""
     if signals.pre_delete.has_listeners(model) or signals.post_delete.has_listeners(model):
         raise ValueError(f"{model.__name__} has delete signals: use QuerySet.delete")
     shape, params = _where_params(model, conditions)
@@ -307,6 +311,8 @@ def _where_sql(model: type[models.Model], shape: tuple, related: str | None = No
             clauses.append(f"{column} IS {'' if size else 'NOT '}NULL")
         elif operator == "in":
             clauses.append(f"{column} IN ({', '.join(['%s'] * size)})")
+        elif operator in _OR_NULL:
+            clauses.append(f"({column} IS NULL OR {column} {_OR_NULL[operator]} %s)")
         else:
             clauses.append(f"{column} {_COMPARISONS[operator]} %s")
     if not clauses:

@@ -1,6 +1,5 @@
 """Connection lifecycle, secrets, sync runs and the event log. Views, tasks and commands call these."""
 
-import functools
 import logging
 import secrets as std_secrets
 from dataclasses import dataclass, field
@@ -8,7 +7,6 @@ from datetime import date, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db import connection as db
 from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
@@ -420,55 +418,25 @@ def sync_lease_seconds() -> int:
 def sync_claim(*, connection_id: int) -> str | None:
     """Claim the connection for one sync and show it syncing. Returns a lease token, or None if
     another sync holds it or it is disconnected, has no stored key or does not exist (nothing is
-    changed then)."""
-    if not rows.column_holds(Connection._meta.pk, connection_id):
-        return None  # a task's id can be anything
+    changed then). A task's id can be anything: one no row holds claims nothing."""
     now = timezone.now()
     token = std_secrets.token_hex(16)
-    sql, fields = _claim_sql()
-    values = {
-        "until": now + timedelta(seconds=sync_lease_seconds()),
-        "token": token,
+    claimed = rows.update(
+        Connection,
+        {
+            "pk": connection_id,
+            "state__ne": ConnectionState.DISCONNECTED,
+            "secret__ne": "",
+            "sync_lease_until__lt_or_null": now,
+        },
+        sync_lease_until=now + timedelta(seconds=sync_lease_seconds()),
+        sync_lease_token=token,
         # In the claim's statement, not one of its own: a small sync makes ~35 statements.
-        "state": ConnectionState.SYNCING,
-        "now": now,
-        "progress": {"phase": "starting"},
-        "disconnected": ConnectionState.DISCONNECTED,
-        "no_secret": "",
-        "id": connection_id,
-    }
-    params = {name: fields[name].get_db_prep_save(value, db) for name, value in values.items()}
-    with db.cursor() as cursor:
-        cursor.execute(sql, params)
-        claimed = cursor.rowcount
-    return token if claimed == 1 else None
-
-
-@functools.cache
-def _claim_sql() -> tuple[str, dict]:
-    """sync_claim's UPDATE and the field preparing each of its values, worked out once per process:
-    every sync of every connection starts with it, and the ORM built and compiled it at three times
-    the CPU. Identifiers come from the model's metadata; values are parameters."""
-    meta, quote = Connection._meta, db.ops.quote_name
-    fields = {
-        "until": meta.get_field("sync_lease_until"),
-        "token": meta.get_field("sync_lease_token"),
-        "state": meta.get_field("state"),
-        "now": meta.get_field("last_sync_attempt_at"),
-        "progress": meta.get_field("sync_progress"),
-        "disconnected": meta.get_field("state"),
-        "no_secret": meta.get_field("secret"),
-        "id": meta.pk,
-    }
-    column = {name: quote(field.column) for name, field in fields.items()}
-    sql = (
-        f"UPDATE {quote(meta.db_table)} SET {column['until']} = %(until)s, {column['token']} = %(token)s, "  # noqa: S608
-        f"{column['state']} = %(state)s, {column['now']} = %(now)s, {column['progress']} = %(progress)s "
-        f"WHERE {column['id']} = %(id)s AND {column['state']} <> %(disconnected)s "
-        f"AND {column['no_secret']} <> %(no_secret)s "
-        f"AND ({column['until']} IS NULL OR {column['until']} < %(now)s)"
+        state=ConnectionState.SYNCING,
+        last_sync_attempt_at=now,
+        sync_progress={"phase": "starting"},
     )
-    return sql, fields
+    return token if claimed == 1 else None
 
 
 def connection_hold_for_write(*, connection_id: int, generation: int, progress: dict | None = None) -> bool:

@@ -202,22 +202,10 @@ def usage_summaries_mark_stale(*, connection_id: int, start: date) -> None:
     """Usage rows from `start` on are about to change: reports stop reading the summaries until
     usage_summaries_rebuild has caught up. Call it in the transaction that writes the rows."""
     # Only ever moved back: a sync's second write in the same window changes nothing.
-    with db.cursor() as cursor:
-        cursor.execute(
-            _mark_stale_sql(), {"start": db.ops.adapt_datefield_value(start), "connection": connection_id}
-        )
-
-
-@functools.cache
-def _mark_stale_sql() -> str:
-    """usage_summaries_mark_stale's UPDATE (start, connection), worked out once per process: each
-    write transaction of every sync runs it, through the ORM at three times the CPU."""
-    quote = db.ops.quote_name
-    stale_from = quote(Connection._meta.get_field("usage_summaries_stale_from").column)
-    return (
-        f"UPDATE {quote(Connection._meta.db_table)} SET {stale_from} = %(start)s "  # noqa: S608
-        f"WHERE {quote(Connection._meta.pk.column)} = %(connection)s "
-        f"AND ({stale_from} IS NULL OR {stale_from} > %(start)s)"
+    rows.update(
+        Connection,
+        {"pk": connection_id, "usage_summaries_stale_from__gt_or_null": start},
+        usage_summaries_stale_from=start,
     )
 
 

@@ -397,3 +397,27 @@ def test_a_column_holds_the_numbers_its_type_can_store(value, holds):
     # Connection ids are big integers on PostgreSQL and SQLite alike.
     assert rows.column_holds(Connection._meta.pk, value) is holds
     assert rows.column_holds(Connection._meta.get_field("name"), value) is True  # not a number column
+
+
+@pytest.mark.parametrize("operator", ["lt_or_null", "gt_or_null"])
+@pytest.mark.parametrize("stored", [None, date(2026, 10, 31), date(2026, 11, 1), date(2026, 11, 2)])
+def test_a_comparison_or_null_changes_the_rows_the_orms_q_finds(stored_connection, operator, stored):
+    from django.db.models import Q
+
+    Connection.objects.filter(pk=stored_connection.pk).update(complete_through=stored)
+    compared = date(2026, 11, 1)
+    lookup = operator.removesuffix("_or_null")
+    expected = Connection.objects.filter(
+        Q(complete_through__isnull=True) | Q(**{f"complete_through__{lookup}": compared}),
+        pk=stored_connection.pk,
+    ).exists()
+    changed = rows.update(
+        Connection, {"pk": stored_connection.pk, f"complete_through__{operator}": compared}, name="changed"
+    )
+    assert changed == int(expected)
+    assert Connection.objects.get(pk=stored_connection.pk).name == (
+        "changed" if expected else stored_connection.name
+    )
+    assert rows.get_values(
+        Connection, ("id",), pk=stored_connection.pk, **{f"complete_through__{operator}": compared}
+    ) == ([{"id": stored_connection.pk}] if expected else [])
