@@ -20,8 +20,9 @@ import threading
 import time
 import traceback
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as clock_time
@@ -29,6 +30,8 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
+from django.core.cache import cache
+from django.db import connection as django_connection
 from django.db import transaction
 from django.db.models import Count
 from django.utils import timezone
@@ -539,11 +542,15 @@ class _SyncJob:
         )
 
     def refresh_models_if_stale(self) -> None:
-        newest = Model.objects.order_by("-refreshed_at").values_list("refreshed_at", flat=True).first()
-        if newest is not None and newest > self.now - timedelta(days=1):
+        if models_fresh(now=self.now):
             return
-        self.progress("reading the model catalog")
-        models_upsert(self.client.get_models(), now=self.now)
+        with models_refresh_hold() as held:
+            # Another worker reading the catalog right now serves this sync too: usage is stored
+            # without it, and the pages name models from it once it is in.
+            if not held or models_fresh(now=self.now):
+                return
+            self.progress("reading the model catalog")
+            models_upsert(self.client.get_models(), now=self.now)
 
     def read_workspaces(self) -> list[str]:
         self.progress("reading workspaces")
@@ -983,6 +990,40 @@ class _SyncJob:
             )
         usage = usage_prepare(**self.ids(), rows=rest.items(), start=start, end=self.window_end)
         self.run.rows_written += usage_replace(usage, api_key_hashes=[""])
+
+
+def models_fresh(*, now: datetime) -> bool:
+    """Whether the catalog was read within the last day."""
+    newest = Model.objects.order_by("-refreshed_at").values_list("refreshed_at", flat=True).first()
+    return newest is not None and newest > now - timedelta(days=1)
+
+
+# Long enough for the slowest read of the catalog (its request's retries); a worker killed while
+# holding it only delays the next read by this much.
+MODELS_REFRESH_HOLD_SECONDS = 300
+
+
+@contextmanager
+def models_refresh_hold() -> Iterator[bool]:
+    """Yields whether this process may read the catalog now, so that syncs that find it stale at
+    the same time (a fresh database, the day it goes stale) read it once, not once each. The hold
+    is an atomic add in the shared cache (Redis in production); it is keyed by database, since the
+    catalog is one per database and test runs share a cache between databases. A cache that does
+    not answer holds nothing back: a catalog read twice is harmless, one never read is not."""
+    key = f"openrouter:models-refresh:{django_connection.settings_dict['NAME']}"
+    try:
+        taken = cache.add(key, 1, timeout=MODELS_REFRESH_HOLD_SECONDS)
+    except Exception:  # Any backend's errors: redis-py's, the file cache's OSError.
+        logger.warning("The cache did not answer; reading the model catalog without a hold")
+        taken = None
+    try:
+        yield taken is not False
+    finally:
+        if taken:
+            try:
+                cache.delete(key)
+            except Exception:  # the hold then ends with its timeout
+                logger.warning("The cache did not answer; the model catalog's hold ends by itself")
 
 
 def models_upsert(records, *, now) -> int:

@@ -6,7 +6,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from openrouter.client import OpenRouterClient, backoff_seconds
-from openrouter.sync import models_upsert, sync_connection
+from openrouter.sync import models_refresh_hold, models_upsert, sync_connection
 
 logger = logging.getLogger(__name__)
 
@@ -82,9 +82,13 @@ def record_give_up(connection_id: int, result, *, attempts: int) -> None:
 
 @shared_task(name="openrouter.refresh_models", ignore_result=True)
 def refresh_models_task() -> int:
-    """The model catalog is public and shared by every connection: read it without a key."""
-    with OpenRouterClient(None) as client:
-        return models_upsert(client.get_models(), now=timezone.now())
+    """The model catalog is public and shared by every connection: read it without a key. A sync
+    that is reading it at this moment reads it for this task too."""
+    with models_refresh_hold() as held:
+        if not held:
+            return 0
+        with OpenRouterClient(None) as client:
+            return models_upsert(client.get_models(), now=timezone.now())
 
 
 @shared_task(name="openrouter.evaluate_alerts", ignore_result=True)
