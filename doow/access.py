@@ -27,6 +27,11 @@ def membership_for(user, company_slug: str, roles: Iterable[str] = ALL_ROLES) ->
         raise Http404("No such company")
     # Read without the query compiler (doow.rows): every company page and download asks this.
     membership = rows.get_one(Membership, related="company", user_id=user.pk, company__slug=company_slug)
+    return membership_allowed(membership, roles)
+
+
+def membership_allowed(membership: Membership | None, roles: Iterable[str]) -> Membership:
+    """The membership if its role is one of `roles`: 404 without one, 403 for another role."""
     if membership is None:
         raise Http404("No such company")
     if membership.role not in roles:
@@ -57,13 +62,24 @@ def company_view(roles: Iterable[str] = ALL_ROLES) -> Callable:
     cached.
     """
     allowed = frozenset(roles)
+    return member_view(
+        allowed, lambda user, company_slug, _view_kwargs: membership_for(user, company_slug, allowed)
+    )
+
+
+def member_view(
+    roles: frozenset[str], read_membership: Callable[[object, str, dict], Membership]
+) -> Callable:
+    """company_view with its own read of the membership: `read_membership(user, company_slug,
+    view_kwargs)` returns it as membership_for does (404, 403), and may put what it read with it
+    into the view's keyword arguments (integrations.access.connection_view)."""
 
     def decorator(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
         @wraps(view)
         def wrapper(request: HttpRequest, company_slug: str, *args, **kwargs) -> HttpResponse:
             if not request.user.is_authenticated:
                 return _to_login(request)
-            membership = membership_for(request.user, company_slug, allowed)
+            membership = read_membership(request.user, company_slug, kwargs)
             request.membership = membership
             request.company = membership.company
             if request.session.get("company_slug") != membership.company.slug:
@@ -75,7 +91,7 @@ def company_view(roles: Iterable[str] = ALL_ROLES) -> Callable:
                 add_never_cache_headers(response)
             return response
 
-        wrapper.allowed_roles = allowed
+        wrapper.allowed_roles = roles
         return wrapper
 
     return decorator

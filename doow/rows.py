@@ -36,29 +36,73 @@ def get_one(
     model: type[models.Model], /, *, related: str | None = None, for_update: bool = False, **conditions
 ) -> models.Model | None:
     """The row of `model` matching every condition, or None. Conditions are those `delete` takes,
-    and `<related>__field=value` (any comparison) on the one non-null foreign key named by
-    `related`, whose row is joined and cached on the instance (as select_related does). At most one
-    row must match (a unique key). `for_update` locks the row until the transaction ends, as
-    select_for_update() does (where the database has row locks)."""
+    and `<related>__field=value` (any comparison) on the one foreign key named by `related`, whose
+    row is joined and cached on the instance (as select_related does; a nullable key is a LEFT JOIN,
+    and a row without one caches None). At most one row must match (a unique key). `for_update`
+    locks the row until the transaction ends, as select_for_update() does (where the database has
+    row locks)."""
     if for_update and not connection.in_atomic_block:
         # As select_for_update(): outside a transaction the lock would end with the statement.
         raise TransactionManagementError("get_one(for_update=True) outside a transaction")
     shape, params = _where_params(model, conditions, related)
     if params is None:
         return None
-    plan = _plan(model, related, shape, for_update)
+    return _read_one(_plan(model, related, shape, for_update), params, related)[0]
+
+
+def get_one_and_child(
+    model: type[models.Model],
+    /,
+    *,
+    related: str,
+    child: type[models.Model],
+    child_key: str,
+    child_pk,
+    child_fields: tuple[str, ...] | None = None,
+    **conditions,
+) -> tuple[models.Model | None, models.Model | None]:
+    """The row of `model` as get_one(related=...) reads it, and in the same statement the row of
+    `child` whose primary key is `child_pk` and whose non-null foreign key `child_key` is that joined
+    row (None without one): a membership with its company, and that company's connection whose id a
+    URL names. `child_fields` reads only those fields of the child (the others load when first used,
+    as with only()). The child's key caches the joined row."""
+    shape, params = _where_params(model, conditions, related)
+    if params is None:
+        return None, None
+    fields = tuple(child_fields) if child_fields is not None else None
+    plan = _plan(model, related, shape, False, (child, child_key, fields))
+    pk_field = child._meta.pk
+    child_pk = pk_field.get_db_prep_value(child_pk, connection)
+    if child_pk is not None and not column_holds(pk_field, child_pk):
+        child_pk = None  # a number no column holds is no child, as in get_one; NULL equals nothing
+    found, child_row = _read_one(plan, [child_pk, *params], related)
+    if child_row is not None:
+        child._meta.get_field(child_key).set_cached_value(child_row, getattr(found, related))
+    return found, child_row
+
+
+def _read_one(
+    plan: _Plan, params: list, related: str | None
+) -> tuple[models.Model | None, models.Model | None]:
+    """The row's instance, its joined row cached on it, and the child row if the plan reads one."""
     with connection.cursor() as cursor:
         cursor.execute(plan.sql, params)
         row = cursor.fetchone()
     if row is None:
-        return None
+        return None, None
     values = _converted(row, plan.converters)
-    width = len(plan.columns[0])
-    instance = model.from_db(connection.alias, plan.columns[0], values[:width])
+    model, start = plan.models[0], len(plan.columns[0])
+    instance = model.from_db(connection.alias, plan.columns[0], values[:start])
     if related:
-        joined = plan.models[1].from_db(connection.alias, plan.columns[1], values[width:])
-        model._meta.get_field(related).set_cached_value(instance, joined)
-    return instance
+        key = model._meta.get_field(related)
+        end = start + len(plan.columns[1])
+        joined = None
+        if getattr(instance, key.attname) is not None:
+            joined = plan.models[1].from_db(connection.alias, plan.columns[1], values[start:end])
+        key.set_cached_value(instance, joined)
+        if len(plan.models) == 3 and values[end] is not None:  # the child's primary key, read first
+            return instance, plan.models[2].from_db(connection.alias, plan.columns[2], values[end:])
+    return instance, None
 
 
 def get_all(model: type[models.Model], /, **conditions) -> list[models.Model]:
@@ -120,21 +164,48 @@ def _select_plan(
 # Once per process: a plan holds the converters of the connection that first needed it, and Django's
 # converters read nothing of their connection but what comes from settings (its time zone).
 @functools.cache
-def _plan(model: type[models.Model], related: str | None, shape: tuple, for_update: bool) -> _Plan:
+def _plan(
+    model: type[models.Model],
+    related: str | None,
+    shape: tuple,
+    for_update: bool,
+    child: tuple[type[models.Model], str, tuple[str, ...] | None] | None = None,
+) -> _Plan:
     quote = connection.ops.quote_name
-    tables = [(model, quote(model._meta.db_table))]
+    tables = [(model, quote(model._meta.db_table), None)]
     join = ""
     if related:
         key = _related_key(model, related)
         target = key.related_model
-        tables.append((target, quote(target._meta.db_table)))
+        tables.append((target, quote(target._meta.db_table), None))
         join = (
-            f" INNER JOIN {tables[1][1]} ON {tables[1][1]}.{quote(key.target_field.column)}"
+            f" {'LEFT' if key.null else 'INNER'} JOIN {tables[1][1]} ON {tables[1][1]}.{quote(key.target_field.column)}"
             f" = {tables[0][1]}.{quote(key.column)}"
         )
+    if child:
+        child_model, child_key, child_fields = child
+        key = _related_key(child_model, child_key)
+        if key.null or key.related_model is not tables[1][0]:
+            raise ValueError(f"{child_model.__name__}.{child_key} is not a non-null key to the joined row")
+        meta = child_model._meta
+        chosen = (
+            meta.concrete_fields
+            if child_fields is None
+            else [meta.get_field(n) for n in child_fields if n != "pk"]
+        )
+        fields = [
+            meta.pk,
+            *(field for field in chosen if field is not meta.pk),
+        ]  # the key first: NULL is no row
+        table = quote(meta.db_table)
+        tables.append((child_model, table, fields))
+        join += (
+            f" LEFT JOIN {table} ON {table}.{quote(key.column)} = {tables[1][1]}.{quote(key.target_field.column)}"
+            f" AND {table}.{quote(meta.pk.column)} = %s"
+        )
     select, columns, converters = [], [], []
-    for table_model, table in tables:
-        fields = table_model._meta.concrete_fields
+    for table_model, table, chosen in tables:
+        fields = table_model._meta.concrete_fields if chosen is None else chosen
         columns.append(tuple(field.attname for field in fields))
         for field in fields:
             column = field.get_col(table_model._meta.db_table)
@@ -146,13 +217,13 @@ def _plan(model: type[models.Model], related: str | None, shape: tuple, for_upda
     sql = f"SELECT {', '.join(select)} FROM {tables[0][1]}{join} WHERE {where}"  # noqa: S608
     if for_update and connection.features.has_select_for_update:
         sql += " FOR UPDATE"
-    return _Plan(sql, tuple(m for m, _ in tables), tuple(columns), tuple(converters))
+    return _Plan(sql, tuple(m for m, _table, _fields in tables), tuple(columns), tuple(converters))
 
 
 def _related_key(model: type[models.Model], related: str) -> models.ForeignKey:
     key = model._meta.get_field(related)
-    if not key.many_to_one or key.null or key.related_model is model:
-        raise ValueError(f"{model.__name__}.{related} is not a non-null foreign key to another model")
+    if not key.many_to_one or key.related_model is model:
+        raise ValueError(f"{model.__name__}.{related} is not a foreign key to another model")
     return key
 
 

@@ -17,22 +17,13 @@ def connection_list(*, company: Company, include_disconnected: bool = True) -> Q
 
 
 def connection_get(*, company: Company, connection_id: int) -> Connection:
-    """Only ever look a connection up within the company the request may see. Read without the query
-    compiler (doow.rows): every connection's page and download asks this."""
+    """Only ever look a connection up within the company the request may see (a filter naming one;
+    a connection's own pages read it with the membership, integrations.access.connection_view).
+    Read without the query compiler (doow.rows)."""
     connection = rows.get_one(Connection, company_id=company.pk, pk=connection_id)
     if connection is None:
         raise Http404("No Connection matches the given query.")
     return connection
-
-
-def connection_id_get(*, company: Company, connection_id: int) -> int:
-    """The id of the company's connection, as connection_get finds it, without reading the row: a
-    download needs no more, and the whole row (its key, its JSON columns) was a tenth of a one-key
-    export's time."""
-    found = rows.get_values(Connection, ("id",), company_id=company.pk, pk=connection_id)
-    if not found:
-        raise Http404("No Connection matches the given query.")
-    return found[0]["id"]
 
 
 def connection_disconnected_for(

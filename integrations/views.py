@@ -6,8 +6,9 @@ from django.views.decorators.http import require_GET, require_POST
 
 from doow.access import ADMINS, ALL_ROLES, HEALTH_READERS, company_view
 from doow.services import audit_record
+from integrations.access import connection_view
 from integrations.forms import DisconnectForm, EventFilterForm
-from integrations.models import ConnectionState
+from integrations.models import Connection, ConnectionState
 from integrations.paging import NewestPaginator
 from integrations.registry import get_provider
 from integrations.selectors import connection_get, connection_list, sync_event_list, sync_run_get
@@ -107,9 +108,8 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
 
 
 @require_POST
-@company_view(ADMINS)
-def sync_now(request: HttpRequest, connection_id: int) -> HttpResponse:
-    connection = connection_get(company=request.company, connection_id=connection_id)
+@connection_view(ADMINS)
+def sync_now(request: HttpRequest, connection: Connection) -> HttpResponse:
     if connection.state == ConnectionState.DISCONNECTED or not connection.secret:
         messages.error(request, "This connection is disconnected. Connect it again to sync.")
     elif connection.is_syncing:
@@ -161,19 +161,17 @@ def _already_disconnected(request: HttpRequest, connection) -> HttpResponse:
 
 
 @require_GET
-@company_view(ADMINS)
-def disconnect_confirm(request: HttpRequest, connection_id: int) -> HttpResponse:
+@connection_view(ADMINS)
+def disconnect_confirm(request: HttpRequest, connection: Connection) -> HttpResponse:
     """The page that asks before disconnecting; the disconnect itself is a POST to `disconnect`."""
-    connection = connection_get(company=request.company, connection_id=connection_id)
     if connection.state == ConnectionState.DISCONNECTED:
         return _already_disconnected(request, connection)
     return render(request, "integrations/disconnect.html", _disconnect_context(connection, DisconnectForm()))
 
 
 @require_POST
-@company_view(ADMINS)
-def disconnect(request: HttpRequest, connection_id: int) -> HttpResponse:
-    connection = connection_get(company=request.company, connection_id=connection_id)
+@connection_view(ADMINS)
+def disconnect(request: HttpRequest, connection: Connection) -> HttpResponse:
     if connection.state == ConnectionState.DISCONNECTED:
         return _already_disconnected(request, connection)
     form = DisconnectForm(request.POST)

@@ -12,10 +12,11 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from doow.access import ADMINS, USAGE_READERS, company_view
+from doow.access import ADMINS, USAGE_READERS
 from doow.models import Membership, Role
 from doow.services import audit_record
-from integrations.selectors import connection_get
+from integrations.access import connection_view
+from integrations.models import Connection
 from openrouter import insights
 from openrouter.alerts import budget_create, default_rules_ensure
 from openrouter.formatting import usd
@@ -88,9 +89,8 @@ class AlertRuleForm(forms.Form):
 
 
 @require_http_methods(["GET", "POST"])
-@company_view(USAGE_READERS)
-def budgets(request: HttpRequest, connection_id: int) -> HttpResponse:
-    connection = connection_get(company=request.company, connection_id=connection_id)
+@connection_view(USAGE_READERS)
+def budgets(request: HttpRequest, connection: Connection) -> HttpResponse:
     default_rules_ensure(connection=connection)
     # ?scope=key&target=HASH (the detail page filtered by a key or workspace links here) picks it.
     asked = request.POST or request.GET
@@ -211,9 +211,8 @@ def _workspace_forecasts(connection, workspaces: list) -> dict:
 
 
 @require_POST
-@company_view(USAGE_READERS)
-def budget_delete(request: HttpRequest, connection_id: int, budget_id: int) -> HttpResponse:
-    connection = connection_get(company=request.company, connection_id=connection_id)
+@connection_view(USAGE_READERS)
+def budget_delete(request: HttpRequest, connection: Connection, budget_id: int) -> HttpResponse:
     budget = get_object_or_404(Budget, connection=connection, pk=budget_id)
     audit_record(
         company=request.company, action="budget.deleted", request=request, target=f"budget:{budget.pk}"
@@ -224,9 +223,8 @@ def budget_delete(request: HttpRequest, connection_id: int, budget_id: int) -> H
 
 
 @require_POST
-@company_view(USAGE_READERS)
-def alert_rule_update(request: HttpRequest, connection_id: int, rule_id: int) -> HttpResponse:
-    connection = connection_get(company=request.company, connection_id=connection_id)
+@connection_view(USAGE_READERS)
+def alert_rule_update(request: HttpRequest, connection: Connection, rule_id: int) -> HttpResponse:
     rule = get_object_or_404(AlertRule, connection=connection, pk=rule_id)
     form = AlertRuleForm(request.POST, kind=rule.kind, rule_id=rule.pk)
     if form.is_valid():
@@ -251,9 +249,8 @@ def alert_rule_update(request: HttpRequest, connection_id: int, rule_id: int) ->
 
 
 @require_GET
-@company_view(USAGE_READERS)
-def people(request: HttpRequest, connection_id: int) -> HttpResponse:
-    connection = connection_get(company=request.company, connection_id=connection_id)
+@connection_view(USAGE_READERS)
+def people(request: HttpRequest, connection: Connection) -> HttpResponse:
     query = DetailQuery.from_params(request.GET)
     end = query.last_reported_day
     key_people = insights.key_people(connection=connection)
@@ -287,9 +284,8 @@ def people(request: HttpRequest, connection_id: int) -> HttpResponse:
 
 
 @require_POST
-@company_view(ADMINS)
-def key_owner(request: HttpRequest, connection_id: int) -> HttpResponse:
-    connection = connection_get(company=request.company, connection_id=connection_id)
+@connection_view(ADMINS)
+def key_owner(request: HttpRequest, connection: Connection) -> HttpResponse:
     key = get_object_or_404(ApiKey, connection=connection, key_hash=request.POST.get("key_hash", ""))
     user_id = request.POST.get("user") or None
     # Within a database id's range too: SQLite refuses a larger number outright (an error, not a 404).
@@ -327,9 +323,8 @@ def key_owner(request: HttpRequest, connection_id: int) -> HttpResponse:
 
 
 @require_GET
-@company_view(USAGE_READERS)
-def reconciliation(request: HttpRequest, connection_id: int) -> HttpResponse:
-    connection = connection_get(company=request.company, connection_id=connection_id)
+@connection_view(USAGE_READERS)
+def reconciliation(request: HttpRequest, connection: Connection) -> HttpResponse:
     query = DetailQuery.from_params(request.GET)
     end = query.last_reported_day
     return render(

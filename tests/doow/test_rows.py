@@ -5,7 +5,6 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from django.contrib.auth import SESSION_KEY
-from django.contrib.sessions.models import Session
 from django.db import connection as db_connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
@@ -13,7 +12,7 @@ from django.utils import timezone
 
 from doow import rows
 from doow.backends import ModelBackend
-from doow.models import Membership, User
+from doow.models import Membership, Session, User
 from doow.sessions import SessionStore
 from doow.tasks import clear_expired_sessions
 from integrations.models import Connection
@@ -86,8 +85,26 @@ def test_conditions_it_does_not_read_are_refused_rather_than_guessed(acme):
         rows.get_one(Connection, name__icontains="prod")
     with pytest.raises(ValueError, match="matches no row: use last_synced_at__isnull"):
         rows.get_one(Connection, company_id=acme.pk, last_synced_at=None)
-    with pytest.raises(ValueError, match="not a non-null foreign key"):
-        rows.get_one(Connection, related="created_by", created_by__email="a@b.test")
+    with pytest.raises(ValueError, match="not a foreign key"):
+        rows.get_one(Connection, related="name", name="Prod")
+
+
+def test_a_nullable_foreign_key_is_joined_left_and_a_row_without_one_caches_none(acme, alice):
+    made = Connection.objects.create(company=acme, provider="openrouter", name="by alice", created_by=alice)
+    orphan = Connection.objects.create(company=acme, provider="openrouter", name="by nobody")
+    for connection in (made, orphan):
+        with CaptureQueriesContext(db_connection) as queries:
+            read = rows.get_one(Connection, related="created_by", pk=connection.pk)
+            creator = read.created_by
+        assert len(queries) == 1
+        expected = Connection.objects.select_related("created_by").get(pk=connection.pk)
+        assert field_values(read) == field_values(expected)
+        if expected.created_by is None:
+            assert creator is None
+        else:
+            assert field_values(creator) == field_values(expected.created_by)
+    # A condition on the joined row finds only rows that have one, as the ORM's filter does.
+    assert rows.get_one(Connection, related="created_by", pk=orphan.pk, created_by__email=alice.email) is None
 
 
 def test_the_session_store_reads_a_live_session_and_not_an_expired_one(alice):
@@ -122,7 +139,9 @@ def test_the_backend_reads_an_active_user_and_refuses_an_inactive_or_missing_one
     assert backend.get_user(alice.pk) is None
 
 
-def test_a_company_page_reads_its_session_user_membership_and_connection_once_each(stored_connection, alice):
+def test_a_download_reads_its_session_user_membership_and_connection_in_two_statements(
+    stored_connection, alice
+):
     client = client_for(alice)
     url = reverse("openrouter:export", args=["acme", stored_connection.pk, "csv"])
     with CaptureQueriesContext(db_connection) as queries:
@@ -130,9 +149,18 @@ def test_a_company_page_reads_its_session_user_membership_and_connection_once_ea
         assert response.status_code == 200
         assert b"".join(response.streaming_content).startswith(b"date,")
     statements = [query["sql"] for query in queries]
-    for table in ("django_session", "doow_user", "doow_membership", "integrations_connection"):
-        reads = [sql for sql in statements if sql.startswith("SELECT") and f'FROM "{table}"' in sql]
-        assert len(reads) == 1, (table, reads)
+    reads = [sql for sql in statements if sql.startswith("SELECT")]
+    # The user comes with the session, the connection with the membership and its company.
+    joins = {
+        "doow_session": ['LEFT JOIN "doow_user"'],
+        "doow_membership": ['JOIN "doow_company"', 'LEFT JOIN "integrations_connection"'],
+    }
+    for table, joined in joins.items():
+        found = [sql for sql in reads if f'FROM "{table}"' in sql]
+        assert len(found) == 1, (table, found)
+        assert all(join in found[0] for join in joined), found[0]
+    for table in ("doow_user", "doow_company", "integrations_connection"):
+        assert not [sql for sql in reads if f'FROM "{table}"' in sql], table
 
 
 # --- update, delete and insert: the same rows changed as by the ORM
