@@ -11,6 +11,7 @@ from django.core.exceptions import SuspiciousOperation
 from django.utils import timezone
 
 from doow import rows
+from doow.db import read_as_health_check
 
 # The session whose user authentication is reading (doow.auth), for the backend's get_user, which
 # Django calls with the user's id only.
@@ -34,8 +35,11 @@ class SessionStore(db.SessionStore):
     def _get_session_from_db(self):
         self.user_read = None
         try:
-            session = rows.get_one(
-                self.model, related="user", session_key=self.session_key, expire_date__gt=timezone.now()
+            # A request's first statement: it is its database health check too (doow.db).
+            session = read_as_health_check(
+                lambda: rows.get_one(
+                    self.model, related="user", session_key=self.session_key, expire_date__gt=timezone.now()
+                )
             )
         except SuspiciousOperation as exc:  # as Django's own store: logged, and the session is new
             logging.getLogger(f"django.security.{exc.__class__.__name__}").warning(str(exc))
