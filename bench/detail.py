@@ -231,8 +231,9 @@ def raw_export_query(
 
 def export_body(dataset: Dataset, key: str | None) -> Callable[[], None]:
     """The CSV export's body as the view streams it, without the request around it: what is left of
-    the export's time beside this is Django's fixed cost per request (middleware, the connection's
-    health check, session, user, membership and connection lookups)."""
+    the export's time beside this is Django's fixed cost per request (middleware; the session read
+    with its user, which is the reused connection's health check too; the membership read with the
+    connection)."""
     from django.http import QueryDict
 
     from openrouter import exports
@@ -485,9 +486,9 @@ def run(sizes) -> Outcome:
         "halved a 100k-row export. The baseline stays the grouped query the issue names; “raw row read” "
         "is the same rows read by raw psycopg in the export's order, the floor of what the export now does. "
         "“CSV body” is the export's CSV as the view streams it (`exports.csv_chunks`), called without a "
-        "request: CSV minus CSV body is Django's fixed cost per request (middleware; the reused "
-        "database connection's health check; session, user, membership and connection lookups), the same "
-        "at every size.",
+        "request: CSV minus CSV body is Django's fixed cost per request (middleware; two statements: the "
+        "session read with its user, which is the reused database connection's health check too, and the "
+        "membership read with its company and the connection), the same at every size.",
         "The baseline answers the page's questions from the usage rows themselves. The page reads the "
         "summaries a sync keeps: usage rows summed over keys (`usage.UsageDailyByModel`, rebuilt in the "
         "sync's last write transaction) for totals, chart, filter choices and the model, provider, "

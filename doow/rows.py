@@ -1,10 +1,12 @@
-"""Single-table statements on a few plain conditions, without Django's query compiler: rows read,
-updated or deleted, one row inserted.
+"""Statements on a few plain conditions, without Django's query compiler: rows read (one table, or a
+row with the one its foreign key names and that row's child), updated or deleted, one row inserted.
 
-Every company page and download looks up the same four rows: the session, the user, the membership
+Every company page and download reads the same four rows: the session, the user, the membership
 with its company, the connection. Through the ORM each lookup cost ~0.5 ms of CPU to build and
 compile, 2.3 of a one-key CSV export's 3.3 ms request (Django's fixed cost, `bench/detail.py`); the
-same rows read by SQL worked out once per process cost ~0.1 ms each. A sync's bookkeeping (its run,
+same rows read by SQL worked out once per process cost ~0.1 ms each, and read two by two (the
+session with its user, the membership with its company and connection) they are two round trips
+instead of four. A sync's bookkeeping (its run,
 its events, the connection's lease and the usage summaries' marks) is the same few statements for
 every one of thousands of connections: through the ORM each cost 0.15-0.3 ms of a worker's CPU,
 by SQL worked out once per process under 0.1 ms.
@@ -27,7 +29,7 @@ from django.db.transaction import TransactionManagementError
 @dataclass(frozen=True)
 class _Plan:
     sql: str
-    models: tuple[type[models.Model], ...]  # the model, then the joined one if any
+    models: tuple[type[models.Model], ...]  # the model, then the joined one and the child, if any
     columns: tuple[tuple[str, ...], ...]  # attnames of each model's columns, in select order
     converters: tuple[tuple[int, list, object], ...]  # (select position, converters, column)
 
@@ -100,7 +102,7 @@ def _read_one(
         if getattr(instance, key.attname) is not None:
             joined = plan.models[1].from_db(connection.alias, plan.columns[1], values[start:end])
         key.set_cached_value(instance, joined)
-        if len(plan.models) == 3 and values[end] is not None:  # the child's primary key, read first
+        if len(plan.models) == 3 and values[end] is not None:  # the child's primary key
             return instance, plan.models[2].from_db(connection.alias, plan.columns[2], values[end:])
     return instance, None
 
@@ -188,17 +190,11 @@ def _plan(
         if key.null or key.related_model is not tables[1][0]:
             raise ValueError(f"{child_model.__name__}.{child_key} is not a non-null key to the joined row")
         meta = child_model._meta
-        chosen = (
-            meta.concrete_fields
-            if child_fields is None
-            else [meta.get_field(n) for n in child_fields if n != "pk"]
-        )
-        fields = [
-            meta.pk,
-            *(field for field in chosen if field is not meta.pk),
-        ]  # the key first: NULL is no row
+        named = meta.concrete_fields if child_fields is None else [meta.get_field(n) for n in child_fields]
+        # The primary key first: NULL there is no child row.
+        child_columns = [meta.pk, *(field for field in named if field is not meta.pk)]
         table = quote(meta.db_table)
-        tables.append((child_model, table, fields))
+        tables.append((child_model, table, child_columns))
         join += (
             f" LEFT JOIN {table} ON {table}.{quote(key.column)} = {tables[1][1]}.{quote(key.target_field.column)}"
             f" AND {table}.{quote(meta.pk.column)} = %s"
