@@ -1,15 +1,12 @@
 """A request's session read is its database health check (doow.db): no `SELECT 1` before it, and a
 connection the database closed (a restart) is replaced without failing the request."""
 
-import io
-
 import psycopg
 import pytest
-from django.core.handlers.wsgi import WSGIHandler
 from django.db import OperationalError, connection, connections
 
+from bench.detail import WsgiGet
 from doow.db import read_as_health_check
-from tests.conftest import client_for
 
 
 class FakeConnection:
@@ -79,39 +76,11 @@ def test_where_no_check_is_due_it_is_a_plain_read(state):
     assert (len(calls), db.closed) == (1, 0)
 
 
-# --- Against PostgreSQL, through Django's WSGI handler as a server calls it (the test client leaves
-# out what a request does with the connection: its health check before, its age check after).
+# --- Against PostgreSQL, through Django's WSGI handler as a server calls it (bench.detail.WsgiGet:
+# the test client leaves out what a request does with the connection, its health check before and its
+# age check after).
 
-
-def get(handler: WSGIHandler, cookie: str, path: str) -> int:
-    statuses = []
-    environ = {
-        "REQUEST_METHOD": "GET",
-        "PATH_INFO": path,
-        "QUERY_STRING": "",
-        "SERVER_NAME": "localhost",
-        "SERVER_PORT": "80",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "HTTP_COOKIE": cookie,
-        "wsgi.input": io.BytesIO(),
-        "wsgi.url_scheme": "http",
-        "wsgi.errors": io.StringIO(),
-    }
-    body = handler(environ, lambda status, headers, exc_info=None: statuses.append(status))
-    try:
-        for _ in body:
-            pass
-    finally:
-        body.close()
-    return int(statuses[0].split()[0])
-
-
-@pytest.fixture
-def signed_in(alice):
-    client = client_for(alice)
-    return "; ".join(f"{name}={morsel.value}" for name, morsel in client.cookies.items())
-
-
+SETTINGS_PAGE = "/c/acme/settings/"
 needs_postgresql = pytest.mark.skipif(
     connection.vendor != "postgresql", reason="health checks are for PostgreSQL's persistent connections"
 )
@@ -119,13 +88,13 @@ needs_postgresql = pytest.mark.skipif(
 
 @needs_postgresql
 @pytest.mark.django_db(transaction=True)
-def test_pages_on_a_reused_connection_send_no_select_1(signed_in, monkeypatch):
-    handler = WSGIHandler()
-    assert get(handler, signed_in, "/c/acme/settings/") == 200
+def test_pages_on_a_reused_connection_send_no_select_1(alice, monkeypatch):
+    get = WsgiGet(alice)
+    assert get(SETTINGS_PAGE) == 200
     checks = []
     monkeypatch.setattr(connections["default"], "is_usable", lambda: checks.append(1) or True)
     for _ in range(3):
-        assert get(handler, signed_in, "/c/acme/settings/") == 200
+        assert get(SETTINGS_PAGE) == 200
     assert connection.connection is not None  # reused, not a new one per request
     assert checks == []
     connection.close()
@@ -133,14 +102,14 @@ def test_pages_on_a_reused_connection_send_no_select_1(signed_in, monkeypatch):
 
 @needs_postgresql
 @pytest.mark.django_db(transaction=True)
-def test_a_connection_the_database_closed_is_replaced_without_failing_the_request(signed_in):
-    handler = WSGIHandler()
-    assert get(handler, signed_in, "/c/acme/settings/") == 200
+def test_a_connection_the_database_closed_is_replaced_without_failing_the_request(alice):
+    get = WsgiGet(alice)
+    assert get(SETTINGS_PAGE) == 200
     old_pid = connection.connection.info.backend_pid
     # As a database restart does: the server ends the session the web process holds.
     with psycopg.connect(**connection.get_connection_params(), autocommit=True) as admin:
         admin.execute("SELECT pg_terminate_backend(%s)", [old_pid])
 
-    assert get(handler, signed_in, "/c/acme/settings/") == 200  # still signed in, no 500
+    assert get(SETTINGS_PAGE) == 200  # still signed in, no 500
     assert connection.connection.info.backend_pid != old_pid
     connection.close()
