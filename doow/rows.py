@@ -14,7 +14,8 @@ by SQL worked out once per process under 0.1 ms.
 The SQL is built from the model's metadata, so it follows the model's fields; values travel as
 parameters, prepared by their fields as a lookup would; each column goes through the converters
 Django's compiler applies, so the instance holds what the ORM would return, on SQLite as on
-PostgreSQL.
+PostgreSQL. On PostgreSQL each statement is prepared once its connection has run it a few times
+(doow.db.planned_once_cursor), so it is no longer planned on every request.
 """
 
 import functools
@@ -24,6 +25,8 @@ from django.db import connection, models
 from django.db.models import signals
 from django.db.models.expressions import Combinable, CombinedExpression, F, Value
 from django.db.transaction import TransactionManagementError
+
+from doow.db import planned_once_cursor
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,7 @@ def _read_one(
     plan: _Plan, params: list, related: str | None
 ) -> tuple[models.Model | None, models.Model | None]:
     """The row's instance, its joined row cached on it, and the child row if the plan reads one."""
-    with connection.cursor() as cursor:
+    with planned_once_cursor() as cursor:
         cursor.execute(plan.sql, params)
         row = cursor.fetchone()
     if row is None:
@@ -128,7 +131,7 @@ def _select(
     if params is None:
         return [], ()
     sql, columns, converters = _select_plan(model, fields, shape)
-    with connection.cursor() as cursor:
+    with planned_once_cursor() as cursor:
         cursor.execute(sql, params)
         found = cursor.fetchall()
     return [_converted(row, converters) for row in found], columns
@@ -263,7 +266,7 @@ def update(model: type[models.Model], where: dict, /, **values) -> int:
         field.get_db_prep_save(value, connection) if increments[name] is None else increments[name]
         for field, (name, value) in zip(fields, values.items(), strict=True)
     ]
-    with connection.cursor() as cursor:
+    with planned_once_cursor() as cursor:
         cursor.execute(sql, [*prepared, *params])
         return cursor.rowcount
 
@@ -297,7 +300,7 @@ def delete(model: type[models.Model], /, **conditions) -> int:
     shape, params = _where_params(model, conditions)
     if params is None:
         return 0
-    with connection.cursor() as cursor:
+    with planned_once_cursor() as cursor:
         cursor.execute(_delete_plan(model, shape), params)
         return cursor.rowcount
 
@@ -308,7 +311,7 @@ def insert(model: type[models.Model], /, **values) -> models.Model:
     instance = model(**values)
     sql, fields, returns_key = _insert_plan(model)
     params = [field.get_db_prep_save(field.pre_save(instance, True), connection) for field in fields]
-    with connection.cursor() as cursor:
+    with planned_once_cursor() as cursor:
         cursor.execute(sql, params)
         instance.pk = cursor.fetchone()[0] if returns_key else cursor.lastrowid
     instance._state.adding = False

@@ -217,6 +217,13 @@ else:
             f"DATABASE_WORK_MEM must be like 32MB (kB, MB, GB or TB), not {_work_mem!r}."
         )
     DATABASES["default"].setdefault("OPTIONS", {})["options"] = f"-c work_mem={_work_mem}"
+    # The few statements every request and every sync makes (doow.rows) are prepared once a
+    # connection has run them 5 times, so PostgreSQL stops planning them each time (doow.db); Django
+    # prepares none of its own. Off for a pooler that cannot keep prepared statements (PgBouncer in
+    # transaction mode before 1.21, or without max_prepared_statements).
+    DATABASES["default"]["OPTIONS"]["prepare_threshold"] = (
+        5 if env_bool("DATABASE_PREPARED_STATEMENTS", default=True) else None
+    )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Report results (usage/cache.py). Production: Redis shared by web and workers (workers warm the

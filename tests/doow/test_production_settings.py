@@ -23,6 +23,7 @@ INHERITED_SETTINGS = (
     "DOOW_ENCRYPTION_KEYS_FILE",
     "DATABASE_URL",
     "DATABASE_URL_FILE",
+    "DATABASE_PREPARED_STATEMENTS",
     "EMAIL_URL",
     "OPENROUTER_BASE_URL",
     "LOG_LEVEL",
@@ -153,6 +154,30 @@ def test_postgresql_connections_get_the_configured_work_mem(tmp_path, configured
     assert f"'options': '-c work_mem={expected}'" in printed.stdout
 
 
+@pytest.mark.parametrize(
+    ("configured", "expected"),
+    [
+        ({}, "5"),
+        ({"DATABASE_PREPARED_STATEMENTS": "false"}, "None"),
+        ({"DATABASE_PREPARED_STATEMENTS": "true"}, "5"),
+    ],
+)
+def test_prepared_statements_are_on_unless_turned_off_for_a_pooler(tmp_path, configured, expected):
+    printed = run_django(
+        tmp_path,
+        [
+            *SETUP[:1],
+            SETUP[1]
+            + "; from django.conf import settings; print(settings.DATABASES['default']['OPTIONS']['prepare_threshold'])",
+        ],
+        DEBUG="true",
+        DATABASE_URL="postgres://postgres@127.0.0.1:5432/doow",
+        **configured,
+    )
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stdout.strip() == expected
+
+
 def test_login_lockout_and_proxy_count_come_from_the_environment(tmp_path):
     printed = run_django(
         tmp_path,
@@ -262,6 +287,11 @@ def test_a_setting_that_is_not_a_usable_value_stops_startup_and_names_itself(tmp
     [
         # django-environ would read the typo as "no": plain HTTP in production.
         ("SECURE_SSL_REDIRECT", "flase", "SECURE_SSL_REDIRECT must be true or false, not 'flase'"),
+        (
+            "DATABASE_PREPARED_STATEMENTS",
+            "of",
+            "DATABASE_PREPARED_STATEMENTS must be true or false, not 'of'",
+        ),
         # PostgreSQL would refuse it only at the first connection, naming no variable.
         ("DATABASE_WORK_MEM", "32XB", "DATABASE_WORK_MEM must be like 32MB (kB, MB, GB or TB), not '32XB'"),
     ],
