@@ -64,6 +64,8 @@ def _server_binding_cursor(db):
 
 class _PreparedCursor(CursorWrapper):
     def execute(self, sql, params=None):
+        # CursorWrapper's execute by name: in the debug cursor below, the next class in line is
+        # Django's debug cursor, which would log the statement a second time (as None).
         try:
             return CursorWrapper.execute(self, sql, params)
         except NotSupportedError as exc:
@@ -82,7 +84,7 @@ class _PreparedCursor(CursorWrapper):
             return CursorWrapper.execute(self, sql, params)
 
 
-class _PreparedDebugCursor(CursorDebugWrapper):
+class _PreparedDebugCursor(_PreparedCursor, CursorDebugWrapper):
     """Django's debug cursor (DEBUG, the tests' query capture) for `planned_once_cursor`: Django
     reads the statement it logs from a cursor binding values on the client, and from this one would
     log None. It logs the statement with its values, as Django's shows them."""
@@ -93,4 +95,4 @@ class _PreparedDebugCursor(CursorDebugWrapper):
         except Exception:  # a value psycopg cannot adapt fails in execute, with Django's error
             shown = sql
         with self.debug_sql(shown, params):
-            return _PreparedCursor.execute(self, sql, params)
+            return super().execute(sql, params)
