@@ -767,15 +767,39 @@ CHART_FIELDS = {
 
 
 def _chart(connection: Connection, query: DetailQuery, base: dict, unknown: list) -> dict:
-    """Daily series stacked by the top models of the range; the rest is summed as "other".
-
-    One grouped query (day by model); at most days * models rows, whatever the number of usage rows."""
-    metric_fields = CHART_FIELDS[query.metric]
-    rows = cached(
+    """Daily series stacked by the top models of the range; the rest is summed as "other"."""
+    # The finished series are cached, not the day-by-model rows behind them: at 10k usage rows those
+    # were ~1,000 rows, whose pickling cost a first view more than stacking them did, and a repeat
+    # view as much again to unpickle and stack.
+    series = cached(
         connection,
-        "day_model",
-        (query.start, query.end, query.filter_items),
-        lambda: list(usage_grouped(start=query.start, end=query.end, group_by=["day", "model"], **base)),
+        "chart_series",
+        (query.start, query.end, query.filter_items, query.metric),
+        lambda: _chart_series(query, base),
+    )
+    days = [query.start + timedelta(days=i) for i in range(query.days)]
+    # Days not complete yet would read as days without spend: the page names them and the chart
+    # greys their labels.
+    through = _complete_through(connection, query)
+    unreported = [day for day in days if day > through]
+    return {
+        "labels": [day.isoformat() for day in days],
+        "series": series,
+        "metric": query.metric,
+        "unreported_from": unreported[0] if unreported else None,
+        "unreported_days": len(unreported),
+        # Days OpenRouter never reported to Doow: greyed too, and named under the chart.
+        "unknown_days": [day.isoformat() for day in coverage.days_in(unknown)],
+        "unknown": stretches_text(unknown),
+    }
+
+
+def _chart_series(query: DetailQuery, base: dict) -> list[dict]:
+    """One grouped query (day by model) of the chart's metric alone; at most days * models rows,
+    whatever the number of usage rows."""
+    metric_fields = CHART_FIELDS[query.metric]
+    rows = usage_grouped(
+        start=query.start, end=query.end, group_by=["day", "model"], metrics=metric_fields, **base
     )
     per_model: dict[str, Decimal] = {}
     cells: dict[tuple[date, str], Decimal] = {}
@@ -799,20 +823,7 @@ def _chart(connection: Connection, query: DetailQuery, base: dict, unknown: list
                 ],
             }
         )
-    # Days not complete yet would read as days without spend: the page names them and the chart
-    # greys their labels.
-    through = _complete_through(connection, query)
-    unreported = [day for day in days if day > through]
-    return {
-        "labels": [day.isoformat() for day in days],
-        "series": series,
-        "metric": query.metric,
-        "unreported_from": unreported[0] if unreported else None,
-        "unreported_days": len(unreported),
-        # Days OpenRouter never reported to Doow: greyed too, and named under the chart.
-        "unknown_days": [day.isoformat() for day in coverage.days_in(unknown)],
-        "unknown": stretches_text(unknown),
-    }
+    return series
 
 
 def _complete_through(connection: Connection, query: DetailQuery) -> date:
