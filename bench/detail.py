@@ -407,20 +407,23 @@ def run(sizes) -> Outcome:
         ("page_cached", "page_raw", "detail page, repeat view (cached)"),
         ("csv", "csv_raw", "CSV export"),
     )
+    # The ≤ 1.5× target holds at every size the issue names, not only the largest: at 10k rows the
+    # raw queries take milliseconds and a page's fixed cost (its template, the request) weighs most.
     for name, what in (("all", "no filter"), ("key", "one key")):
         for kind, raw_kind, title in kinds:
-            figure, raw = big[name, kind], big[name, raw_kind]
-            ratio = figure / raw
-            outcome.rows.append(
-                Row(
-                    f"3. {title}, {label(large)} rows, 90 days, {what}",
-                    f"{figure * 1000:,.0f} ms",
-                    f"{raw * 1000:,.0f} ms raw SQL",
-                    ratio,
-                    "≤ 1.5",
-                    ratio <= 1.5,
+            for rows in sorted(results):
+                figure, raw = results[rows][name, kind], results[rows][name, raw_kind]
+                ratio = figure / raw
+                outcome.rows.append(
+                    Row(
+                        f"3. {title}, {label(rows)} rows, 90 days, {what}",
+                        f"{_milliseconds(figure)} ms",
+                        f"{_milliseconds(raw)} ms raw SQL",
+                        ratio,
+                        "≤ 1.5",
+                        ratio <= 1.5,
+                    )
                 )
-            )
     for name, what in (("all", "no filter"), ("key", "one key")):
         for kind, raw_kind, title in kinds:
             grow = results[large][name, kind] / results[small][name, kind]
@@ -502,6 +505,12 @@ def run(sizes) -> Outcome:
         "shown here as the time to rebuild them all for all of a connection's rows.",
     ]
     return outcome
+
+
+def _milliseconds(seconds: float) -> str:
+    """Whole milliseconds, or tenths under 10 ms (a one-key export takes ~5)."""
+    ms = seconds * 1000
+    return f"{ms:,.1f}" if ms < 10 else f"{ms:,.0f}"
 
 
 def _shorten(sql: str, limit: int = 220) -> str:

@@ -61,6 +61,11 @@ def test_every_benchmark_runs_at_a_tiny_size(tmp_path):
         rows.append([cell.strip() for cell in line.split("|")[1:-1]])
     assert {row[0][:2] for row in rows} == {"1.", "2.", "3.", "4.", "5."}
     assert all(row[-1] in ("yes", "no") for row in rows)
+    # The detail page's ≤ 1.5× targets are read at every size (the tiny run's 500 and 2k rows), each
+    # of page (first and repeat view) and export, unfiltered and for one key.
+    ratios = [row[0] for row in rows if row[0].startswith("3.") and row[4] == "≤ 1.5"]
+    assert len(ratios) == 12
+    assert sum(", 500 rows," in name for name in ratios) == sum(", 2k rows," in name for name in ratios) == 6
     # The top fan-out concurrency runs more than once; its row names every run's efficiency.
     (fanout,) = [row for row in rows if row[0].startswith("4.")]
     assert "best of 2 runs" in fanout[1]
