@@ -18,7 +18,15 @@ from openrouter.insights import counters_read_today
 from openrouter.models import ApiKey, CreditsSnapshot, Member, Model, Workspace
 from usage.cache import cache_get, cache_set_many, cached
 from usage.models import UNATTRIBUTED_LABEL, UsageDaily
-from usage.selectors import DIMENSIONS, METRICS, summaries_current, usage_by_key, usage_grouped, usage_totals
+from usage.selectors import (
+    DIMENSIONS,
+    METRICS,
+    summaries_current,
+    usage_by_key,
+    usage_grouped,
+    usage_rows,
+    usage_totals,
+)
 
 PRESETS = {
     "7d": "Last 7 days",
@@ -850,26 +858,27 @@ def comparison_period(connection: Connection, query: DetailQuery) -> tuple[date,
 
 def _filter_options(connection: Connection, query: DetailQuery) -> dict:
     """Choices for the filters: models and providers seen in the range, every workspace, keys by name."""
-    in_range = {
-        "connection_ids": [connection.pk],
-        "start": query.start,
-        "end": query.end,
-        "summarized": summaries_current(connection),
-    }
-    models = cached(
+    # Models and providers from one pass over the range's by-model sums: two grouped queries read
+    # the same rows twice.
+    endpoints = cached(
         connection,
-        "model_choices",
-        (query.start, query.end),
-        lambda: list(usage_grouped(group_by=["model"], **in_range).values_list("model_permaslug", "model")),
-    )
-    providers = cached(
-        connection,
-        "provider_choices",
+        "endpoint_choices",
         (query.start, query.end),
         lambda: list(
-            usage_grouped(group_by=["provider"], **in_range).values_list("provider_name", flat=True)
+            usage_rows(
+                connection_ids=[connection.pk],
+                start=query.start,
+                end=query.end,
+                dimensions=["model", "provider"],
+                summarized=summaries_current(connection),
+            )
+            .values_list("model_permaslug", "model", "provider_name")
+            .distinct()
+            .order_by()
         ),
     )
+    models = [(permaslug, model) for permaslug, model, _provider in endpoints]
+    providers = [provider for _permaslug, _model, provider in endpoints]
     keys, more_keys = key_choices(connection, chosen=query.filters.get("key") or "")
     options = {
         "workspaces": list(
@@ -879,7 +888,7 @@ def _filter_options(connection: Connection, query: DetailQuery) -> dict:
         ),
         "keys": keys,
         "more_keys": more_keys,
-        "models": sorted(set(models), key=lambda item: item[1]),
+        "models": sorted(set(models), key=lambda item: (item[1], item[0])),
         "providers": [(provider, provider) for provider in sorted(set(providers))],
     }
     _offer_the_filters_applied(query, options)
