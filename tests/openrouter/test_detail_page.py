@@ -960,3 +960,26 @@ def test_keys_and_workspaces_synced_before_their_sort_names_existed_get_them_fro
     finally:
         executor = MigrationExecutor(db)
         executor.migrate(executor.loader.graph.leaf_nodes())
+
+
+@pytest.mark.parametrize("summaries", ["current", "stale"])
+def test_the_model_and_provider_choices_are_those_of_the_range(synced, alice, emulator, summaries):
+    """Read in one pass (from the by-model sums, or the rows while those are stale): every model
+    and provider with usage in the range, once each, by name; none from outside it."""
+    if summaries == "stale":
+        Connection.objects.filter(pk=synced.pk).update(usage_summaries_stale_from=TODAY - timedelta(days=400))
+    start, end = emulator.truth.activity_window()
+    end = start + (end - start) // 2  # a range without some of the window's rows
+    rows = synced.usage_rows.filter(day__gte=start, day__lte=end)
+    query = f"range=custom&from={start}&to={end}"
+
+    options = client_for(alice).get(url(synced, query)).context["options"]
+
+    models = set(rows.values_list("model_permaslug", "model"))
+    providers = set(rows.values_list("provider_name", flat=True))
+    assert len(models) > 1 and len(providers) > 1
+    assert set(synced.usage_rows.values_list("model_permaslug", "model")) != models or (
+        set(synced.usage_rows.values_list("provider_name", flat=True)) != providers
+    ), "the range should leave some usage out"
+    assert options["models"] == sorted(models, key=lambda pair: (pair[1], pair[0]))
+    assert options["providers"] == [(name, name) for name in sorted(providers)]
