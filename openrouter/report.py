@@ -340,6 +340,12 @@ def detail_report(*, connection: Connection, query: DetailQuery) -> dict:
         deltas = {name: _delta(totals[name], previous[name]) for name in (*METRICS, "total_tokens")}
     has_usage = bool(totals["requests"] or totals["spend_usd"] or totals["byok_spend_usd"])
     status = connection_status(connection)
+    # The workspace filter's choices and the key table's workspace column: one read for both.
+    workspaces = list(
+        Workspace.objects.filter(connection=connection)
+        .order_by(*Workspace.LISTED_ORDER)
+        .values_list("workspace_id", "name")
+    )
     return {
         **status,
         "query": query,
@@ -363,8 +369,8 @@ def detail_report(*, connection: Connection, query: DetailQuery) -> dict:
         ),
         "has_any_usage": has_usage,
         "chart": _chart(connection, query, base, range_unknown) if has_usage else None,
-        "table": _table(connection, query, base),
-        "options": _filter_options(connection, query),
+        "table": _table(connection, query, base, workspaces=dict(workspaces)),
+        "options": _filter_options(connection, query, workspaces=workspaces),
         "today_partial": _today_partial(connection, query),
         "notices": _notices(connection, query, has_usage, status["latest_run"], range_unknown),
         "unattributed_label": UNATTRIBUTED_LABEL,
@@ -600,7 +606,7 @@ def table_metrics(tab: str) -> list[str]:
     return [metric for metric in METRICS if metric in fields]
 
 
-def _table(connection: Connection, query: DetailQuery, base: dict) -> dict:
+def _table(connection: Connection, query: DetailQuery, base: dict, *, workspaces: dict) -> dict:
     dimension = TAB_DIMENSION[query.tab]
     params = (
         query.tab,
@@ -613,7 +619,7 @@ def _table(connection: Connection, query: DetailQuery, base: dict) -> dict:
     rows = CachedTableRows(connection, (*params, PAGE_SIZE), lambda: _table_rows(connection, query, base))
     page = Paginator(rows, PAGE_SIZE).get_page(query.page)
     rows = [dict(row) for row in page.object_list]
-    _attach_labels(connection, query.tab, rows)
+    _attach_labels(connection, query.tab, rows, workspaces=workspaces)
     return {"page": page, "rows": rows, "columns": table_columns(query.tab), "dimension": dimension}
 
 
@@ -720,14 +726,14 @@ def _sort_annotations(connection: Connection, tab: str) -> dict:
     return {"sort_name": F({"models": "model", "providers": "provider_name", "days": "day"}[tab])}
 
 
-def _attach_labels(connection: Connection, tab: str, rows: list[dict]) -> None:
-    """Names for one page of rows: one query per kind of label, whatever the page size."""
+def _attach_labels(connection: Connection, tab: str, rows: list[dict], *, workspaces: dict) -> None:
+    """Names for one page of rows: one query per kind of label, whatever the page size; `workspaces`
+    maps the connection's workspace ids to their names."""
     if tab == "keys":
         hashes = [row["api_key_hash"] for row in rows if row["api_key_hash"]]
         keys = {k.key_hash: k for k in ApiKey.objects.filter(connection=connection, key_hash__in=hashes)}
         creators = {k.creator_user_id for k in keys.values() if k.creator_user_id}
         members = {m.user_id: m for m in Member.objects.filter(connection=connection, user_id__in=creators)}
-        workspaces = _workspace_names(connection)
         for row in rows:
             key = keys.get(row["api_key_hash"])
             row["key"] = key
@@ -744,15 +750,10 @@ def _attach_labels(connection: Connection, tab: str, rows: list[dict]) -> None:
             tokens = row["total_tokens"]
             row["cost_per_million"] = Decimal(row["spend_usd"] or 0) * 1_000_000 / tokens if tokens else None
     elif tab == "workspaces":
-        workspaces = _workspace_names(connection)
         for row in rows:
             row["workspace_name"] = (
                 workspaces.get(row["workspace_id"]) or row["workspace_id"] or "(no workspace)"
             )
-
-
-def _workspace_names(connection: Connection) -> dict:
-    return dict(Workspace.objects.filter(connection=connection).values_list("workspace_id", "name"))
 
 
 def _key_status(key: ApiKey | None) -> str:
@@ -856,8 +857,9 @@ def comparison_period(connection: Connection, query: DetailQuery) -> tuple[date,
     return query.period_before(held_days(connection, query))
 
 
-def _filter_options(connection: Connection, query: DetailQuery) -> dict:
-    """Choices for the filters: models and providers seen in the range, every workspace, keys by name."""
+def _filter_options(connection: Connection, query: DetailQuery, *, workspaces: list) -> dict:
+    """Choices for the filters: models and providers seen in the range, every workspace (`workspaces`,
+    (id, name) in their listed order), keys by name."""
     # Models and providers from one pass over the range's by-model sums: two grouped queries read
     # the same rows twice.
     endpoints = cached(
@@ -881,11 +883,7 @@ def _filter_options(connection: Connection, query: DetailQuery) -> dict:
     providers = [provider for _permaslug, _model, provider in endpoints]
     keys, more_keys = key_choices(connection, chosen=query.filters.get("key") or "")
     options = {
-        "workspaces": list(
-            Workspace.objects.filter(connection=connection)
-            .order_by(*Workspace.LISTED_ORDER)
-            .values_list("workspace_id", "name")
-        ),
+        "workspaces": list(workspaces),
         "keys": keys,
         "more_keys": more_keys,
         "models": sorted(set(models), key=lambda item: (item[1], item[0])),
