@@ -662,10 +662,6 @@ def _month_counters_line(*, connection: Connection, now: datetime) -> Reconcilia
     )
 
 
-def workspace_names(*, connection: Connection) -> dict[str, str]:
-    return dict(Workspace.objects.filter(connection=connection).values_list("workspace_id", "name"))
-
-
 def key_series(
     *, connection: Connection, start: date, end: date, by: str, subjects=None
 ) -> dict[str, dict[date, Decimal]]:
